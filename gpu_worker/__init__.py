@@ -1,0 +1,1 @@
+"""GPU worker: one process per device holding a FunASR model and batching requests."""

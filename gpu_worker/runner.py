@@ -1,0 +1,121 @@
+"""Model runners: the only code in the worker that touches FunASR and torch.
+
+`Runner` is the interface the batcher drives; `FunasrRunner` holds one FunASR `AutoModel` on
+one device. Tests inject other runners (e.g. one that raises OOM above a batch size).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SENSEVOICE_LANG = re.compile(r"^<\|([a-z]{2,3}|nospeech)\|>")
+HOTWORD_MODELS = ("SeacoParaformer", "ContextualParaformer")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One piece of 16 kHz mono float32 audio with the options that shape its batch."""
+
+    audio: np.ndarray
+    language: str = "auto"
+    use_itn: bool = False
+    hotwords: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[str, bool, tuple[str, ...]]:
+        """Utterances batch together only when these are equal."""
+        return (self.language, self.use_itn, self.hotwords)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str = ""
+    hotwords_ignored: bool = False
+
+
+class Runner(Protocol):
+    """Runs batches of utterances through one model on one device."""
+
+    device: str
+    model_name: str
+    supports_hotwords: bool
+
+    def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
+        """Transcripts in the order of `batch`; all utterances share one `options`."""
+        ...
+
+    def memory(self) -> tuple[int, int]:
+        """(allocated, reserved) allocator bytes; (0, 0) on CPU."""
+        ...
+
+    def clear_cache(self) -> None:
+        """Return cached allocator blocks to the driver."""
+        ...
+
+
+def postprocess_text(model_class: str, raw: str) -> tuple[str, str]:
+    """FunASR's own post-processing of a model's raw text: (text, language)."""
+    if model_class.startswith("SenseVoice"):
+        from funasr.utils.postprocess_utils import rich_transcription_postprocess
+
+        m = _SENSEVOICE_LANG.match(raw)
+        return rich_transcription_postprocess(raw), (m.group(1) if m else "")
+    return raw, ""
+
+
+class FunasrRunner:
+    """One FunASR `AutoModel` on one torch device."""
+
+    def __init__(self, model_dir: str, device: str = "cpu", threads: int = 1) -> None:
+        import torch
+        from funasr import AutoModel
+
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+        self.device = device
+        self.model_name = model_dir
+        self._threads = max(1, threads)
+        torch.set_num_threads(self._threads)
+        self._model = AutoModel(model=model_dir, device=device, disable_update=True,
+                                disable_pbar=True, disable_log=True, ncpu=self._threads)
+        self.model_class = type(self._model.model).__name__
+        self.supports_hotwords = self.model_class in HOTWORD_MODELS
+        self._torch = torch
+        log.info("loaded %s (%s) on %s", model_dir, self.model_class, device)
+
+    def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
+        if not batch:
+            return []
+        first = batch[0]
+        kwargs: dict[str, object] = {"batch_size": len(batch), "language": first.language,
+                                     "use_itn": first.use_itn}
+        ignored = bool(first.hotwords) and not self.supports_hotwords
+        if first.hotwords and self.supports_hotwords:
+            kwargs["hotword"] = " ".join(first.hotwords)
+        out = self._model.generate(input=[u.audio for u in batch], **kwargs)
+        if len(out) != len(batch):
+            raise RuntimeError(f"FunASR returned {len(out)} results for {len(batch)} inputs")
+        results = []
+        for item in out:  # FunASR may give list inputs one shared key: match by order
+            text, lang = postprocess_text(self.model_class, str(item.get("text", "")))
+            results.append(Transcript(text=text, language=lang, hotwords_ignored=ignored))
+        return results
+
+    def memory(self) -> tuple[int, int]:
+        if not self.device.startswith("cuda"):
+            return (0, 0)
+        cuda = self._torch.cuda
+        return (cuda.memory_allocated(self.device), cuda.memory_reserved(self.device))
+
+    def clear_cache(self) -> None:
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()

@@ -1,0 +1,70 @@
+"""The worker's internal gRPC servicer: thin translation between protos and the batcher."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import grpc
+import numpy as np
+
+from gpu_worker.batcher import Batcher, is_oom
+from gpu_worker.runner import Utterance
+from protos.asr.worker.v1 import worker_pb2 as pb
+from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# Detail string the scheduler reads to reroute a request that ran out of GPU memory alone.
+GPU_OOM_DETAIL = "gpu_oom"
+
+
+def decode_pcm(pcm: bytes, fmt: int) -> np.ndarray:
+    """16 kHz mono samples from the wire to float32 in [-1, 1] (FunASR expects float32)."""
+    if fmt == pb.F32LE:
+        return np.frombuffer(pcm, dtype="<f4").astype(np.float32, copy=False)
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    def __init__(self, batcher: Batcher, device_name: str) -> None:
+        self.batcher = batcher
+        self.device_name = device_name
+        self.served = 0
+
+    async def GetInfo(self, request: pb.InfoRequest,
+                      context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        runner = self.batcher.runner
+        allocated, reserved = runner.memory()
+        return pb.InfoResponse(device=self.device_name, model=runner.model_name, pid=os.getpid(),
+                               allocated_bytes=allocated, reserved_bytes=reserved,
+                               supports_hotwords=runner.supports_hotwords, served=self.served)
+
+    async def Transcribe(self, request: pb.TranscribeRequest,
+                         context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
+        audio = decode_pcm(request.pcm, request.sample_format)
+        if audio.size == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
+        utt = Utterance(audio=audio, language=request.language or "auto",
+                        use_itn=request.enable_itn, hotwords=tuple(request.hotwords))
+        try:
+            transcript, stats = await self.batcher.submit(utt)
+        except Exception as exc:  # one utterance failed alone: report it, keep serving
+            if is_oom(exc):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL)
+            log.exception("request %s failed", request.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.served += 1
+        return pb.TranscribeResponse(
+            text=transcript.text, language=transcript.language, device=self.device_name,
+            inference_time_s=stats.inference_s, batch_wait_s=stats.wait_s,
+            batch_size=stats.batch_size, hotwords_ignored=transcript.hotwords_ignored)
+
+    async def ClearCache(self, request: pb.WorkerClearCacheRequest,
+                         context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:
+        runner = self.batcher.runner
+        before = runner.memory()[1]
+        await self.batcher.run_in_model_thread(runner.clear_cache)
+        self.batcher.counters.cache_clears += 1
+        return pb.WorkerClearCacheResponse(reserved_before_bytes=before,
+                                           reserved_after_bytes=runner.memory()[1])

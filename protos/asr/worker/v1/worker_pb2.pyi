@@ -1,0 +1,83 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SampleFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    S16LE: _ClassVar[SampleFormat]
+    F32LE: _ClassVar[SampleFormat]
+S16LE: SampleFormat
+F32LE: SampleFormat
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_HOTWORDS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    model: str
+    pid: int
+    allocated_bytes: int
+    reserved_bytes: int
+    supports_hotwords: bool
+    served: int
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ...) -> None: ...
+
+class TranscribeRequest(_message.Message):
+    __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_ITN_FIELD_NUMBER: _ClassVar[int]
+    HOTWORDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    pcm: bytes
+    sample_format: SampleFormat
+    language: str
+    enable_itn: bool
+    hotwords: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TranscribeResponse(_message.Message):
+    __slots__ = ("text", "language", "device", "inference_time_s", "batch_wait_s", "batch_size", "hotwords_ignored")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HOTWORDS_IGNORED_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    language: str
+    device: str
+    inference_time_s: float
+    batch_wait_s: float
+    batch_size: int
+    hotwords_ignored: bool
+    def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ...) -> None: ...
+
+class WorkerClearCacheRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerClearCacheResponse(_message.Message):
+    __slots__ = ("reserved_before_bytes", "reserved_after_bytes")
+    RESERVED_BEFORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_AFTER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    reserved_before_bytes: int
+    reserved_after_bytes: int
+    def __init__(self, reserved_before_bytes: _Optional[int] = ..., reserved_after_bytes: _Optional[int] = ...) -> None: ...

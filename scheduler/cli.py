@@ -1,0 +1,74 @@
+"""`asr-scheduler`: run the service (`serve`) or write local test models (`make-models`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+from scheduler.config import ServeConfig
+from scheduler.models import ModelError, run_model_builder
+from scheduler.server import AsrService
+
+log = logging.getLogger("scheduler")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": self.formatTime(record), "level": record.levelname,
+                           "logger": record.name, "message": record.getMessage(),
+                           **({"exc": self.formatException(record.exc_info)}
+                              if record.exc_info else {})})
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s [scheduler] %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+async def _serve(config: ServeConfig) -> None:
+    service = AsrService(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await service.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="asr-scheduler", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    ServeConfig.add_arguments(serve)
+    make = sub.add_parser("make-models", help="write small local FunASR model directories")
+    make.add_argument("dir", type=Path)
+    make.add_argument("--only", nargs="+", default=None, help="model names to build")
+    make.add_argument("--all", action="store_true", help="also build sensevoice-small (234M)")
+    make.add_argument("--force", action="store_true", help="rebuild existing directories")
+    args = parser.parse_args(argv)
+    if args.command == "make-models":
+        return run_model_builder(args.dir, args.only, args.all, args.force)
+    try:
+        config = ServeConfig.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    setup_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(_serve(config))
+    except ModelError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    return 0

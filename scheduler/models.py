@@ -1,0 +1,84 @@
+"""Resolving `--model` to a local directory before any worker starts.
+
+FunASR treats any path that does not exist as a hub id and fails late and confusingly where the
+hub is unreachable, so the scheduler checks first: a local directory must hold a FunASR model
+(`config.yaml` + `model.pt`); `demo` builds the offline sensevoice-tiny model once into the
+cache; anything else is a hub id, which needs the hub to answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO = "demo"
+DEMO_MODEL = "sensevoice-tiny"
+HUB_HOSTS = (("www.modelscope.cn", 443), ("huggingface.co", 443))
+
+
+class ModelError(Exception):
+    """`--model` cannot be served; the message says why and what to pass instead."""
+
+
+def check_model_dir(path: Path) -> Path:
+    missing = [n for n in ("config.yaml", "model.pt") if not (path / n).is_file()]
+    if missing:
+        raise ModelError(f"model directory {path} lacks {', '.join(missing)}: not a FunASR "
+                         "model directory (build test models with 'asr-scheduler make-models "
+                         "DIR')")
+    return path.resolve()
+
+
+def run_model_builder(out_dir: Path, names: list[str] | None = None, build_all: bool = False,
+                      force: bool = False) -> int:
+    """Build local model directories in a child process (torch stays out of the scheduler)."""
+    cmd = [sys.executable, "-m", "gpu_worker.make_models", str(out_dir)]
+    cmd += (["--only", *names] if names else []) + (["--all"] if build_all else [])
+    cmd += ["--force"] if force else []
+    return subprocess.run(cmd, check=False).returncode
+
+
+def build_models(out_dir: Path, names: list[str]) -> None:
+    returncode = run_model_builder(out_dir, names)
+    if returncode != 0:
+        raise ModelError(f"building {', '.join(names)} into {out_dir} failed "
+                         f"(exit {returncode})")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    for host, port in HUB_HOSTS:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def resolve_model(model: str, cache_dir: Path) -> str:
+    """A local model directory for `model`, building or checking as needed."""
+    if model == DEMO:
+        demo = cache_dir / "models" / DEMO_MODEL
+        if not (demo / ".complete").exists():
+            log.info("building the offline demo model %s into %s (once)", DEMO_MODEL, demo)
+            build_models(demo.parent, [DEMO_MODEL])
+        return str(check_model_dir(demo))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"--model {model}: is a file; pass a FunASR model directory")
+        return str(check_model_dir(path))
+    if model.startswith((".", "/", "~")):
+        raise ModelError(f"--model {model}: no such directory")
+    if not _hub_reachable():
+        raise ModelError(
+            f"--model {model!r} is not a local directory, so it would be downloaded from the "
+            "model hub (ModelScope / Hugging Face), which this machine cannot reach. Download "
+            "the model elsewhere and pass its directory (--model /path/to/model_dir, or "
+            "ASR_MODEL), or try the offline demo with --model demo.")
+    return model

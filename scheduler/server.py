@@ -1,0 +1,156 @@
+"""Assembles the scheduler: model check, GPU monitor, workers, dispatcher, gRPC server.
+
+Health (`grpc.health.v1`) says SERVING for the overall service and `asr.v1.Recognizer` only
+while at least one worker is ready; reflection lists every service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.asr.v1 import asr_pb2, asr_pb2_grpc
+from scheduler.config import ServeConfig
+from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
+from scheduler.interceptor import ErrorInterceptor
+from scheduler.models import resolve_model
+from scheduler.monitor import GIB, GpuMonitor, open_monitor
+from scheduler.recognition import Recognizer
+from scheduler.service import AdminServicer, RecognizerServicer
+from scheduler.status import StatusReporter
+from scheduler.workers import WorkerHandle, WorkerLaunch, WorkerSpec
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (asr_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,
+                 asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+CPU_SPEC = WorkerSpec("cpu#0", "cpu", "cpu", is_cpu=True)
+
+
+def plan_workers(config: ServeConfig, monitor: GpuMonitor) -> tuple[list[WorkerSpec], str]:
+    """Worker specs for `--devices`, and what a CPU-only plan says of its requests."""
+    spec = config.devices.strip().lower()
+    if spec == "cpu":
+        return [CPU_SPEC], ""
+    gpus = monitor.devices()
+    if spec not in ("auto",) and not spec.startswith("sim:"):
+        wanted = [d.strip() for d in spec.split(",") if d.strip()]
+        known = {d.name for d in gpus}
+        unknown = [d for d in wanted if d not in known]
+        if unknown:
+            raise ValueError(f"--devices {config.devices}: {', '.join(unknown)} not found "
+                             f"(visible GPUs: {', '.join(sorted(known)) or 'none'})")
+        gpus = [d for d in gpus if d.name in wanted]
+    if not gpus:
+        log.warning("no GPU found (--devices %s): serving on CPU; results say %s",
+                    config.devices, NO_GPU)
+        return [CPU_SPEC], NO_GPU
+    specs = [WorkerSpec(f"{d.name}#{k}", d.name, "cpu" if monitor.simulated else f"cuda:{d.index}")
+             for d in gpus for k in range(config.workers_per_device)]
+    if config.cpu_fallback != "never":
+        specs.append(CPU_SPEC)
+    return specs, ""
+
+
+class AsrService:
+    """The running scheduler: call `start()`, then `stop()`."""
+
+    def __init__(self, config: ServeConfig, monitor: GpuMonitor | None = None) -> None:
+        self.config = config
+        self.monitor = monitor
+        self.port = 0
+        self.workers: list[WorkerHandle] = []
+        self.dispatcher: Dispatcher | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runtime_dir = ""
+        self._ready = asyncio.Event()
+
+    def _on_change(self) -> None:
+        ready = any(w.ready for w in self.workers)
+        status = (health_pb2.HealthCheckResponse.SERVING if ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *SERVICE_NAMES):
+            asyncio.get_running_loop().create_task(self._health.set(name, status))
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        if self.dispatcher is not None:
+            self.dispatcher.notify()
+
+    async def start(self) -> int:
+        cfg = self.config
+        model = await asyncio.to_thread(resolve_model, cfg.model, Path(cfg.cache_dir))
+        monitor = self.monitor or open_monitor(cfg.devices, int(cfg.sim_memory_gib * GIB))
+        self.monitor = monitor
+        specs, cpu_only_reason = plan_workers(cfg, monitor)
+        self._runtime_dir = cfg.runtime_dir or tempfile.mkdtemp(prefix="asr-scheduler-")
+        os.makedirs(self._runtime_dir, exist_ok=True)
+        launch = WorkerLaunch(
+            model=model, runtime_dir=self._runtime_dir,
+            threads=cfg.worker_threads or max(1, (os.cpu_count() or 1) // len(specs)),
+            max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
+            max_queue_delay_ms=cfg.max_queue_delay_ms, start_timeout_s=cfg.worker_start_timeout_s,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s, log_level=cfg.log_level,
+            log_format=cfg.log_format)
+        self.workers = [WorkerHandle(s, launch, self._on_change) for s in specs]
+        self.dispatcher = Dispatcher(self.workers, monitor, DispatchPolicy(
+            cpu_fallback=cfg.cpu_fallback, memory_floor_fraction=cfg.memory_floor_fraction,
+            max_queue=cfg.max_queue, queue_timeout_s=cfg.queue_timeout_s,
+            max_attempts=cfg.max_attempts), cpu_only_reason=cpu_only_reason)
+        reporter = StatusReporter(self.dispatcher, model, cfg.cpu_fallback)
+        recognizer = Recognizer(self.dispatcher, model)
+
+        limit = cfg.max_unary_bytes + 1024 * 1024
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                                 options=[("grpc.max_receive_message_length", limit)])
+        asr_pb2_grpc.add_RecognizerServicer_to_server(
+            RecognizerServicer(recognizer, cfg.max_unary_bytes, cfg.max_stream_bytes), server)
+        asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+        self._server = server
+        await server.start()
+        self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),
+                                                              name=w.spec.worker_id)
+                       for w in self.workers]
+        log.info("listening on port %d; model %s; workers %s", self.port, model,
+                 ", ".join(s.worker_id for s in specs))
+        return self.port
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    async def wait_all_ready(self, timeout_s: float) -> None:
+        async def all_ready() -> None:
+            while not all(w.ready for w in self.workers):
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_ready(), timeout_s)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runtime_dir and not self.config.runtime_dir:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)

@@ -1,0 +1,269 @@
+"""Worker processes: spawn, ready handshake, liveness, restart with backoff (TGI-style).
+
+One `WorkerHandle` per worker process. `supervise()` keeps its process alive: it starts it,
+waits for the model to load (the worker answers `GetInfo` only then), checks liveness every
+`heartbeat_interval_s`, kills a worker that stops answering, and restarts a dead one with
+exponential backoff. Five crashes within two minutes mark it crash-looping (`failed`): it is
+still retried, at the longest backoff, and the state says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import grpc
+
+from protos.asr.worker.v1 import worker_pb2 as wpb
+from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+CRASH_LOOP_COUNT = 5
+CRASH_LOOP_WINDOW_S = 120.0
+MAX_BACKOFF_S = 30.0
+
+
+class WorkerState(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Where one worker runs and what it is called."""
+
+    worker_id: str  # "cuda:0#1"
+    device_name: str  # "cuda:0", "sim:2", "cpu"
+    torch_device: str  # "cuda:0" or "cpu"
+    is_cpu: bool = False
+
+
+@dataclass
+class WorkerLaunch:
+    """What every worker of this scheduler shares (model, limits, paths)."""
+
+    model: str
+    runtime_dir: str
+    threads: int = 1
+    max_batch_size: int = 32
+    max_batch_audio_s: float = 600.0
+    max_queue_delay_ms: float = 5.0
+    start_timeout_s: float = 600.0
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 20.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class WorkerHandle:
+    """One supervised worker process and the scheduler's view of its load."""
+
+    def __init__(self, spec: WorkerSpec, launch: WorkerLaunch,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.spec = spec
+        self.launch = launch
+        self.on_change = on_change
+        self.state = WorkerState.STOPPED
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.served = 0
+        self.in_flight = 0
+        self.pending_audio_s = 0.0
+        self.speed = 20.0 if spec.is_cpu else 200.0  # audio s per wall s, learnt as it runs
+        self.last_assigned = 0.0
+        self.last_error = ""
+        self.stub: wpb_grpc.WorkerStub | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._crashes: collections.deque[float] = collections.deque()
+        self._stopping = False
+        self.allocated_bytes = 0
+        self.reserved_bytes = 0
+
+    @property
+    def socket_path(self) -> str:
+        safe = self.spec.worker_id.replace(":", "_").replace("#", "_")
+        return os.path.join(self.launch.runtime_dir, f"worker-{safe}.sock")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process and self.process.poll() is None else 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == WorkerState.READY
+
+    def expected_finish_s(self, audio_s: float) -> float:
+        """Seconds until this worker would finish a new request of `audio_s` seconds."""
+        return (self.pending_audio_s + audio_s) / max(self.speed, 1e-3)
+
+    def record(self, audio_s: float, wall_s: float) -> None:
+        """Learn speed from a finished request (exponential moving average)."""
+        if wall_s > 0 and audio_s > 0:
+            self.speed = 0.8 * self.speed + 0.2 * (audio_s / wall_s)
+
+    def _set_state(self, state: WorkerState) -> None:
+        if state != self.state:
+            log.info("worker %s: %s -> %s", self.spec.worker_id, self.state.value, state.value)
+            self.state = state
+            self.on_change()
+
+    def worker_config(self) -> dict[str, object]:
+        """The JSON the worker parses into `gpu_worker.config.WorkerConfig` (same keys)."""
+        la = self.launch
+        return {"worker_id": self.spec.worker_id, "socket_path": self.socket_path,
+                "model": la.model, "torch_device": self.spec.torch_device,
+                "device_name": self.spec.device_name, "threads": la.threads,
+                "max_batch_size": la.max_batch_size, "max_batch_audio_s": la.max_batch_audio_s,
+                "max_queue_delay_ms": la.max_queue_delay_ms, "parent_pid": os.getpid(),
+                "log_level": la.log_level, "log_format": la.log_format}
+
+    def _spawn(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        env = {**os.environ, **self.launch.extra_env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gpu_worker", json.dumps(self.worker_config())], env=env)
+        log.info("worker %s: started pid %d on %s", self.spec.worker_id, self.process.pid,
+                 self.spec.torch_device)
+
+    async def _connect(self) -> None:
+        await self._close_channel()
+        self._channel = grpc.aio.insecure_channel(
+            f"unix://{self.socket_path}",
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self.stub = wpb_grpc.WorkerStub(self._channel)
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self.stub = None
+
+    def _exit_reason(self) -> str | None:
+        code = self.process.poll() if self.process else 0
+        if code is None:
+            return None
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    async def _wait_ready(self) -> bool:
+        """Poll GetInfo until the model is loaded, the process dies, or time runs out."""
+        deadline = time.monotonic() + self.launch.start_timeout_s
+        next_note = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not self._stopping:
+            reason = self._exit_reason()
+            if reason is not None:
+                self.last_error = f"died while starting: {reason}"
+                return False
+            if os.path.exists(self.socket_path):
+                try:
+                    assert self.stub is not None
+                    await self.stub.GetInfo(wpb.InfoRequest(), timeout=2.0)
+                    return True
+                except grpc.aio.AioRpcError:
+                    pass
+            if time.monotonic() > next_note:
+                log.info("worker %s: waiting for the model to load", self.spec.worker_id)
+                next_note += 10.0
+            await asyncio.sleep(0.1)
+        self.last_error = f"not ready within {self.launch.start_timeout_s:.0f} s"
+        return False
+
+    async def _watch(self) -> str:
+        """Return why the running worker stopped serving (exit, or a missed heartbeat)."""
+        next_beat = time.monotonic() + self.launch.heartbeat_interval_s
+        while not self._stopping:
+            reason = self._exit_reason()
+            if reason is not None:
+                return reason
+            if time.monotonic() >= next_beat:
+                try:
+                    assert self.stub is not None
+                    info = await self.stub.GetInfo(wpb.InfoRequest(),
+                                                   timeout=self.launch.heartbeat_timeout_s)
+                    self.allocated_bytes, self.reserved_bytes = (info.allocated_bytes,
+                                                                 info.reserved_bytes)
+                except grpc.aio.AioRpcError as exc:
+                    if self._exit_reason() is None:
+                        self.kill()
+                        return f"no heartbeat ({exc.code().name}); killed"
+                next_beat = time.monotonic() + self.launch.heartbeat_interval_s
+            await asyncio.sleep(0.1)
+        return "stopping"
+
+    async def supervise(self) -> None:
+        """Keep the worker running until `stop()`."""
+        backoff = 1.0
+        while not self._stopping:
+            if self.state == WorkerState.STOPPED:
+                self._set_state(WorkerState.STARTING)
+            self._spawn()
+            await self._connect()
+            started = time.monotonic()
+            if await self._wait_ready():
+                self._set_state(WorkerState.READY)
+                reason = await self._watch()
+                if self._stopping:
+                    break
+                self.last_error = reason
+            if self._stopping:
+                break
+            self.kill()
+            log.error("worker %s (pid %s): %s", self.spec.worker_id,
+                      self.process.pid if self.process else "?", self.last_error)
+            now = time.monotonic()
+            if now - started > CRASH_LOOP_WINDOW_S:
+                backoff = 1.0
+            self._crashes.append(now)
+            while self._crashes and now - self._crashes[0] > CRASH_LOOP_WINDOW_S:
+                self._crashes.popleft()
+            looping = len(self._crashes) >= CRASH_LOOP_COUNT
+            if looping:
+                log.error("worker %s is crash-looping (%d failures in %.0f s); retrying every "
+                          "%.0f s", self.spec.worker_id, len(self._crashes),
+                          CRASH_LOOP_WINDOW_S, MAX_BACKOFF_S)
+                backoff = MAX_BACKOFF_S
+            self._set_state(WorkerState.FAILED if looping else WorkerState.RESTARTING)
+            self.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        await self._close_channel()
+        self._set_state(WorkerState.STOPPED)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, wait up to `grace_s`, then SIGKILL; the process is reaped."""
+        self._stopping = True
+        proc = self.process
+        if proc and proc.poll() is None:
+            proc.terminate()
+            deadline = time.monotonic() + grace_s
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self.kill()
+        await self._close_channel()
+        self._set_state(WorkerState.STOPPED)

@@ -1,0 +1,87 @@
+"""Helpers that make real speech files for tests, and an independent 16 kHz mono reference.
+
+Plain functions (no pytest fixtures). They shell out to espeak-ng, sox and ffmpeg; sox runs with
+``-R`` (repeatable dither) and ffmpeg with bitexact flags, so the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+TARGET_RATE = 16000
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+def espeak_wav(text: str, path: Path, *, rate: int = 16000, channels: int = 1,
+               voice: str = "en") -> Path:
+    """Synthesize ``text`` with espeak-ng into a 16-bit WAV at ``rate`` Hz with ``channels``.
+
+    With two or more channels the copies differ (channel k is scaled by 1/(k+1)), so a downmix
+    is really exercised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "espeak.wav"
+        _run(["espeak-ng", "-v", voice, "-w", str(raw), text])
+        effects: list[str] = []
+        if channels > 1:
+            effects = ["remix", *(f"1v{1 / (k + 1):g}" for k in range(channels))]
+        _run(["sox", "-R", str(raw), "-r", str(rate), "-c", str(channels), "-b", "16",
+              str(path), *effects])
+    return path
+
+
+def convert(src: Path, dst: Path) -> Path:
+    """Convert ``src`` to the format of ``dst``'s suffix: .wav/.flac/.mp3/.ogg via sox,
+    .m4a/.aac (AAC) and .opus/.webm (Opus) via ffmpeg. Deterministic output."""
+    src, dst = Path(src), Path(dst)
+    suffix = dst.suffix.lower()
+    if suffix in (".wav", ".flac", ".mp3", ".ogg"):
+        _run(["sox", "-R", str(src), str(dst)])
+    elif suffix in (".m4a", ".aac", ".opus", ".webm"):
+        aac = suffix in (".m4a", ".aac")
+        codec = ["-c:a", "aac", "-b:a", "128k"] if aac else ["-c:a", "libopus"]
+        _run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *codec,
+              "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact", str(dst)])
+    else:
+        raise ValueError(f"unsupported target format {suffix!r}")
+    return dst
+
+
+def _ffmpeg_f32(path: Path) -> tuple[np.ndarray, int]:
+    """Decode with the ffmpeg CLI to interleaved f32le at the native rate: (frames, ch), rate."""
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=sample_rate,channels", "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True, timeout=60)
+    rate_s, channels_s = probe.stdout.strip().splitlines()[0].split(",")[:2]
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:a:0",
+         "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+        check=True, capture_output=True, timeout=120).stdout
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, int(channels_s)), int(rate_s)
+
+
+def reference_16k_mono(path: Path) -> np.ndarray:
+    """The reference decode: float32 read, mean over channels, soxr to 16 kHz.
+
+    libsndfile (soundfile) reads everything but .m4a/.mp4/.aac/.webm, which the ffmpeg CLI
+    decodes to f32le at the native rate.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".m4a", ".webm", ".aac", ".mp4"):
+        x, sr = _ffmpeg_f32(path)
+    else:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    m = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
+    return m if sr == TARGET_RATE else soxr.resample(m, sr, TARGET_RATE)
