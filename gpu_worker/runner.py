@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 _SENSEVOICE_LANG = re.compile(r"^<\|([a-z]{2,3}|nospeech)\|>")
 HOTWORD_MODELS = ("SeacoParaformer", "ContextualParaformer")
+# Streaming Paraformer decodes a whole clip only with these (else its tail stays in the cache).
+STREAMING_KWARGS = {"is_final": True, "chunk_size": [0, 10, 5], "encoder_chunk_look_back": 4,
+                    "decoder_chunk_look_back": 1}
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,11 @@ class FunasrRunner:
         ignored = bool(first.hotwords) and not self.supports_hotwords
         if first.hotwords and self.supports_hotwords:
             kwargs["hotword"] = " ".join(first.hotwords)
-        out = self._model.generate(input=[u.audio for u in batch], **kwargs)
+        if self.model_class == "ParaformerStreaming":  # stateful: one clip per call
+            out = [self._model.generate(input=u.audio, cache={}, **kwargs, **STREAMING_KWARGS)[0]
+                   for u in batch]
+        else:
+            out = self._model.generate(input=[u.audio for u in batch], **kwargs)
         if len(out) != len(batch):
             raise RuntimeError(f"FunASR returned {len(out)} results for {len(batch)} inputs")
         results = []

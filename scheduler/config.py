@@ -89,9 +89,9 @@ class ServeConfig:
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
             kind = _field_type(f)
+            text = f"{f.metadata['help']} (env {cls.env_name(f.name)})".replace("%", "%%")
             parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                                choices=f.metadata.get("choices"),
-                                help=f"{f.metadata['help']} (env {cls.env_name(f.name)})")
+                                choices=f.metadata.get("choices"), help=text)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace | None = None,

@@ -1,0 +1,98 @@
+"""Shared fixtures: test models, real speech files, and a real service on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.config import ServeConfig
+from scheduler.server import AsrService
+from tests.audio_fixtures import convert, espeak_wav
+
+ROOT = Path(__file__).resolve().parent.parent
+SENTENCES = (
+    "hello world, this is a test of the speech recognition service",
+    "the quick brown fox jumps over the lazy dog",
+    "please call me back tomorrow morning at nine",
+    "numbers like forty two and seven hundred are spoken here",
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The small local models (built by `make setup`; built here if missing)."""
+    from gpu_worker.make_models import DEFAULT_SET, build_models
+
+    path = Path(os.environ.get("ASR_TEST_MODELS", ROOT / "models"))
+    build_models(path, DEFAULT_SET)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real synthesized speech: 16 kHz mono WAV, 44.1 kHz stereo WAV, FLAC, MP3."""
+    d = tmp_path_factory.mktemp("speech")
+    base = espeak_wav(SENTENCES[0], d / "s16k.wav")
+    stereo = espeak_wav(SENTENCES[1], d / "s44k_stereo.wav", rate=44100, channels=2)
+    return {"wav16k": base, "wav44k_stereo": stereo,
+            "flac": convert(espeak_wav(SENTENCES[2], d / "f.wav", rate=22050), d / "s.flac"),
+            "mp3": convert(espeak_wav(SENTENCES[3], d / "m.wav", rate=24000), d / "s.mp3")}
+
+
+class RunningService:
+    """A real `AsrService` on its own event loop thread, on a free loopback port."""
+
+    def __init__(self, config: ServeConfig, monitor: Any = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.service = AsrService(config, monitor)
+        self.port = self.call(self.service.start())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def call(self, coro: Any, timeout: float = 300) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def wait_all_ready(self, timeout: float = 300) -> None:
+        self.call(self.service.wait_all_ready(timeout), timeout + 5)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.service.stop(2.0), 60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def make_config(model: Path | str, **kw: Any) -> ServeConfig:
+    base: dict[str, Any] = {"model": str(model), "devices": "cpu", "host": "127.0.0.1",
+                            "port": 0, "metrics_port": 0, "worker_threads": 1,
+                            "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 10.0}
+    base.update(kw)
+    return ServeConfig(**base)
+
+
+@pytest.fixture
+def start_service() -> Iterator[Callable[..., RunningService]]:
+    """Start real services (scheduler + worker processes); all are stopped afterwards."""
+    started: list[RunningService] = []
+
+    def start(model: Path | str, monitor: Any = None, wait_all: bool = True,
+              **kw: Any) -> RunningService:
+        svc = RunningService(make_config(model, **kw), monitor)
+        started.append(svc)
+        if wait_all:
+            svc.wait_all_ready()
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
