@@ -69,7 +69,10 @@ class WorkerLaunch:
     heartbeat_timeout_s: float = 20.0
     log_level: str = "INFO"
     log_format: str = "text"
+    initial_backoff_s: float = 1.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The worker program; the JSON config is appended. Tests swap in failing programs.
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "gpu_worker"])
 
 
 class WorkerHandle:
@@ -139,7 +142,7 @@ class WorkerHandle:
             os.unlink(self.socket_path)
         env = {**os.environ, **self.launch.extra_env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gpu_worker", json.dumps(self.worker_config())], env=env)
+            [*self.launch.command, json.dumps(self.worker_config())], env=env)
         log.info("worker %s: started pid %d on %s", self.spec.worker_id, self.process.pid,
                  self.spec.torch_device)
 
@@ -212,7 +215,7 @@ class WorkerHandle:
 
     async def supervise(self) -> None:
         """Keep the worker running until `stop()`."""
-        backoff = 1.0
+        backoff = self.launch.initial_backoff_s
         while not self._stopping:
             if self.state == WorkerState.STOPPED:
                 self._set_state(WorkerState.STARTING)
@@ -232,7 +235,7 @@ class WorkerHandle:
                       self.process.pid if self.process else "?", self.last_error)
             now = time.monotonic()
             if now - started > CRASH_LOOP_WINDOW_S:
-                backoff = 1.0
+                backoff = self.launch.initial_backoff_s
             self._crashes.append(now)
             while self._crashes and now - self._crashes[0] > CRASH_LOOP_WINDOW_S:
                 self._crashes.popleft()
