@@ -38,6 +38,7 @@ class BatchStats:
     batch_size: int
     wait_s: float
     inference_s: float
+    batch_id: int = 0
 
 
 @dataclass
@@ -57,7 +58,10 @@ class BatcherCounters:
     utterances: int = 0
     splits: int = 0
     oom_events: int = 0
-    cache_clears: int = 0
+    cache_clears: dict[str, int] = field(default_factory=dict)  # by trigger
+
+    def count_clear(self, trigger: str) -> None:
+        self.cache_clears[trigger] = self.cache_clears.get(trigger, 0) + 1
 
 
 class Batcher:
@@ -155,6 +159,7 @@ class Batcher:
             elapsed = time.monotonic() - started
             self.counters.batches += 1
             self.counters.utterances += len(batch)
+            batch_id = self.counters.batches
             if self._on_batch:
                 self._on_batch(len(batch), elapsed)
             for p, outcome in zip(batch, outcomes, strict=True):
@@ -164,7 +169,8 @@ class Batcher:
                     p.future.set_exception(outcome)
                 else:
                     p.future.set_result(
-                        (outcome, BatchStats(len(batch), started - p.enqueued, elapsed)))
+                        (outcome, BatchStats(len(batch), started - p.enqueued, elapsed,
+                                             batch_id)))
 
     def _run_isolated(self, batch: list[Utterance]) -> list[Transcript | BaseException]:
         """Run a batch; on failure split it so only the failing utterance gets the error."""
@@ -174,7 +180,7 @@ class Batcher:
             if is_oom(exc):
                 self.counters.oom_events += 1
                 self.runner.clear_cache()
-                self.counters.cache_clears += 1
+                self.counters.count_clear("oom")
             if len(batch) == 1:
                 log.warning("utterance failed alone: %s: %s", type(exc).__name__, exc)
                 return [exc]

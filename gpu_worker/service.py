@@ -38,7 +38,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         allocated, reserved = runner.memory()
         return pb.InfoResponse(device=self.device_name, model=runner.model_name, pid=os.getpid(),
                                allocated_bytes=allocated, reserved_bytes=reserved,
-                               supports_hotwords=runner.supports_hotwords, served=self.served)
+                               supports_hotwords=runner.supports_hotwords, served=self.served,
+                               batches=self.batcher.counters.batches,
+                               oom_events=self.batcher.counters.oom_events,
+                               cache_clears=self.batcher.counters.cache_clears)
 
     async def Transcribe(self, request: pb.TranscribeRequest,
                          context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
@@ -58,13 +61,14 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         return pb.TranscribeResponse(
             text=transcript.text, language=transcript.language, device=self.device_name,
             inference_time_s=stats.inference_s, batch_wait_s=stats.wait_s,
-            batch_size=stats.batch_size, hotwords_ignored=transcript.hotwords_ignored)
+            batch_size=stats.batch_size, hotwords_ignored=transcript.hotwords_ignored,
+            batch_id=stats.batch_id)
 
     async def ClearCache(self, request: pb.WorkerClearCacheRequest,
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:
         runner = self.batcher.runner
         before = runner.memory()[1]
         await self.batcher.run_in_model_thread(runner.clear_cache)
-        self.batcher.counters.cache_clears += 1
+        self.batcher.counters.count_clear("admin")
         return pb.WorkerClearCacheResponse(reserved_before_bytes=before,
                                            reserved_after_bytes=runner.memory()[1])

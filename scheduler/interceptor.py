@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 
 from scheduler.errors import QueueFull, RequestError
+from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,22 @@ def _set_request_id(context: grpc.aio.ServicerContext) -> None:
     REQUEST_ID.set(str(meta.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]))
 
 
+def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+    """The status code a request ends with when `exc` escapes its handler."""
+    if isinstance(exc, RequestError):
+        return exc.code.name
+    if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own code
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    return "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions of every unary and streaming handler to status codes."""
+    """Maps exceptions of every unary and streaming handler to status codes, and counts
+    every request with its final code in `metrics`."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -52,15 +68,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
+        rpc = method.rsplit("/", 1)[-1]
+        counted = method.startswith("/asr.v1.")  # health checks and reflection are not counted
+        metrics = self.metrics
+
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 _set_request_id(context)
+                done = metrics.track(rpc) if counted else None
+                started, code = time.monotonic(), "OK"
                 try:
                     return await inner_uu(request, context)
-                except Exception as exc:
-                    await _abort(context, method, exc)
+                except BaseException as exc:
+                    code = _code_of(exc, context)
+                    if isinstance(exc, Exception):
+                        await _abort(context, method, exc)  # raises AbortError
+                    raise
+                finally:
+                    if done:
+                        done(code, time.monotonic() - started)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=handler.request_deserializer,
@@ -71,11 +99,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 _set_request_id(context)
+                done = metrics.track(rpc) if counted else None
+                started, code = time.monotonic(), "OK"
                 try:
                     async for item in inner_ss(requests, context):
                         yield item
-                except Exception as exc:
-                    await _abort(context, method, exc)
+                except BaseException as exc:
+                    code = _code_of(exc, context)
+                    if isinstance(exc, Exception):
+                        await _abort(context, method, exc)  # raises AbortError
+                    raise
+                finally:
+                    if done:
+                        done(code, time.monotonic() - started)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, request_deserializer=handler.request_deserializer,

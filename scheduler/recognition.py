@@ -18,6 +18,7 @@ from protos.asr.worker.v1 import worker_pb2 as wpb
 from scheduler.audio import DecodedAudio, Encoding, decode_audio, pcm_bytes
 from scheduler.dispatch import Dispatcher, GpuOutOfMemory
 from scheduler.errors import DeadlineExceeded, InvalidAudio, RequestError, WorkerLost
+from scheduler.metrics import Metrics
 from scheduler.workers import WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,12 @@ _LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.Stat
 class Recognizer:
     """Turns requests into outcomes using the dispatcher's workers."""
 
-    def __init__(self, dispatcher: Dispatcher, model: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, model: str, metrics: Metrics | None = None,
+                 model_label: str = "") -> None:
         self.dispatcher = dispatcher
         self.model = model
+        self.metrics = metrics or Metrics()
+        self.model_label = model_label or model
 
     async def decode(self, req: RecognitionRequest) -> DecodedAudio:
         if req.language not in LANGUAGES:
@@ -105,6 +109,8 @@ class Recognizer:
         async def call(worker: WorkerHandle) -> tuple[wpb.TranscribeResponse, float]:
             sent = time.monotonic()
             resp = await _call_worker(worker, wreq, deadline)
+            self.metrics.observe_batch(worker.spec.worker_id, resp.batch_id, resp.device,
+                                       self.model_label, resp.batch_size, resp.inference_time_s)
             return resp, sent - accepted
 
         (resp, waited), placement = await self.dispatcher.run(audio.duration_s, call)
@@ -115,6 +121,9 @@ class Recognizer:
             fallback_reason=placement.fallback_reason, audio_duration_s=audio.duration_s,
             queue_time_s=waited + resp.batch_wait_s, inference_time_s=resp.inference_time_s,
             hotwords_ignored=resp.hotwords_ignored, model=self.model, request_id=request_id)
+        self.metrics.observe_result(resp.device, self.model_label, audio.duration_s,
+                                    outcome.queue_time_s, time.monotonic() - accepted,
+                                    placement.fallback_reason)
         log.info("request %s: %.2f s audio on %s%s, queue %.3f s, inference %.3f s (batch %d)",
                  request_id, audio.duration_s, resp.device,
                  f" (fallback: {placement.fallback_reason})" if placement.fallback_reason else "",

@@ -21,6 +21,7 @@ from protos.asr.v1 import asr_pb2, asr_pb2_grpc
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.interceptor import ErrorInterceptor
+from scheduler.metrics import Metrics
 from scheduler.models import resolve_model
 from scheduler.monitor import GIB, GpuMonitor, open_monitor
 from scheduler.recognition import Recognizer
@@ -74,6 +75,7 @@ class AsrService:
         self._tasks: list[asyncio.Task[None]] = []
         self._runtime_dir = ""
         self._ready = asyncio.Event()
+        self.metrics = Metrics()
 
     def _on_change(self) -> None:
         ready = any(w.ready for w in self.workers)
@@ -110,10 +112,14 @@ class AsrService:
             max_queue=cfg.max_queue, queue_timeout_s=cfg.queue_timeout_s,
             max_attempts=cfg.max_attempts), cpu_only_reason=cpu_only_reason)
         reporter = StatusReporter(self.dispatcher, model, cfg.cpu_fallback)
-        recognizer = Recognizer(self.dispatcher, model)
+        model_label = Path(model).name or model
+        recognizer = Recognizer(self.dispatcher, model, self.metrics, model_label)
+        self.metrics.attach(self.dispatcher, model_label)
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port, "" if cfg.host in ("[::]", "::") else cfg.host)
 
         limit = cfg.max_unary_bytes + 1024 * 1024
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)],
                                  options=[("grpc.max_receive_message_length", limit)])
         asr_pb2_grpc.add_RecognizerServicer_to_server(
             RecognizerServicer(recognizer, cfg.max_unary_bytes, cfg.max_stream_bytes), server)
@@ -148,6 +154,7 @@ class AsrService:
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._server is not None:
             await self._server.stop(grace_s)
+        self.metrics.close()
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
         for t in self._tasks:
             t.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID
+from scheduler.metrics import Metrics
 from scheduler.recognition import RecognitionOutcome, RecognitionRequest, Recognizer
 from scheduler.status import StatusReporter
 
@@ -55,6 +57,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     def __init__(self, recognizer: Recognizer, max_unary_bytes: int,
                  max_stream_bytes: int) -> None:
         self.recognizer = recognizer
+        self.metrics: Metrics = recognizer.metrics
         self.max_unary_bytes = max_unary_bytes
         self.max_stream_bytes = max_stream_bytes
 
@@ -68,6 +71,17 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         return pb.RecognizeResponse(result=to_result(await self.recognizer.recognize(req)))
 
     async def StreamingRecognize(
+        self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+        self.metrics.live_streams.inc()
+        try:
+            async for response in self._stream(request_iterator, context):
+                yield response
+        finally:
+            self.metrics.live_streams.dec()
+
+    async def _stream(
         self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
@@ -93,7 +107,9 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             raise InvalidRequest("the stream ended without a streaming_config message")
         req = to_request(config.config, b"".join(chunks), context)
         chunks.clear()
+        audio_ended = time.monotonic()
         outcome = await self.recognizer.recognize(req)
+        self.metrics.stream_final_latency.observe(time.monotonic() - audio_ended)
         yield pb.StreamingRecognizeResponse(result=to_result(outcome), is_final=True,
                                             is_last=True,
                                             audio_processed_s=outcome.audio_duration_s)

@@ -81,5 +81,6 @@ class StatusReporter:
                 raise r
             else:
                 out.results.append(r)
+                await w.refresh()
         self.cache_clears += len(out.results)
         return out

@@ -98,6 +98,10 @@ class WorkerHandle:
         self._stopping = False
         self.allocated_bytes = 0
         self.reserved_bytes = 0
+        # Worker-side counters summed over this handle's process lifetimes ("oom",
+        # "clear:<trigger>"); _last_seen is what the current process reported last.
+        self.totals: collections.Counter[str] = collections.Counter()
+        self._last_seen: dict[str, int] = {}
 
     @property
     def socket_path(self) -> str:
@@ -137,7 +141,23 @@ class WorkerHandle:
                 "max_queue_delay_ms": la.max_queue_delay_ms, "parent_pid": os.getpid(),
                 "log_level": la.log_level, "log_format": la.log_format}
 
+    def absorb(self, info: wpb.InfoResponse) -> None:
+        """Fold a worker's own counters into totals that survive its restarts."""
+        self.allocated_bytes, self.reserved_bytes = info.allocated_bytes, info.reserved_bytes
+        current = {"oom": info.oom_events,
+                   **{f"clear:{k}": v for k, v in info.cache_clears.items()}}
+        for key, value in current.items():
+            last = self._last_seen.get(key, 0)
+            self.totals[key] += value - last if value >= last else value
+        self._last_seen = current
+
+    async def refresh(self) -> None:
+        """Read the worker's figures now (after an admin action), not at the next heartbeat."""
+        if self.stub is not None and self.ready:
+            self.absorb(await self.stub.GetInfo(wpb.InfoRequest(), timeout=10.0))
+
     def _spawn(self) -> None:
+        self._last_seen = {}
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         env = {**os.environ, **self.launch.extra_env}
@@ -201,10 +221,8 @@ class WorkerHandle:
             if time.monotonic() >= next_beat:
                 try:
                     assert self.stub is not None
-                    info = await self.stub.GetInfo(wpb.InfoRequest(),
-                                                   timeout=self.launch.heartbeat_timeout_s)
-                    self.allocated_bytes, self.reserved_bytes = (info.allocated_bytes,
-                                                                 info.reserved_bytes)
+                    self.absorb(await self.stub.GetInfo(
+                        wpb.InfoRequest(), timeout=self.launch.heartbeat_timeout_s))
                 except grpc.aio.AioRpcError as exc:
                     if self._exit_reason() is None:
                         self.kill()

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,7 +19,14 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served")
+    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served", "batches", "oom_events", "cache_clears")
+    class CacheClearsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +34,9 @@ class InfoResponse(_message.Message):
     RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_HOTWORDS_FIELD_NUMBER: _ClassVar[int]
     SERVED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    OOM_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_CLEARS_FIELD_NUMBER: _ClassVar[int]
     device: str
     model: str
     pid: int
@@ -34,7 +44,10 @@ class InfoResponse(_message.Message):
     reserved_bytes: int
     supports_hotwords: bool
     served: int
-    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ...) -> None: ...
+    batches: int
+    oom_events: int
+    cache_clears: _containers.ScalarMap[str, int]
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ..., batches: _Optional[int] = ..., oom_events: _Optional[int] = ..., cache_clears: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
     __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords")
@@ -53,7 +66,7 @@ class TranscribeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
-    __slots__ = ("text", "language", "device", "inference_time_s", "batch_wait_s", "batch_size", "hotwords_ignored")
+    __slots__ = ("text", "language", "device", "inference_time_s", "batch_wait_s", "batch_size", "hotwords_ignored", "batch_id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +74,7 @@ class TranscribeResponse(_message.Message):
     BATCH_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     HOTWORDS_IGNORED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     language: str
     device: str
@@ -68,7 +82,8 @@ class TranscribeResponse(_message.Message):
     batch_wait_s: float
     batch_size: int
     hotwords_ignored: bool
-    def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ...) -> None: ...
+    batch_id: int
+    def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
 class WorkerClearCacheRequest(_message.Message):
     __slots__ = ()
