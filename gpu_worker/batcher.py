@@ -68,12 +68,18 @@ class Batcher:
     """Collects utterances and runs them through `runner` in batches."""
 
     def __init__(self, runner: Runner, max_batch_size: int = 32, max_batch_audio_s: float = 600.0,
-                 max_queue_delay_s: float = 0.005,
+                 max_queue_delay_s: float = 0.005, cache_clear_every: int = 0,
+                 cache_clear_margin_bytes: int = 0,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
+        """`cache_clear_every`: clear the allocator cache after this many utterances (0: never);
+        `cache_clear_margin_bytes`: clear when reserved exceeds allocated by more (0: never)."""
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_batch_audio_s = max_batch_audio_s
         self.max_queue_delay_s = max_queue_delay_s
+        self.cache_clear_every = cache_clear_every
+        self.cache_clear_margin_bytes = cache_clear_margin_bytes
+        self._since_clear = 0
         self.counters = BatcherCounters()
         self._on_batch = on_batch
         self._pending: list[_Pending] = []
@@ -105,19 +111,28 @@ class Batcher:
         """Run `fn` between batches on the model thread (e.g. a cache clear)."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    def _key(self, p: _Pending) -> tuple[object, ...]:
+        """Utterances batch together only with equal keys: same options, and the same length
+        for models whose text depends on padding (length buckets)."""
+        if self.runner.padding_invariant:
+            return p.utt.options
+        return (*p.utt.options, len(p.utt.audio))
+
     def _take_batch(self) -> list[_Pending]:
-        """The oldest live utterance and others with its options, shortest first."""
+        """The oldest live utterance and others with its key, shortest first."""
         self._pending = [p for p in self._pending if not p.future.done()]  # drop cancelled
         if not self._pending:
             return []
-        key = self._pending[0].utt.options
-        group = sorted((p for p in self._pending if p.utt.options == key),
+        key = self._key(self._pending[0])
+        group = sorted((p for p in self._pending if self._key(p) == key),
                        key=lambda p: p.audio_s)
+        capacity = self.runner.audio_capacity_s()
+        limit = self.max_batch_audio_s if capacity is None else min(self.max_batch_audio_s,
+                                                                    capacity)
         batch: list[_Pending] = []
         audio = 0.0
         for p in group:
-            if batch and (len(batch) >= self.max_batch_size
-                          or audio + p.audio_s > self.max_batch_audio_s):
+            if batch and (len(batch) >= self.max_batch_size or audio + p.audio_s > limit):
                 break
             batch.append(p)
             audio += p.audio_s
@@ -155,11 +170,15 @@ class Batcher:
                 continue
             started = time.monotonic()
             utts = [p.utt for p in batch]
-            outcomes = await loop.run_in_executor(self._executor, self._run_isolated, utts)
+            outcomes = await loop.run_in_executor(self._executor, self._run_batch, utts)
             elapsed = time.monotonic() - started
             self.counters.batches += 1
             self.counters.utterances += len(batch)
             batch_id = self.counters.batches
+            ids = [p.utt.request_id for p in batch]
+            log.info("batch %d: %d utterance(s), %.2f s audio, %.3f s: %s", batch_id, len(batch),
+                     sum(p.audio_s for p in batch), elapsed, " ".join(ids),
+                     extra={"batch_id": batch_id, "request_ids": ids})
             if self._on_batch:
                 self._on_batch(len(batch), elapsed)
             for p, outcome in zip(batch, outcomes, strict=True):
@@ -172,6 +191,27 @@ class Batcher:
                         (outcome, BatchStats(len(batch), started - p.enqueued, elapsed,
                                              batch_id)))
 
+    def _run_batch(self, batch: list[Utterance]) -> list[Transcript | BaseException]:
+        """On the model thread: the batch, then any cache clear it calls for."""
+        outcomes = self._run_isolated(batch)
+        self._since_clear += len(batch)
+        if not self.runner.has_cache:
+            return outcomes
+        if self.cache_clear_every and self._since_clear >= self.cache_clear_every:
+            self.clear_cache("periodic")
+        elif self.cache_clear_margin_bytes:
+            allocated, reserved = self.runner.memory()
+            if reserved - allocated > self.cache_clear_margin_bytes:
+                self.clear_cache("fragmentation")
+        return outcomes
+
+    def clear_cache(self, trigger: str) -> None:
+        """Clear the allocator cache (call on the model thread, between batches)."""
+        self.runner.clear_cache()
+        self.counters.count_clear(trigger)
+        self._since_clear = 0
+        log.info("cleared the allocator cache (%s)", trigger)
+
     def _run_isolated(self, batch: list[Utterance]) -> list[Transcript | BaseException]:
         """Run a batch; on failure split it so only the failing utterance gets the error."""
         try:
@@ -179,8 +219,7 @@ class Batcher:
         except Exception as exc:
             if is_oom(exc):
                 self.counters.oom_events += 1
-                self.runner.clear_cache()
-                self.counters.count_clear("oom")
+                self.clear_cache("oom")
             if len(batch) == 1:
                 log.warning("utterance failed alone: %s: %s", type(exc).__name__, exc)
                 return [exc]

@@ -22,6 +22,7 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.runner import FunasrRunner, Runner
 from gpu_worker.service import WorkerServicer
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from scheduler.logs import setup_logging
 
 log = logging.getLogger("gpu_worker")
 
@@ -45,7 +46,8 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
 
 async def serve(cfg: WorkerConfig, runner: Runner) -> None:
     batcher = Batcher(runner, cfg.max_batch_size, cfg.max_batch_audio_s,
-                      cfg.max_queue_delay_ms / 1000.0)
+                      cfg.max_queue_delay_ms / 1000.0, cfg.cache_clear_every,
+                      cfg.cache_clear_margin_bytes)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_WorkerServicer_to_server(WorkerServicer(batcher, cfg.device_name), server)
@@ -74,11 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = WorkerConfig.from_json(argv[0])
     _die_with_parent()
-    logging.basicConfig(level=cfg.log_level,
-                        format=f"%(asctime)s %(levelname)s [{cfg.worker_id}] %(name)s: "
-                               "%(message)s")
+    setup_logging(cfg.log_level, cfg.log_format, cfg.worker_id)
     try:
-        runner = FunasrRunner(cfg.model, cfg.torch_device, cfg.threads)
+        runner = FunasrRunner(cfg.model, cfg.torch_device, cfg.threads, cfg.dtype)
     except Exception:
         log.exception("worker %s could not load model %s on %s", cfg.worker_id, cfg.model,
                       cfg.torch_device)

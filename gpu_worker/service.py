@@ -49,7 +49,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         if audio.size == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
         utt = Utterance(audio=audio, language=request.language or "auto",
-                        use_itn=request.enable_itn, hotwords=tuple(request.hotwords))
+                        use_itn=request.enable_itn, hotwords=tuple(request.hotwords),
+                        request_id=request.request_id)
         try:
             transcript, stats = await self.batcher.submit(utt)
         except Exception as exc:  # one utterance failed alone: report it, keep serving
@@ -68,7 +69,6 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:
         runner = self.batcher.runner
         before = runner.memory()[1]
-        await self.batcher.run_in_model_thread(runner.clear_cache)
-        self.batcher.counters.count_clear("admin")
+        await self.batcher.run_in_model_thread(lambda: self.batcher.clear_cache("admin"))
         return pb.WorkerClearCacheResponse(reserved_before_bytes=before,
                                            reserved_after_bytes=runner.memory()[1])

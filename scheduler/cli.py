@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 from pathlib import Path
 
 from scheduler.config import ServeConfig
+from scheduler.logs import setup_logging
 from scheduler.models import ModelError, run_model_builder
 from scheduler.server import AsrService
 
 log = logging.getLogger("scheduler")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": self.formatTime(record), "level": record.levelname,
-                           "logger": record.name, "message": record.getMessage(),
-                           **({"exc": self.formatException(record.exc_info)}
-                              if record.exc_info else {})})
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s [scheduler] %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 async def _serve(config: ServeConfig) -> None:
@@ -62,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ServeConfig.from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, "scheduler")
     try:
         asyncio.run(_serve(config))
     except ModelError as exc:

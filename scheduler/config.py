@@ -17,6 +17,7 @@ from typing import Any
 
 CPU_FALLBACK_POLICIES = ("never", "overflow", "always-available")
 LOG_FORMATS = ("text", "json")
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 def _default_cache_dir() -> str:
@@ -53,6 +54,12 @@ class ServeConfig:
     max_batch_size: int = _f(32, "Largest batch a worker runs")
     max_batch_audio_s: float = _f(600.0, "Most audio seconds in one batch")
     max_queue_delay_ms: float = _f(5.0, "Longest a worker holds a request to grow a batch")
+    cache_clear_every: int = _f(500, "Clear a GPU worker's allocator cache after this many "
+                                "requests (0: never; the WebUI clears every 5 files)")
+    cache_clear_margin_mib: int = _f(2048, "Clear when reserved exceeds allocated GPU memory by "
+                                     "more than this (0: never)")
+    dtype: str = _f("fp32", "Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)",
+                    choices=DTYPES)
     max_unary_bytes: int = _f(64 * 1024 * 1024, "Largest audio in one Recognize message; "
                               "bigger files must use StreamingRecognize")
     max_stream_bytes: int = _f(2 * 1024**3, "Largest audio accepted on one stream")

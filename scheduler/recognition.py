@@ -127,7 +127,13 @@ class Recognizer:
         log.info("request %s: %.2f s audio on %s%s, queue %.3f s, inference %.3f s (batch %d)",
                  request_id, audio.duration_s, resp.device,
                  f" (fallback: {placement.fallback_reason})" if placement.fallback_reason else "",
-                 outcome.queue_time_s, resp.inference_time_s, resp.batch_size)
+                 outcome.queue_time_s, resp.inference_time_s, resp.batch_size,
+                 extra={"request_id": request_id, "device": resp.device,
+                        "audio_s": round(audio.duration_s, 3),
+                        "queue_s": round(outcome.queue_time_s, 4),
+                        "inference_s": round(resp.inference_time_s, 4),
+                        "batch_size": resp.batch_size,
+                        "fallback_reason": placement.fallback_reason})
         return outcome
 
 

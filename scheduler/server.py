@@ -102,7 +102,9 @@ class AsrService:
             model=model, runtime_dir=self._runtime_dir,
             threads=cfg.worker_threads or max(1, (os.cpu_count() or 1) // len(specs)),
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
-            max_queue_delay_ms=cfg.max_queue_delay_ms, start_timeout_s=cfg.worker_start_timeout_s,
+            max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
+            cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
+            start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
             heartbeat_timeout_s=cfg.heartbeat_timeout_s, log_level=cfg.log_level,
             log_format=cfg.log_format)

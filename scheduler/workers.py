@@ -64,6 +64,9 @@ class WorkerLaunch:
     max_batch_size: int = 32
     max_batch_audio_s: float = 600.0
     max_queue_delay_ms: float = 5.0
+    cache_clear_every: int = 500
+    cache_clear_margin_bytes: int = 2 * 1024**3
+    dtype: str = "fp32"
     start_timeout_s: float = 600.0
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 20.0
@@ -138,7 +141,10 @@ class WorkerHandle:
                 "model": la.model, "torch_device": self.spec.torch_device,
                 "device_name": self.spec.device_name, "threads": la.threads,
                 "max_batch_size": la.max_batch_size, "max_batch_audio_s": la.max_batch_audio_s,
-                "max_queue_delay_ms": la.max_queue_delay_ms, "parent_pid": os.getpid(),
+                "max_queue_delay_ms": la.max_queue_delay_ms,
+                "cache_clear_every": la.cache_clear_every,
+                "cache_clear_margin_bytes": la.cache_clear_margin_bytes, "dtype": la.dtype,
+                "parent_pid": os.getpid(),
                 "log_level": la.log_level, "log_format": la.log_format}
 
     def absorb(self, info: wpb.InfoResponse) -> None:
