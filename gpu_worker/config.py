@@ -13,6 +13,7 @@ class WorkerConfig:
     worker_id: str
     socket_path: str
     model: str
+    role: str = "asr"  # "asr": recognition with `model`; "vad": segmentation with `model`
     torch_device: str = "cpu"  # where the model runs: "cuda:1" or "cpu"
     device_name: str = "cpu"  # what results and logs call it: "cuda:1", "sim:2", "cpu"
     threads: int = 1

@@ -21,6 +21,7 @@ from gpu_worker.batcher import Batcher
 from gpu_worker.config import WorkerConfig
 from gpu_worker.runner import FunasrRunner, Runner
 from gpu_worker.service import WorkerServicer
+from gpu_worker.vad import VadRunner
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from scheduler.logs import setup_logging
 
@@ -44,13 +45,13 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
-async def serve(cfg: WorkerConfig, runner: Runner) -> None:
-    batcher = Batcher(runner, cfg.max_batch_size, cfg.max_batch_audio_s,
-                      cfg.max_queue_delay_ms / 1000.0, cfg.cache_clear_every,
-                      cfg.cache_clear_margin_bytes)
+async def serve(cfg: WorkerConfig, runner: Runner | None, vad: VadRunner | None = None) -> None:
+    batcher = None if runner is None else Batcher(
+        runner, cfg.max_batch_size, cfg.max_batch_audio_s, cfg.max_queue_delay_ms / 1000.0,
+        cfg.cache_clear_every, cfg.cache_clear_margin_bytes)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(batcher, cfg.device_name), server)
+    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(batcher, cfg.device_name, vad), server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket_path)
     server.add_insecure_port(f"unix://{cfg.socket_path}")
@@ -58,7 +59,8 @@ async def serve(cfg: WorkerConfig, runner: Runner) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    batcher.start()
+    if batcher is not None:
+        batcher.start()
     await server.start()
     log.info("worker %s ready on %s (device %s, pid %d)", cfg.worker_id, cfg.socket_path,
              cfg.device_name, os.getpid())
@@ -66,7 +68,8 @@ async def serve(cfg: WorkerConfig, runner: Runner) -> None:
     await stop.wait()
     watcher.cancel()
     await server.stop(2.0)
-    await batcher.stop()
+    if batcher is not None:
+        await batcher.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     setup_logging(cfg.log_level, cfg.log_format, cfg.worker_id)
     try:
-        runner = FunasrRunner(cfg.model, cfg.torch_device, cfg.threads, cfg.dtype)
+        if cfg.role == "vad":
+            runner, vad = None, VadRunner(cfg.model, cfg.threads)
+        else:
+            runner, vad = FunasrRunner(cfg.model, cfg.torch_device, cfg.threads, cfg.dtype), None
     except Exception:
         log.exception("worker %s could not load model %s on %s", cfg.worker_id, cfg.model,
                       cfg.torch_device)
         return 3
-    asyncio.run(serve(cfg, runner))
+    asyncio.run(serve(cfg, runner, vad))
     return 0

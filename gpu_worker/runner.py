@@ -23,6 +23,7 @@ HOTWORD_MODELS = ("SeacoParaformer", "ContextualParaformer")
 PADDING_INVARIANT_MODELS = ("SenseVoiceSmall",)
 DTYPES = ("fp32", "bf16", "fp16")
 MEMORY_HEADROOM = 0.8  # share of free memory a batch may plan to use
+F32LE = 1  # worker.proto SampleFormat.F32LE (S16LE is 0)
 # Streaming Paraformer decodes a whole clip only with these (else its tail stays in the cache).
 STREAMING_KWARGS = {"is_final": True, "chunk_size": [0, 10, 5], "encoder_chunk_look_back": 4,
                     "decoder_chunk_look_back": 1}
@@ -78,6 +79,13 @@ class Runner(Protocol):
     def audio_capacity_s(self) -> float | None:
         """Most audio seconds one batch may hold given free device memory (None: no limit)."""
         ...
+
+
+def decode_pcm(pcm: bytes, fmt: int) -> np.ndarray:
+    """16 kHz mono samples from the wire to float32 in [-1, 1] (FunASR expects float32)."""
+    if fmt == F32LE:
+        return np.frombuffer(pcm, dtype="<f4").astype(np.float32, copy=False)
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)
 
 
 def postprocess_text(model_class: str, raw: str) -> tuple[str, str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 
 from gpu_worker.batcher import Batcher, is_oom
-from gpu_worker.runner import Utterance
+from gpu_worker.runner import Utterance, decode_pcm
+from gpu_worker.vad import VadRunner
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 
@@ -19,21 +20,37 @@ log = logging.getLogger(__name__)
 GPU_OOM_DETAIL = "gpu_oom"
 
 
-def decode_pcm(pcm: bytes, fmt: int) -> np.ndarray:
-    """16 kHz mono samples from the wire to float32 in [-1, 1] (FunASR expects float32)."""
-    if fmt == pb.F32LE:
-        return np.frombuffer(pcm, dtype="<f4").astype(np.float32, copy=False)
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)
-
-
 class WorkerServicer(pb_grpc.WorkerServicer):
-    def __init__(self, batcher: Batcher, device_name: str) -> None:
-        self.batcher = batcher
+    """Recognition (`batcher`) for ASR workers, segmentation (`vad`) for VAD workers."""
+
+    def __init__(self, batcher: Batcher | None, device_name: str,
+                 vad: VadRunner | None = None) -> None:
+        self._batcher = batcher
         self.device_name = device_name
+        self.vad = vad
         self.served = 0
+
+    @property
+    def batcher(self) -> Batcher:
+        if self._batcher is None:
+            raise RuntimeError("this is a VAD worker: it does not transcribe")
+        return self._batcher
+
+    async def Segment(self, request_iterator: AsyncIterator[pb.VadRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VadResponse]:
+        if self.vad is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a VAD worker")
+            return
+        async for response in self.vad.segment(request_iterator):
+            self.served += 1
+            yield response
 
     async def GetInfo(self, request: pb.InfoRequest,
                       context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        if self._batcher is None:
+            return pb.InfoResponse(device=self.device_name, model=getattr(self.vad, "model_dir",
+                                                                          ""),
+                                   pid=os.getpid(), served=self.served)
         runner = self.batcher.runner
         allocated, reserved = runner.memory()
         return pb.InfoResponse(device=self.device_name, model=runner.model_name, pid=os.getpid(),

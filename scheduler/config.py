@@ -60,6 +60,12 @@ class ServeConfig:
                                      "more than this (0: never)")
     dtype: str = _f("fp32", "Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)",
                     choices=DTYPES)
+    vad_model: str = _f("auto", "FSMN-VAD model directory for long audio; 'auto' builds the "
+                        "real FSMN-VAD into the cache; 'none' disables segmentation")
+    vad_workers: int = _f(0, "VAD worker processes on CPU (0: a quarter of the cores, 1-4)")
+    max_segment_ms: int = _f(30000, "Longest VAD segment, ms (requests may ask for another)")
+    stream_buffer_mib: int = _f(8, "A stream up to this size is decoded whole; longer streams "
+                                "are decoded and segmented as they arrive")
     max_unary_bytes: int = _f(64 * 1024 * 1024, "Largest audio in one Recognize message; "
                               "bigger files must use StreamingRecognize")
     max_stream_bytes: int = _f(2 * 1024**3, "Largest audio accepted on one stream")

@@ -32,6 +32,7 @@ GPU_MEMORY_FULL = "gpu_memory_full"
 WORKER_UNAVAILABLE = "worker_unavailable"
 GPU_OOM = "gpu_oom"
 CPU_POOL = "cpu_pool"
+FALLBACK_REASONS = (NO_GPU, GPU_MEMORY_FULL, WORKER_UNAVAILABLE, GPU_OOM, CPU_POOL)
 MONITOR_TTL_S = 0.25
 
 

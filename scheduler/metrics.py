@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from scheduler.dispatch import Dispatcher
+    from scheduler.workers import WorkerHandle
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,30 @@ class Metrics:
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self._http: Any = None
 
-    def attach(self, dispatcher: Dispatcher, model: str) -> None:
+    def attach(self, dispatcher: Dispatcher, model: str,
+               vad_workers: list[WorkerHandle] | None = None) -> None:
         """Read GPU and worker figures from `dispatcher` at every scrape."""
         self.queue_depth.set_function(lambda: dispatcher.waiting)
-        self.registry.register(_StateCollector(dispatcher, model))
+        self._zero_series([w.spec.device_name for w in dispatcher.workers], model)
+        self.registry.register(_StateCollector(dispatcher, model, vad_workers or []))
+
+    def _zero_series(self, devices: list[str], model: str) -> None:
+        """Create known label sets at zero, so that rate() sees their first event."""
+        from scheduler.dispatch import FALLBACK_REASONS
+
+        for dev in devices:
+            self.audio_seconds.labels(dev, model)
+            self.batch_size.labels(dev, model)
+            self.batch_inference.labels(dev, model)
+            self.queue_wait.labels(dev)
+            self.rtf.labels(dev)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason)
+        for rpc, mode in (("Recognize", "unary"), ("StreamingRecognize", "stream")):
+            self.latency.labels(rpc)
+            for code in ("OK", "INVALID_ARGUMENT", "CANCELLED", "RESOURCE_EXHAUSTED",
+                         "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"):
+                self.requests.labels(rpc, mode, code)
 
     def serve(self, port: int, host: str = "") -> None:
         """Serve /metrics over HTTP in a background thread until `close()`."""
@@ -123,9 +144,11 @@ class Metrics:
 class _StateCollector(Collector):
     """GPU (NVML or simulated) and worker figures, read at scrape time."""
 
-    def __init__(self, dispatcher: Dispatcher, model: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, model: str,
+                 vad_workers: list[WorkerHandle]) -> None:
         self.dispatcher = dispatcher
         self.model = model
+        self.vad_workers = vad_workers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         d = self.dispatcher
@@ -156,8 +179,9 @@ class _StateCollector(Collector):
                                    labels=labels)
         clears = CounterMetricFamily("asr_cache_clears", "Allocator cache clears by trigger",
                                      labels=[*labels, "trigger"])
-        for w in d.workers:
-            key = [w.spec.worker_id, w.spec.device_name, self.model]
+        for w in (*d.workers, *self.vad_workers):
+            key = [w.spec.worker_id, w.spec.device_name,
+                   "fsmn-vad" if w.spec.role == "vad" else self.model]
             up.add_metric(key, 1.0 if w.ready else 0.0)
             restarts.add_metric(key, w.restarts)
             alloc.add_metric(key, w.allocated_bytes)

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 DEMO = "demo"
 DEMO_MODEL = "sensevoice-tiny"
+VAD_MODEL = "fsmn-vad"
 HUB_HOSTS = (("www.modelscope.cn", 443), ("huggingface.co", 443))
 
 
@@ -58,6 +59,23 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         except OSError:
             continue
     return False
+
+
+def resolve_vad_model(vad_model: str, cache_dir: Path) -> str | None:
+    """The FSMN-VAD directory, or None when segmentation is off (or cannot be had)."""
+    if vad_model == "none":
+        return None
+    if vad_model != "auto":
+        return str(check_model_dir(Path(vad_model).expanduser()))
+    vad = cache_dir / "models" / VAD_MODEL
+    if not (vad / ".complete").exists():
+        try:
+            build_models(vad.parent, [VAD_MODEL])
+        except ModelError as exc:
+            log.warning("no VAD model (%s): long audio will not be segmented; pass "
+                        "--vad-model DIR", exc)
+            return None
+    return str(check_model_dir(vad))
 
 
 def resolve_model(model: str, cache_dir: Path) -> str:

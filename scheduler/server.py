@@ -7,6 +7,7 @@ while at least one worker is ready; reflection lists every service.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,11 +23,12 @@ from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.interceptor import ErrorInterceptor
 from scheduler.metrics import Metrics
-from scheduler.models import resolve_model
+from scheduler.models import resolve_model, resolve_vad_model
 from scheduler.monitor import GIB, GpuMonitor, open_monitor
 from scheduler.recognition import Recognizer
 from scheduler.service import AdminServicer, RecognizerServicer
 from scheduler.status import StatusReporter
+from scheduler.vad import VadPool
 from scheduler.workers import WorkerHandle, WorkerLaunch, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class AsrService:
         self.monitor = monitor
         self.port = 0
         self.workers: list[WorkerHandle] = []
+        self.vad_workers: list[WorkerHandle] = []
         self.dispatcher: Dispatcher | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -93,6 +96,7 @@ class AsrService:
     async def start(self) -> int:
         cfg = self.config
         model = await asyncio.to_thread(resolve_model, cfg.model, Path(cfg.cache_dir))
+        vad_model = await asyncio.to_thread(resolve_vad_model, cfg.vad_model, Path(cfg.cache_dir))
         monitor = self.monitor or open_monitor(cfg.devices, int(cfg.sim_memory_gib * GIB))
         self.monitor = monitor
         specs, cpu_only_reason = plan_workers(cfg, monitor)
@@ -109,22 +113,31 @@ class AsrService:
             heartbeat_timeout_s=cfg.heartbeat_timeout_s, log_level=cfg.log_level,
             log_format=cfg.log_format)
         self.workers = [WorkerHandle(s, launch, self._on_change) for s in specs]
+        vad_count = cfg.vad_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
+        self.vad_workers = [] if vad_model is None else [
+            WorkerHandle(WorkerSpec(f"vad#{i}", "vad", "cpu", is_cpu=True, role="vad"),
+                         dataclasses.replace(launch, model=vad_model, threads=1))
+            for i in range(vad_count)]
         self.dispatcher = Dispatcher(self.workers, monitor, DispatchPolicy(
             cpu_fallback=cfg.cpu_fallback, memory_floor_fraction=cfg.memory_floor_fraction,
             max_queue=cfg.max_queue, queue_timeout_s=cfg.queue_timeout_s,
             max_attempts=cfg.max_attempts), cpu_only_reason=cpu_only_reason)
-        reporter = StatusReporter(self.dispatcher, model, cfg.cpu_fallback)
+        reporter = StatusReporter(self.dispatcher, model, cfg.cpu_fallback, self.vad_workers)
         model_label = Path(model).name or model
-        recognizer = Recognizer(self.dispatcher, model, self.metrics, model_label)
-        self.metrics.attach(self.dispatcher, model_label)
+        recognizer = Recognizer(self.dispatcher, model, self.metrics, model_label,
+                                VadPool(self.vad_workers), cfg.max_segment_ms)
+        self.metrics.attach(self.dispatcher, model_label, self.vad_workers)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, "" if cfg.host in ("[::]", "::") else cfg.host)
 
-        limit = cfg.max_unary_bytes + 1024 * 1024
+        # Transport limit above the unary limit, so a too-big Recognize reaches the handler and
+        # gets a message pointing to StreamingRecognize.
+        limit = max(2 * cfg.max_unary_bytes, cfg.max_unary_bytes + 16 * 1024 * 1024)
         server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)],
                                  options=[("grpc.max_receive_message_length", limit)])
         asr_pb2_grpc.add_RecognizerServicer_to_server(
-            RecognizerServicer(recognizer, cfg.max_unary_bytes, cfg.max_stream_bytes), server)
+            RecognizerServicer(recognizer, cfg.max_unary_bytes, cfg.max_stream_bytes,
+                               cfg.stream_buffer_mib * 1024 * 1024, self._runtime_dir), server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):
@@ -139,7 +152,7 @@ class AsrService:
         await server.start()
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),
                                                               name=w.spec.worker_id)
-                       for w in self.workers]
+                       for w in (*self.workers, *self.vad_workers)]
         log.info("listening on port %d; model %s; workers %s", self.port, model,
                  ", ".join(s.worker_id for s in specs))
         return self.port
@@ -149,7 +162,7 @@ class AsrService:
 
     async def wait_all_ready(self, timeout_s: float) -> None:
         async def all_ready() -> None:
-            while not all(w.ready for w in self.workers):
+            while not all(w.ready for w in (*self.workers, *self.vad_workers)):
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(all_ready(), timeout_s)
 
@@ -157,7 +170,8 @@ class AsrService:
         if self._server is not None:
             await self._server.stop(grace_s)
         self.metrics.close()
-        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in (*self.workers, *self.vad_workers)),
+                             return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

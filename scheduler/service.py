@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,9 @@ from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
+from scheduler.ingest import recognize_stream
 from scheduler.interceptor import REQUEST_ID
+from scheduler.longform import SegmentResult
 from scheduler.metrics import Metrics
 from scheduler.recognition import RecognitionOutcome, RecognitionRequest, Recognizer
 from scheduler.status import StatusReporter
@@ -20,9 +23,13 @@ from scheduler.status import StatusReporter
 log = logging.getLogger(__name__)
 
 
+VAD_MODES = {pb.VAD_AUTO: "auto", pb.VAD_ALWAYS: "always", pb.VAD_NEVER: "never"}
+MAX_SEGMENT_MS_RANGE = (1000, 600_000)
+
+
 def to_request(config: pb.RecognitionConfig, audio: bytes,
                context: grpc.aio.ServicerContext) -> RecognitionRequest:
-    """Validate a RecognitionConfig and pair it with its audio."""
+    """Validate a RecognitionConfig and pair it with its audio (b"" for a stream)."""
     if config.encoding == pb.LINEAR16:
         if config.sample_rate_hertz <= 0:
             raise InvalidAudio("sample_rate_hertz is required for LINEAR16 raw PCM")
@@ -31,21 +38,37 @@ def to_request(config: pb.RecognitionConfig, audio: bytes,
         encoding = Encoding.CONTAINER
     else:
         raise InvalidAudio(f"unsupported audio encoding {config.encoding}")
-    if not audio:
-        raise InvalidAudio("audio is empty")
-    remaining = context.time_remaining()
+    if config.vad_mode not in VAD_MODES:
+        raise InvalidRequest(f"unsupported vad_mode {config.vad_mode}")
+    lo, hi = MAX_SEGMENT_MS_RANGE
+    if config.max_segment_ms and not lo <= config.max_segment_ms <= hi:
+        raise InvalidRequest(f"max_segment_ms {config.max_segment_ms} is out of range "
+                             f"({lo}-{hi}, or 0 for the default)")
     return RecognitionRequest(
         audio=audio, encoding=encoding, sample_rate=config.sample_rate_hertz,
         channels=config.audio_channel_count or 1, language=config.language or "auto",
         enable_itn=config.enable_itn, hotwords=tuple(h for h in config.hotwords if h.strip()),
         segment_timestamps=True, request_id=config.request_id or REQUEST_ID.get(),
-        timeout_s=remaining)
+        timeout_s=context.time_remaining(), vad_mode=VAD_MODES[config.vad_mode],
+        max_segment_ms=config.max_segment_ms)
+
+
+def segment_result(seg: SegmentResult, model: str, request_id: str) -> pb.RecognitionResult:
+    """A per-segment final result of a stream (absolute times)."""
+    return pb.RecognitionResult(
+        text=seg.text, language=seg.language, device=seg.device,
+        segments=[pb.Segment(start_ms=seg.start_ms, end_ms=seg.end_ms, text=seg.text,
+                             device=seg.device)],
+        fallback_reason=seg.fallback_reason,
+        audio_duration_s=(seg.end_ms - seg.start_ms) / 1000, queue_time_s=seg.queue_time_s,
+        inference_time_s=seg.inference_time_s, hotwords_ignored=seg.hotwords_ignored,
+        model=model, request_id=request_id)
 
 
 def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
     return pb.RecognitionResult(
         text=outcome.text, language=outcome.language, device=outcome.device,
-        segments=[pb.Segment(start_ms=s.start_ms, end_ms=s.end_ms, text=s.text)
+        segments=[pb.Segment(start_ms=s.start_ms, end_ms=s.end_ms, text=s.text, device=s.device)
                   for s in outcome.segments],
         fallback_reason=outcome.fallback_reason, audio_duration_s=outcome.audio_duration_s,
         queue_time_s=outcome.queue_time_s, inference_time_s=outcome.inference_time_s,
@@ -55,8 +78,11 @@ def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
 
 class RecognizerServicer(pb_grpc.RecognizerServicer):
     def __init__(self, recognizer: Recognizer, max_unary_bytes: int,
-                 max_stream_bytes: int) -> None:
+                 max_stream_bytes: int, buffer_bytes: int = 8 * 1024 * 1024,
+                 spool_dir: str | None = None) -> None:
         self.recognizer = recognizer
+        self.buffer_bytes = buffer_bytes
+        self.spool_dir = spool_dir
         self.metrics: Metrics = recognizer.metrics
         self.max_unary_bytes = max_unary_bytes
         self.max_stream_bytes = max_stream_bytes
@@ -85,31 +111,52 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
-        config: pb.StreamingRecognitionConfig | None = None
-        chunks: list[bytes] = []
-        size = 0
-        async for message in request_iterator:
-            kind = message.WhichOneof("streaming_request")
-            if config is None:
-                if kind != "streaming_config":
-                    raise InvalidRequest("the first message of a stream must carry "
-                                         "streaming_config (got "
-                                         f"{kind or 'an empty message'})")
-                config = message.streaming_config
-                continue
-            if kind == "streaming_config":
-                raise InvalidRequest("streaming_config may only be sent once, first")
-            size += len(message.audio_content)
-            if size > self.max_stream_bytes:
-                raise InvalidAudio(f"stream is over the {self.max_stream_bytes}-byte limit")
-            chunks.append(message.audio_content)
-        if config is None:
-            raise InvalidRequest("the stream ended without a streaming_config message")
-        req = to_request(config.config, b"".join(chunks), context)
-        chunks.clear()
-        audio_ended = time.monotonic()
-        outcome = await self.recognizer.recognize(req)
-        self.metrics.stream_final_latency.observe(time.monotonic() - audio_ended)
+        messages = request_iterator.__aiter__()
+        try:
+            first = await messages.__anext__()
+        except StopAsyncIteration:
+            raise InvalidRequest("the stream ended without a streaming_config message") from None
+        kind = first.WhichOneof("streaming_request")
+        if kind != "streaming_config":
+            raise InvalidRequest("the first message of a stream must carry streaming_config "
+                                 f"(got {kind or 'an empty message'})")
+        req = to_request(first.streaming_config.config, b"", context)
+
+        input_ended: list[float] = []
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in messages:
+                if message.WhichOneof("streaming_request") == "streaming_config":
+                    raise InvalidRequest("streaming_config may only be sent once, first")
+                yield message.audio_content
+            input_ended.append(time.monotonic())
+
+        out: asyncio.Queue[pb.StreamingRecognizeResponse] = asyncio.Queue()
+        processed_ms = 0
+
+        async def on_segment(seg: SegmentResult) -> None:
+            nonlocal processed_ms
+            processed_ms = max(processed_ms, seg.end_ms)
+            await out.put(pb.StreamingRecognizeResponse(
+                result=segment_result(seg, self.recognizer.model, req.request_id),
+                is_final=True, audio_processed_s=processed_ms / 1000))
+
+        task = asyncio.get_running_loop().create_task(recognize_stream(
+            self.recognizer, req, chunks(), buffer_bytes=self.buffer_bytes,
+            max_bytes=self.max_stream_bytes, spool_dir=self.spool_dir, on_segment=on_segment))
+        try:
+            while not task.done() or not out.empty():
+                getter = asyncio.ensure_future(out.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            outcome = task.result()
+        finally:
+            task.cancel()
+        now = time.monotonic()
+        self.metrics.stream_final_latency.observe(now - (input_ended[0] if input_ended else now))
         yield pb.StreamingRecognizeResponse(result=to_result(outcome), is_final=True,
                                             is_last=True,
                                             audio_processed_s=outcome.audio_duration_s)

@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class StatusReporter:
-    def __init__(self, dispatcher: Dispatcher, model: str, cpu_fallback: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, model: str, cpu_fallback: str,
+                 vad_workers: list[WorkerHandle] | None = None) -> None:
         self.dispatcher = dispatcher
+        self.vad_workers = vad_workers or []
         self.model = model
         self.cpu_fallback = cpu_fallback
         self.cache_clears = 0
@@ -36,7 +38,8 @@ class StatusReporter:
             d.accepting = self.dispatcher.accepting(name)
         for w in workers:
             d.workers.append(pb.WorkerStatus(
-                worker_id=w.spec.worker_id, pid=w.pid, state=w.state.value, model=self.model,
+                worker_id=w.spec.worker_id, pid=w.pid, state=w.state.value,
+                model=w.launch.model,
                 in_flight=w.in_flight, served=w.served, restarts=w.restarts,
                 last_error=w.last_error))
         return d
@@ -48,6 +51,8 @@ class StatusReporter:
             by_device.setdefault(w.spec.device_name, []).append(w)
         for name in infos:
             by_device.setdefault(name, [])
+        if self.vad_workers:
+            by_device["vad"] = list(self.vad_workers)
         return pb.GetStatusResponse(
             devices=[self._device(n, infos.get(n), ws) for n, ws in by_device.items()],
             queue_depth=self.dispatcher.waiting, queue_capacity=self.dispatcher.policy.max_queue,

@@ -52,6 +52,7 @@ class WorkerSpec:
     device_name: str  # "cuda:0", "sim:2", "cpu"
     torch_device: str  # "cuda:0" or "cpu"
     is_cpu: bool = False
+    role: str = "asr"  # "asr" (recognition) or "vad" (segmentation, CPU)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class WorkerHandle:
         """The JSON the worker parses into `gpu_worker.config.WorkerConfig` (same keys)."""
         la = self.launch
         return {"worker_id": self.spec.worker_id, "socket_path": self.socket_path,
+                "role": self.spec.role,
                 "model": la.model, "torch_device": self.spec.torch_device,
                 "device_name": self.spec.device_name, "threads": la.threads,
                 "max_batch_size": la.max_batch_size, "max_batch_audio_s": la.max_batch_audio_s,

@@ -3,8 +3,10 @@
 #   ffmpeg            decoding fallback and test audio conversion (PyAV ships its own libraries)
 #   sox, libsox-fmt-mp3   test audio conversion (FLAC, MP3, OGG)
 #   espeak-ng         synthesizes real speech for the tests
+#   prometheus        prometheus + promtool: the tests check deploy/prometheus rules and the
+#                     Grafana dashboard's queries against a real Prometheus server
 set -euo pipefail
-PKGS=(ffmpeg sox libsox-fmt-mp3 espeak-ng)
+PKGS=(ffmpeg sox libsox-fmt-mp3 espeak-ng prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -65,6 +65,8 @@ class RunningService:
         self.call(self.service.wait_all_ready(timeout), timeout + 5)
 
     def stop(self) -> None:
+        if not self.loop.is_running():
+            return
         try:
             self.call(self.service.stop(2.0), 60)
         finally:
@@ -75,7 +77,8 @@ class RunningService:
 def make_config(model: Path | str, **kw: Any) -> ServeConfig:
     base: dict[str, Any] = {"model": str(model), "devices": "cpu", "host": "127.0.0.1",
                             "port": 0, "metrics_port": 0, "worker_threads": 1,
-                            "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 10.0}
+                            "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 10.0,
+                            "vad_model": "none"}
     base.update(kw)
     return ServeConfig(**base)
 

@@ -46,7 +46,7 @@ def test_serve_and_transcribe_json(models_dir: Path, speech: dict[str, Path],
                                    tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "ASR_DEVICES": "cpu", "ASR_PORT": str(port), "ASR_METRICS_PORT": "0",
-           "ASR_WORKER_THREADS": "1"}
+           "ASR_WORKER_THREADS": "1", "ASR_VAD_MODEL": str(models_dir / "fsmn-vad")}
     proc = subprocess.Popen([str(BIN / "asr-scheduler"), "serve", "--model",
                              str(models_dir / "sensevoice-tiny"), "--host", "127.0.0.1"], env=env)
     try:
@@ -70,7 +70,8 @@ def test_serve_and_transcribe_json(models_dir: Path, speech: dict[str, Path],
         assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr
         out = subprocess.run([str(BIN / "asr-client"), "--server", f"127.0.0.1:{port}",
                               "status"], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "cpu#0" in out.stdout and "ready" in out.stdout
+        assert out.returncode == 0 and "cpu#0" in out.stdout and "vad#0" in out.stdout
+        assert "ready" in out.stdout
         grpcurl_like = subprocess.run(
             [sys.executable, "-c", REFLECTION_LIST, f"127.0.0.1:{port}"],
             capture_output=True, text=True, timeout=60)

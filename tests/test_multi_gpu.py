@@ -151,7 +151,8 @@ def test_workers_die_with_the_scheduler(models_dir: Path) -> None:
     proc = subprocess.Popen([str(Path(sys.executable).parent / "asr-scheduler"), "serve",
                              "--model", str(models_dir / "sensevoice-tiny"), "--devices", "sim:2",
                              "--cpu-fallback", "never", "--host", "127.0.0.1", "--port",
-                             str(port), "--metrics-port", "0", "--worker-threads", "1"])
+                             str(port), "--metrics-port", "0", "--worker-threads", "1",
+                             "--vad-model", "none"])
     try:
         wait_serving(f"127.0.0.1:{port}", proc)
         with AsrClient(f"127.0.0.1:{port}") as client:

@@ -12,12 +12,21 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     LINEAR16: _ClassVar[AudioEncoding]
     CONTAINER: _ClassVar[AudioEncoding]
+
+class VadMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VAD_AUTO: _ClassVar[VadMode]
+    VAD_ALWAYS: _ClassVar[VadMode]
+    VAD_NEVER: _ClassVar[VadMode]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 LINEAR16: AudioEncoding
 CONTAINER: AudioEncoding
+VAD_AUTO: VadMode
+VAD_ALWAYS: VadMode
+VAD_NEVER: VadMode
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "language", "enable_itn", "hotwords", "enable_segment_timestamps", "max_segment_ms", "request_id")
+    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "language", "enable_itn", "hotwords", "enable_segment_timestamps", "max_segment_ms", "request_id", "vad_mode")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +36,7 @@ class RecognitionConfig(_message.Message):
     ENABLE_SEGMENT_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEGMENT_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VAD_MODE_FIELD_NUMBER: _ClassVar[int]
     encoding: AudioEncoding
     sample_rate_hertz: int
     audio_channel_count: int
@@ -36,17 +46,20 @@ class RecognitionConfig(_message.Message):
     enable_segment_timestamps: bool
     max_segment_ms: int
     request_id: str
-    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., enable_segment_timestamps: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    vad_mode: VadMode
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., enable_segment_timestamps: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., vad_mode: _Optional[_Union[VadMode, str]] = ...) -> None: ...
 
 class Segment(_message.Message):
-    __slots__ = ("start_ms", "end_ms", "text")
+    __slots__ = ("start_ms", "end_ms", "text", "device")
     START_MS_FIELD_NUMBER: _ClassVar[int]
     END_MS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     start_ms: int
     end_ms: int
     text: str
-    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+    device: str
+    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., text: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class RecognitionResult(_message.Message):
     __slots__ = ("text", "segments", "language", "device", "fallback_reason", "audio_duration_s", "queue_time_s", "inference_time_s", "hotwords_ignored", "model", "request_id")

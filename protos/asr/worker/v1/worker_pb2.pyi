@@ -85,6 +85,32 @@ class TranscribeResponse(_message.Message):
     batch_id: int
     def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
+class VadRequest(_message.Message):
+    __slots__ = ("pcm", "sample_format", "is_final", "max_segment_ms")
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEGMENT_MS_FIELD_NUMBER: _ClassVar[int]
+    pcm: bytes
+    sample_format: SampleFormat
+    is_final: bool
+    max_segment_ms: int
+    def __init__(self, pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., is_final: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ...) -> None: ...
+
+class VadSegment(_message.Message):
+    __slots__ = ("start_ms", "end_ms")
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    start_ms: int
+    end_ms: int
+    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ...) -> None: ...
+
+class VadResponse(_message.Message):
+    __slots__ = ("segments",)
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[VadSegment]
+    def __init__(self, segments: _Optional[_Iterable[_Union[VadSegment, _Mapping]]] = ...) -> None: ...
+
 class WorkerClearCacheRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -50,6 +50,11 @@ class WorkerStub:
                 request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheRequest.SerializeToString,
                 response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheResponse.FromString,
                 _registered_method=True)
+        self.Segment = channel.stream_stream(
+                '/asr.worker.v1.Worker/Segment',
+                request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadRequest.SerializeToString,
+                response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -78,6 +83,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Segment(self, request_iterator, context):
+        """Voice activity detection over one audio stream (VAD workers only). Lockstep: one
+        response per request, holding the segments completed by that chunk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ClearCache,
                     request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheRequest.FromString,
                     response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheResponse.SerializeToString,
+            ),
+            'Segment': grpc.stream_stream_rpc_method_handler(
+                    servicer.Segment,
+                    request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadRequest.FromString,
+                    response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +197,33 @@ class Worker:
             '/asr.worker.v1.Worker/ClearCache',
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheRequest.SerializeToString,
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Segment(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/asr.worker.v1.Worker/Segment',
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadRequest.SerializeToString,
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadResponse.FromString,
             options,
             channel_credentials,
             insecure,
