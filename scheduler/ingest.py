@@ -109,6 +109,12 @@ async def recognize_stream(recognizer: Recognizer, req: RecognitionRequest,
                 req, np.concatenate([b async for b in blocks]))
         await feeder  # surfaces an input error (e.g. over the byte limit)
         return outcome
+    except Exception:
+        # An input error aborts the decoder, whose "aborted" error may surface first: the
+        # input's own error is the one to report.
+        if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+            raise feeder.exception() from None  # type: ignore[misc]
+        raise
     finally:
         feeder.cancel()
         decoder.abort()
