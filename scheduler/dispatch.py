@@ -193,7 +193,9 @@ class Dispatcher:
                     continue
                 finally:
                     w.in_flight -= 1
-                    w.pending_audio_s = max(w.pending_audio_s - audio_s, 0.0)
+                    # Exactly 0 when idle: float sums of many segments leave residue.
+                    w.pending_audio_s = (max(w.pending_audio_s - audio_s, 0.0) if w.in_flight
+                                         else 0.0)
                     self.notify()
                 w.served += 1
                 w.record(audio_s, time.monotonic() - started)
