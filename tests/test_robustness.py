@@ -125,7 +125,8 @@ def test_options_reach_the_model(served, speech: dict[str, Path]) -> None:  # ty
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_input_never_crashes_or_hangs(served, speech: dict[str, Path], data) -> None:  # type: ignore[no-untyped-def]
     svc, client, _ = served
