@@ -8,6 +8,7 @@ is made up) and is available to handlers and logs through `REQUEST_ID`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -72,23 +73,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         counted = method.startswith("/asr.v1.")  # health checks and reflection are not counted
         metrics = self.metrics
 
+        @contextlib.asynccontextmanager
+        async def guarded(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            """Request id in, exceptions to status codes, the outcome counted."""
+            _set_request_id(context)
+            done = metrics.track(rpc) if counted else None
+            started, code = time.monotonic(), "OK"
+            try:
+                yield
+            except BaseException as exc:
+                code = _code_of(exc, context)
+                if isinstance(exc, Exception):
+                    await _abort(context, method, exc)  # raises AbortError
+                raise
+            finally:
+                if done:
+                    done(code, time.monotonic() - started)
+
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _set_request_id(context)
-                done = metrics.track(rpc) if counted else None
-                started, code = time.monotonic(), "OK"
-                try:
+                async with guarded(context):
                     return await inner_uu(request, context)
-                except BaseException as exc:
-                    code = _code_of(exc, context)
-                    if isinstance(exc, Exception):
-                        await _abort(context, method, exc)  # raises AbortError
-                    raise
-                finally:
-                    if done:
-                        done(code, time.monotonic() - started)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=handler.request_deserializer,
@@ -98,20 +105,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                _set_request_id(context)
-                done = metrics.track(rpc) if counted else None
-                started, code = time.monotonic(), "OK"
-                try:
+                async with guarded(context):
                     async for item in inner_ss(requests, context):
                         yield item
-                except BaseException as exc:
-                    code = _code_of(exc, context)
-                    if isinstance(exc, Exception):
-                        await _abort(context, method, exc)  # raises AbortError
-                    raise
-                finally:
-                    if done:
-                        done(code, time.monotonic() - started)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, request_deserializer=handler.request_deserializer,

@@ -1,0 +1,73 @@
+"""GPU tier: runs only where CUDA and NVML work (skipped elsewhere, never faked).
+
+Run on a GPU machine with `.venv/bin/python -m pytest -m gpu -q`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.library import AsrClient
+from protos.asr.v1 import asr_pb2 as pb
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_cuda_count() == 0, reason="needs a CUDA GPU")]
+
+
+def test_nvml_reports_real_memory() -> None:
+    from scheduler.monitor import NvmlMonitor
+
+    devices = NvmlMonitor().devices()
+    assert len(devices) == _cuda_count()
+    for d in devices:
+        assert d.memory_total > 1 << 30 and 0 < d.memory_used < d.memory_total
+        assert d.name.startswith("cuda:") and d.product
+
+
+def test_service_runs_on_cuda_with_two_workers_per_gpu(start_service, models_dir: Path,  # type: ignore[no-untyped-def]
+                                                       speech: dict[str, Path]) -> None:
+    svc = start_service(models_dir / "sensevoice-tiny", devices="auto", workers_per_device=2,
+                        cpu_fallback="never")
+    assert {w.spec.torch_device for w in svc.service.workers} == {
+        f"cuda:{i}" for i in range(_cuda_count())}
+    with AsrClient(svc.address) as client:
+        results = [client.recognize_bytes(p.read_bytes()) for p in speech.values() for _ in (0, 1)]
+        status = client.status()
+    assert all(r.device.startswith("cuda:") and r.fallback_reason == "" for r in results)
+    gpu = [d for d in status.devices if d.name.startswith("cuda:")]
+    assert gpu and all(d.memory_total_bytes > 0 and len(d.workers) == 2 for d in gpu)
+    assert sum(w.served for d in gpu for w in d.workers) == len(results)
+
+
+@pytest.mark.parametrize("model", ["sensevoice-tiny", "paraformer-tiny"])
+def test_gpu_text_equals_cpu_text(start_service, models_dir: Path, speech: dict[str, Path],  # type: ignore[no-untyped-def]
+                                  model: str) -> None:
+    cpu = start_service(models_dir / model, devices="cpu")
+    gpu = start_service(models_dir / model, devices="auto", cpu_fallback="never")
+    for path in speech.values():
+        with AsrClient(cpu.address) as c, AsrClient(gpu.address) as g:
+            assert g.recognize_bytes(path.read_bytes()).text == \
+                c.recognize_bytes(path.read_bytes()).text
+
+
+def test_bf16_keeps_the_text_on_the_test_set(start_service, models_dir: Path,  # type: ignore[no-untyped-def]
+                                             speech: dict[str, Path]) -> None:
+    fp32 = start_service(models_dir / "sensevoice-tiny", devices="auto", cpu_fallback="never")
+    bf16 = start_service(models_dir / "sensevoice-tiny", devices="auto", cpu_fallback="never",
+                         dtype="bf16")
+    cfg = pb.RecognitionConfig()
+    with AsrClient(fp32.address) as a, AsrClient(bf16.address) as b:
+        for path in speech.values():
+            assert b.recognize_bytes(path.read_bytes(), cfg).text == \
+                a.recognize_bytes(path.read_bytes(), cfg).text
