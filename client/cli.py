@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=None, help="HOST:PORT (env ASR_SERVER)")
     parser.add_argument("--token", default=None, help="bearer token (env ASR_TOKEN)")
     parser.add_argument("--tls-ca", default=None, help="CA bundle for TLS (env ASR_TLS_CA)")
+    parser.add_argument("--tls-cert", default=None,
+                        help="client certificate for mTLS (env ASR_TLS_CERT)")
+    parser.add_argument("--tls-key", default=None, help="its private key (env ASR_TLS_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("transcribe", help="transcribe files or directories")
     tr.add_argument("files", nargs="+")
@@ -153,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     server = args.server or default_server()
     token = args.token or os.environ.get("ASR_TOKEN", "")
     tls_ca = args.tls_ca or os.environ.get("ASR_TLS_CA", "")
-    with AsrClient(server, token, tls_ca) as client:
+    tls_cert = args.tls_cert or os.environ.get("ASR_TLS_CERT", "")
+    tls_key = args.tls_key or os.environ.get("ASR_TLS_KEY", "")
+    with AsrClient(server, token, tls_ca, tls_cert, tls_key) as client:
         try:
             return COMMANDS[args.command](client, args)
         except grpc.RpcError as exc:

@@ -54,11 +54,16 @@ def result_to_dict(path: str, result: pb.RecognitionResult) -> dict[str, object]
 class AsrClient:
     """Connection to one service endpoint."""
 
-    def __init__(self, server: str, token: str = "", tls_ca: str = "") -> None:
+    def __init__(self, server: str, token: str = "", tls_ca: str = "", tls_cert: str = "",
+                 tls_key: str = "") -> None:
+        """`tls_ca` turns TLS on; `tls_cert`/`tls_key` add a client certificate (mTLS)."""
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if tls_ca:
-            creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+            creds = grpc.ssl_channel_credentials(
+                Path(tls_ca).read_bytes(),
+                private_key=Path(tls_key).read_bytes() if tls_key else None,
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None)
             self.channel = grpc.secure_channel(server, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(server, options=options)

@@ -77,6 +77,12 @@ class ServeConfig:
     worker_threads: int = _f(0, "torch CPU threads per worker (0: cores / workers)")
     cache_dir: str = _f(_default_cache_dir, "Where built demo models and wheels are cached")
     runtime_dir: str = _f("", "Directory for worker sockets (default: a fresh temp dir)")
+    tls_cert: str = _f("", "PEM certificate: turns TLS on (with --tls-key)")
+    tls_key: str = _f("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _f("", "PEM CA: require client certificates it signed (mTLS)")
+    auth_token_file: str = _f("", "File holding the bearer token Recognizer calls must carry")
+    admin_token_file: str = _f("", "File holding the bearer token Admin calls must carry "
+                               "(default: the auth token)")
     log_level: str = _f("INFO", "Logging level")
     log_format: str = _f("text", "Log format: text | json", choices=LOG_FORMATS)
 

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.asr.v1 import asr_pb2, asr_pb2_grpc
+from scheduler.auth import TokenInterceptor, read_token, server_credentials
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.interceptor import ErrorInterceptor
@@ -133,7 +134,12 @@ class AsrService:
         # Transport limit above the unary limit, so a too-big Recognize reaches the handler and
         # gets a message pointing to StreamingRecognize.
         limit = max(2 * cfg.max_unary_bytes, cfg.max_unary_bytes + 16 * 1024 * 1024)
-        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)],
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.metrics)]
+        if cfg.auth_token_file or cfg.admin_token_file:
+            interceptors.insert(0, TokenInterceptor(read_token(cfg.auth_token_file),
+                                                    read_token(cfg.admin_token_file)))
+        server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
         asr_pb2_grpc.add_RecognizerServicer_to_server(
             RecognizerServicer(recognizer, cfg.max_unary_bytes, cfg.max_stream_bytes,
@@ -145,7 +151,9 @@ class AsrService:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        self.port = (server.add_secure_port(address, credentials) if credentials
+                     else server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
         self._server = server
