@@ -45,7 +45,8 @@ class ServeConfig:
     cpu_fallback: str = _f("overflow", "CPU fallback policy: never | overflow (CPU worker takes "
                            "work no GPU can) | always-available (CPU worker competes with GPUs)",
                            choices=CPU_FALLBACK_POLICIES)
-    workers_per_device: int = _f(1, "Worker processes per GPU (more for small models)")
+    workers_per_device: int = _f(1, "Worker processes per GPU, or per CPU when the CPU is the "
+                                 "device (more for small models)")
     memory_floor_fraction: float = _f(0.10, "A GPU whose free memory falls below this fraction "
                                       "of its total takes no new work (0.10: over 90% used)")
     max_queue: int = _f(512, "Requests accepted but not yet finished before RESOURCE_EXHAUSTED")

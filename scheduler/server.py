@@ -39,11 +39,15 @@ SERVICE_NAMES = (asr_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,
 CPU_SPEC = WorkerSpec("cpu#0", "cpu", "cpu", is_cpu=True)
 
 
+def cpu_specs(count: int) -> list[WorkerSpec]:
+    return [WorkerSpec(f"cpu#{k}", "cpu", "cpu", is_cpu=True) for k in range(count)]
+
+
 def plan_workers(config: ServeConfig, monitor: GpuMonitor) -> tuple[list[WorkerSpec], str]:
     """Worker specs for `--devices`, and what a CPU-only plan says of its requests."""
     spec = config.devices.strip().lower()
-    if spec == "cpu":
-        return [CPU_SPEC], ""
+    if spec == "cpu":  # the CPU is the device: --workers-per-device applies to it
+        return cpu_specs(config.workers_per_device), ""
     gpus = monitor.devices()
     if spec not in ("auto",) and not spec.startswith("sim:"):
         wanted = [d.strip() for d in spec.split(",") if d.strip()]
@@ -56,7 +60,7 @@ def plan_workers(config: ServeConfig, monitor: GpuMonitor) -> tuple[list[WorkerS
     if not gpus:
         log.warning("no GPU found (--devices %s): serving on CPU; results say %s",
                     config.devices, NO_GPU)
-        return [CPU_SPEC], NO_GPU
+        return cpu_specs(config.workers_per_device), NO_GPU
     specs = [WorkerSpec(f"{d.name}#{k}", d.name, "cpu" if monitor.simulated else f"cuda:{d.index}")
              for d in gpus for k in range(config.workers_per_device)]
     if config.cpu_fallback != "never":

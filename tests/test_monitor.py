@@ -89,6 +89,8 @@ def test_sim_devices_and_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {s.torch_device for s in specs} == {"cpu"}
     specs, reason = plan_workers(ServeConfig(devices="auto"), NoGpuMonitor())
     assert reason == "no_gpu" and [s.worker_id for s in specs] == ["cpu#0"]
+    specs, reason = plan_workers(ServeConfig(devices="cpu", workers_per_device=2), mon)
+    assert reason == "" and [s.worker_id for s in specs] == ["cpu#0", "cpu#1"]
     specs, _ = plan_workers(ServeConfig(devices="sim:2", cpu_fallback="never"), mon)
     assert not any(s.is_cpu for s in specs)
     with pytest.raises(ValueError, match="cuda:5 not found"):
