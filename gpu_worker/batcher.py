@@ -88,6 +88,13 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        # torch's intra-op thread count is per calling thread under OpenMP: set it on the
+        # model thread itself, where every batch runs.
+        threads = getattr(self.runner, "threads", 0)
+        if threads:
+            import torch
+
+            self._executor.submit(torch.set_num_threads, threads)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:

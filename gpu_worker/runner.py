@@ -7,7 +7,6 @@ one device. Tests inject other runners (e.g. one that raises OOM above a batch s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import re
 from dataclasses import dataclass
@@ -89,22 +88,6 @@ def decode_pcm(pcm: bytes, fmt: int) -> np.ndarray:
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)
 
 
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc). Without it a CPU worker's resident size
-    ratchets up with every differently sized batch, though nothing is leaked."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: ctypes.CDLL | bool | None = None
-
-
 def postprocess_text(model_class: str, raw: str) -> tuple[str, str]:
     """FunASR's own post-processing of a model's raw text: (text, language)."""
     if model_class.startswith("SenseVoice"):
@@ -135,10 +118,10 @@ class FunasrRunner:
         self.has_cache = device.startswith("cuda")
         self._bytes_per_audio_s = 0.0  # peak allocator growth per audio second, learnt
         self.model_name = model_dir
-        self._threads = max(1, threads)
-        torch.set_num_threads(self._threads)
+        self.threads = max(1, threads)
+        torch.set_num_threads(self.threads)
         self._model = AutoModel(model=model_dir, device=device, disable_update=True,
-                                disable_pbar=True, disable_log=True, ncpu=self._threads)
+                                disable_pbar=True, disable_log=True, ncpu=self.threads)
         self.model_class = type(self._model.model).__name__
         self.supports_hotwords = self.model_class in HOTWORD_MODELS
         self.padding_invariant = self.model_class in PADDING_INVARIANT_MODELS
@@ -155,8 +138,6 @@ class FunasrRunner:
         if first.hotwords and self.supports_hotwords:
             kwargs["hotword"] = " ".join(first.hotwords)
         out = self._generate(batch, kwargs)
-        if not self.has_cache:
-            trim_heap()
         if len(out) != len(batch):
             raise RuntimeError(f"FunASR returned {len(out)} results for {len(batch)} inputs")
         results = []

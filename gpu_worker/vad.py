@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gpu_worker.runner import decode_pcm, trim_heap
+from gpu_worker.runner import decode_pcm
 from protos.asr.worker.v1 import worker_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class VadRunner:
         with torch.inference_mode():
             out = model.generate(input=audio, cache=cache, is_final=is_final,
                                  chunk_size=VAD_CHUNK_MS)
-        trim_heap()
         return [list(seg) for seg in out[0]["value"]] if out else []
 
     async def segment(self, requests: AsyncIterator[pb.VadRequest]

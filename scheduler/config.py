@@ -54,7 +54,9 @@ class ServeConfig:
                                 "RESOURCE_EXHAUSTED")
     max_batch_size: int = _f(32, "Largest batch a worker runs")
     max_batch_audio_s: float = _f(600.0, "Most audio seconds in one batch")
-    max_queue_delay_ms: float = _f(5.0, "Longest a worker holds a request to grow a batch")
+    max_queue_delay_ms: float = _f(0.0, "Longest a worker holds a request to grow a batch "
+                                   "(0: none; batches still form from requests that arrive "
+                                   "while the previous batch runs)")
     cache_clear_every: int = _f(500, "Clear a GPU worker's allocator cache after this many "
                                 "requests (0: never; the WebUI clears every 5 files)")
     cache_clear_margin_mib: int = _f(2048, "Clear when reserved exceeds allocated GPU memory by "

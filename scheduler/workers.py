@@ -64,7 +64,7 @@ class WorkerLaunch:
     threads: int = 1
     max_batch_size: int = 32
     max_batch_audio_s: float = 600.0
-    max_queue_delay_ms: float = 5.0
+    max_queue_delay_ms: float = 0.0
     cache_clear_every: int = 500
     cache_clear_margin_bytes: int = 2 * 1024**3
     dtype: str = "fp32"

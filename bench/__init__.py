@@ -1,0 +1,1 @@
+"""Benchmark scripts: side-by-side measurements that print ratios (not timed tests)."""

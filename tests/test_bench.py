@@ -1,0 +1,47 @@
+"""The throughput benchmark runs end to end (tiny model, tiny settings) and reports every
+variant with its ratio to the plain generate loop. It checks the script, not the speed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+RATIO = re.compile(r"\| (\d+\.\d+)x \|$")
+
+
+def _rows(stdout: str, prefix: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith(f"| {prefix}")]
+
+
+def test_quick_bench_reports_every_variant(models_dir: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick",
+           "--model", str(models_dir / "sensevoice-tiny"), "--clips", "4", "--clip-seconds", "3",
+           "--concurrency", "1,2", "--workers-per-device", "1,2", "--devices", "cpu",
+           "--work-dir", str(tmp_path / "work"), "--json", str(out_json)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for prefix, count in (("(a)", 1), ("(b)", 1), ("(c) ours, 1 worker", 2),
+                          ("(c) ours, 2 worker", 2)):
+        rows = _rows(out, prefix)
+        assert len(rows) == count, out
+        for row in rows:
+            assert RATIO.search(row), row
+            assert float(RATIO.search(row).group(1)) > 0, row
+    assert RATIO.search(_rows(out, "(a)")[0]).group(1) == "1.00"
+    funasr_rows = _rows(out, "(d) funasr-server")
+    assert len(funasr_rows) == 2, out  # measured where it can run, else "n/a (why)"
+    assert all(RATIO.search(r) or "n/a (" in r for r in funasr_rows), funasr_rows
+    assert "target: ours at concurrency 1" in out
+    data = json.loads(out_json.read_text())
+    assert data["meta"]["device"] == "cpu"
+    assert {r["variant"] for r in data["results"]} == {"a", "b", "c", "d"}
