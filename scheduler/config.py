@@ -54,6 +54,8 @@ class ServeConfig:
                                 "RESOURCE_EXHAUSTED")
     max_batch_size: int = _f(32, "Largest batch a worker runs")
     max_batch_audio_s: float = _f(600.0, "Most audio seconds in one batch")
+    cpu_max_batch_size: int = _f(4, "Largest batch on a CPU worker (big padded batches of long "
+                                 "segments run up to 3x slower on CPU; see BENCHMARKS.md)")
     max_queue_delay_ms: float = _f(0.0, "Longest a worker holds a request to grow a batch "
                                    "(0: none; batches still form from requests that arrive "
                                    "while the previous batch runs)")

@@ -107,8 +107,10 @@ class LongformRun:
             async for block in blocks:
                 self._retained.append(block)
                 self.total_samples += len(block)
+                # Strictly more than a chunk: the final push must never be empty (FunASR
+                # returns at once on empty input without closing the last segment).
                 while self._retained.end - (self._session_offset + self._pushed) \
-                        >= VAD_CHUNK_SAMPLES:
+                        > VAD_CHUNK_SAMPLES:
                     await self._push(final=False)
             await self._push(final=True)
         finally:

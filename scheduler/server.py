@@ -117,7 +117,10 @@ class AsrService:
             heartbeat_interval_s=cfg.heartbeat_interval_s,
             heartbeat_timeout_s=cfg.heartbeat_timeout_s, log_level=cfg.log_level,
             log_format=cfg.log_format)
-        self.workers = [WorkerHandle(s, launch, self._on_change) for s in specs]
+        cpu_launch = dataclasses.replace(
+            launch, max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size))
+        self.workers = [WorkerHandle(s, cpu_launch if s.is_cpu else launch, self._on_change)
+                        for s in specs]
         vad_count = cfg.vad_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
         self.vad_workers = [] if vad_model is None else [
             WorkerHandle(WorkerSpec(f"vad#{i}", "vad", "cpu", is_cpu=True, role="vad"),

@@ -65,6 +65,13 @@ def test_vad_asr_equals_funasr_unary_and_streamed(start_service, models_dir: Pat
     assert sorted(r.result.segments[0].start_ms for r in per_segment) == \
         [s.start_ms for s in unary.segments]
     assert last.result.audio_duration_s == pytest.approx(150.0, abs=0.01)
+    # Exactly two VAD chunks (120 s): the final VAD push must not be empty, or FunASR never
+    # closes the last segment.
+    exact = write_recording(recording.parent / "120s.wav", 120.0,
+                            speech_clips(recording.parent), seed=3)
+    with AsrClient(svc.address) as client:
+        assert client.transcribe_file(exact, timeout=300).text == funasr_vad_text(
+            str(models_dir / "sensevoice-tiny"), str(models_dir / "fsmn-vad"), str(exact))
 
 
 def test_segments_of_one_file_spread_over_devices(start_service, models_dir: Path,  # type: ignore[no-untyped-def]
