@@ -6,6 +6,7 @@ Plain functions (no pytest fixtures). They shell out to espeak-ng, sox and ffmpe
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -85,3 +86,10 @@ def reference_16k_mono(path: Path) -> np.ndarray:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     m = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     return m if sr == TARGET_RATE else soxr.resample(m, sr, TARGET_RATE)
+
+
+def wav_header(rate: int = 16000, channels: int = 1, data_len: int = 0) -> bytes:
+    """A 44-byte PCM16 WAV header declaring `data_len` bytes of data."""
+    return (b"RIFF" + struct.pack("<I", 36 + data_len) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels,
+                          2 * channels, 16) + b"data" + struct.pack("<I", data_len))

@@ -23,7 +23,7 @@ from scheduler.audio import (
     pcm_bytes,
 )
 from scheduler.errors import InvalidAudio
-from tests.audio_fixtures import convert, espeak_wav, reference_16k_mono
+from tests.audio_fixtures import convert, espeak_wav, reference_16k_mono, wav_header
 
 TEXT = "hello world, this is a test of the speech recognition service"
 
@@ -151,12 +151,6 @@ def test_raw_linear16_8k_stereo_matches_reference(files: dict[str, Path]) -> Non
 # ---- bad input ----------------------------------------------------------------------------
 
 
-def _wav_header(rate: int = 16000, channels: int = 1, data_len: int = 0) -> bytes:
-    return (b"RIFF" + struct.pack("<I", 36 + data_len) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels,
-                          2 * channels, 16) + b"data" + struct.pack("<I", data_len))
-
-
 @pytest.mark.parametrize(
     ("data", "kw", "match"),
     [
@@ -179,10 +173,10 @@ def _wav_header(rate: int = 16000, channels: int = 1, data_len: int = 0) -> byte
          "sample rate 1000000000 Hz is out of range"),
         (b"\x00\x00" * 100, {"encoding": Encoding.LINEAR16, "sample_rate": 16000, "channels": 0},
          "channel count 0 is out of range"),
-        (_wav_header(), {}, "zero samples"),
-        (_wav_header()[:30], {}, "could not decode"),
-        (_wav_header(rate=3, data_len=200) + b"\x01\x00" * 100, {}, "3 Hz is out of range"),
-        (_wav_header(rate=10**9, data_len=200) + b"\x01\x00" * 100, {}, "out of range"),
+        (wav_header(), {}, "zero samples"),
+        (wav_header()[:30], {}, "could not decode"),
+        (wav_header(rate=3, data_len=200) + b"\x01\x00" * 100, {}, "3 Hz is out of range"),
+        (wav_header(rate=10**9, data_len=200) + b"\x01\x00" * 100, {}, "out of range"),
     ],
 )
 def test_bad_input_raises_invalid_audio(data: bytes, kw: dict[str, object], match: str) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scheduler.audio import Encoding, decode_audio
 from scheduler.errors import InvalidAudio
 from scheduler.stream_decode import StreamDecoder
-from tests.audio_fixtures import convert, espeak_wav, reference_16k_mono
+from tests.audio_fixtures import convert, espeak_wav, reference_16k_mono, wav_header
 
 TEXT = "hello world, this is a test of the speech recognition service"
 TIMEOUT = 30.0
@@ -294,12 +294,6 @@ def test_abort_before_blocks() -> None:
 # ---- bad input ----------------------------------------------------------------------------
 
 
-def _wav_header(rate: int = 16000, channels: int = 1, data_len: int = 0) -> bytes:
-    return (b"RIFF" + struct.pack("<I", 36 + data_len) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels,
-                          2 * channels, 16) + b"data" + struct.pack("<I", data_len))
-
-
 @pytest.mark.parametrize(
     ("data", "kw", "match"),
     [
@@ -318,10 +312,10 @@ def _wav_header(rate: int = 16000, channels: int = 1, data_len: int = 0) -> byte
          "sample rate 1000000000 Hz is out of range"),
         (b"\x00\x00" * 100, {"encoding": Encoding.LINEAR16, "sample_rate": 16000, "channels": 0},
          "channel count 0 is out of range"),
-        (_wav_header(), {}, "zero samples"),
-        (_wav_header()[:30], {}, "could not decode"),
-        (_wav_header(rate=3, data_len=200) + b"\x01\x00" * 100, {}, "3 Hz is out of range"),
-        (_wav_header(channels=100, data_len=200) + b"\x01\x00" * 100, {}, "channel count 100"),
+        (wav_header(), {}, "zero samples"),
+        (wav_header()[:30], {}, "could not decode"),
+        (wav_header(rate=3, data_len=200) + b"\x01\x00" * 100, {}, "3 Hz is out of range"),
+        (wav_header(channels=100, data_len=200) + b"\x01\x00" * 100, {}, "channel count 100"),
     ],
 )
 def test_bad_input_raises_invalid_audio(data: bytes, kw: dict[str, Any], match: str) -> None:
@@ -330,7 +324,7 @@ def test_bad_input_raises_invalid_audio(data: bytes, kw: dict[str, Any], match: 
 
 
 def test_nan_samples_are_rejected() -> None:
-    header = bytearray(_wav_header(data_len=16))
+    header = bytearray(wav_header(data_len=16))
     header[20:22] = struct.pack("<H", 3)  # IEEE float
     header[34:36] = struct.pack("<H", 32)
     with pytest.raises(InvalidAudio, match="NaN"):
