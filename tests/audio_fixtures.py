@@ -93,3 +93,21 @@ def wav_header(rate: int = 16000, channels: int = 1, data_len: int = 0) -> bytes
     return (b"RIFF" + struct.pack("<I", 36 + data_len) + b"WAVEfmt "
             + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels,
                           2 * channels, 16) + b"data" + struct.pack("<I", data_len))
+
+
+FORMAT_TEXT = "hello world, this is a test of the speech recognition service"
+
+
+def speech_formats(d: Path) -> dict[str, Path]:
+    """One sentence in many shapes: 16 kHz mono, 44.1 kHz and 8 kHz stereo WAV, a short clip,
+    and the 44.1 kHz stereo one as FLAC, MP3, OGG, M4A, Opus, WebM and AAC."""
+    out = {
+        "m16.wav": espeak_wav(FORMAT_TEXT, d / "m16.wav"),
+        "s44.wav": espeak_wav(FORMAT_TEXT, d / "s44.wav", rate=44100, channels=2),
+        "s8.wav": espeak_wav(FORMAT_TEXT, d / "s8.wav", rate=8000, channels=2),
+        "short.wav": espeak_wav("hi", d / "short.wav", rate=22050),
+    }
+    for ext in ("flac", "mp3", "ogg", "m4a", "opus", "webm", "aac"):
+        out[f"s44.{ext}"] = convert(out["s44.wav"], d / f"s44.{ext}")
+    out["short.mp3"] = convert(out["short.wav"], d / "short.mp3")
+    return out

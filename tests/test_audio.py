@@ -23,24 +23,14 @@ from scheduler.audio import (
     pcm_bytes,
 )
 from scheduler.errors import InvalidAudio
-from tests.audio_fixtures import convert, espeak_wav, reference_16k_mono, wav_header
-
-TEXT = "hello world, this is a test of the speech recognition service"
+from tests.audio_fixtures import convert, reference_16k_mono, speech_formats, wav_header
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("audio")
-    out = {
-        "m16.wav": espeak_wav(TEXT, d / "m16.wav"),
-        "s44.wav": espeak_wav(TEXT, d / "s44.wav", rate=44100, channels=2),
-        "s8.wav": espeak_wav(TEXT, d / "s8.wav", rate=8000, channels=2),
-        "short.wav": espeak_wav("hi", d / "short.wav", rate=22050),
-    }
+    out = speech_formats(d)
     out["m16.flac"] = convert(out["m16.wav"], d / "m16.flac")
-    for ext in ("flac", "mp3", "ogg", "m4a", "opus", "webm", "aac"):
-        out[f"s44.{ext}"] = convert(out["s44.wav"], d / f"s44.{ext}")
-    out["short.mp3"] = convert(out["short.wav"], d / "short.mp3")
     return out
 
 

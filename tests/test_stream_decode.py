@@ -23,24 +23,15 @@ from hypothesis import strategies as st
 from scheduler.audio import Encoding, decode_audio
 from scheduler.errors import InvalidAudio
 from scheduler.stream_decode import StreamDecoder
-from tests.audio_fixtures import convert, espeak_wav, reference_16k_mono, wav_header
+from tests.audio_fixtures import convert, reference_16k_mono, speech_formats, wav_header
 
-TEXT = "hello world, this is a test of the speech recognition service"
 TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("stream_audio")
-    out = {
-        "m16.wav": espeak_wav(TEXT, d / "m16.wav"),
-        "s44.wav": espeak_wav(TEXT, d / "s44.wav", rate=44100, channels=2),
-        "s8.wav": espeak_wav(TEXT, d / "s8.wav", rate=8000, channels=2),
-        "short.wav": espeak_wav("hi", d / "short.wav", rate=22050),
-    }
-    for ext in ("flac", "mp3", "ogg", "m4a", "opus", "webm", "aac"):
-        out[f"s44.{ext}"] = convert(out["s44.wav"], d / f"s44.{ext}")
-    out["short.mp3"] = convert(out["short.wav"], d / "short.mp3")
+    out = speech_formats(d)
     # ~20 s, long enough that FFmpeg's probing does not need the whole upload
     x, sr = sf.read(str(out["s44.wav"]), dtype="int16")
     sf.write(str(d / "long.wav"), np.concatenate([x, np.zeros((sr, 2), np.int16)] * 5), sr)
