@@ -9,20 +9,24 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
+
+from client.library import AsrClient
 
 log = logging.getLogger("bench")
 
@@ -295,3 +299,62 @@ def format_table(rows: Sequence[Measurement], reference: Measurement | None) -> 
             f"| {m.wall_s:.2f} | {m.rtfx:.2f} | {m.percentile(50):.3f} | {m.percentile(95):.3f} "
             f"| {m.other_cpu:.0%} | {ratio(m, reference):.2f}x |")
     return "\n".join(lines)
+
+
+RECOGNIZER = "asr.v1.Recognizer"
+
+
+def _serving(address: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=RECOGNIZER), timeout=1).status
+        except grpc.RpcError:
+            return False
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _all_workers_ready(client: AsrClient) -> bool:
+    import grpc
+
+    try:
+        status = client.status()
+    except grpc.RpcError:
+        return False
+    states = [w.state for d in status.devices for w in d.workers]
+    return bool(states) and all(state == "ready" for state in states)
+
+
+def scheduler_command() -> list[str]:
+    script = Path(sys.executable).parent / "asr-scheduler"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from scheduler.cli import main; sys.exit(main())"]
+
+
+@contextmanager
+def service_process(serve_args: Sequence[str], log_path: Path,
+                    timeout_s: float = 600.0) -> Iterator[AsrClient]:
+    """`asr-scheduler serve SERVE_ARGS` on a free loopback port (no metrics port), its output in
+    `log_path`; yields a client once health says SERVING and every worker is ready."""
+    port = free_port()
+    cmd = [*scheduler_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--metrics-port", "0", *serve_args]
+    log.info("starting: %s (log %s)", shlex.join(cmd), log_path)
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parent.parent)
+    address = f"127.0.0.1:{port}"
+    client = AsrClient(address)
+    try:
+        wait_for(lambda: _serving(address), proc, timeout_s, "asr-scheduler serve")
+        wait_for(lambda: _all_workers_ready(client), proc, timeout_s, "its workers")
+        yield client
+    except Exception as exc:
+        raise RuntimeError(f"{exc}; last lines of {log_path}:\n{tail(log_path)}") from exc
+    finally:
+        client.close()
+        stop_process(proc)

@@ -23,8 +23,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, make_clips, stop_process, tail, wait_for  # noqa: E402
+from bench.common import make_clips, service_process  # noqa: E402
 from client.library import AsrClient  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -104,32 +102,12 @@ def measure_funasr(args: argparse.Namespace, paths: list[Path]) -> tuple[Row, st
 
 @contextmanager
 def service(args: argparse.Namespace, vad_workers: int) -> Iterator[AsrClient]:
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "asr-scheduler"), "serve", "--model", args.model,
-           "--vad-model", args.vad_model, "--vad-workers", str(vad_workers), "--devices",
-           args.devices, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-           "--worker-threads", str(args.threads), "--log-level", "WARNING"]
-    log_path = args.work_dir / f"service-vad{vad_workers}.log"
-    log.info("starting %s", shlex.join(cmd))
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    client = AsrClient(f"127.0.0.1:{port}")
-
-    def ready() -> bool:
-        try:
-            states = [w.state for d in client.status().devices for w in d.workers]
-        except Exception:
-            return False
-        return bool(states) and all(s == "ready" for s in states)
-
-    try:
-        wait_for(ready, proc, 600, "asr-scheduler serve")
+    """Our service with `vad_workers` VAD workers, every worker ready."""
+    serve = ["--model", args.model, "--vad-model", args.vad_model, "--vad-workers",
+             str(vad_workers), "--devices", args.devices, "--worker-threads", str(args.threads),
+             "--log-level", "WARNING"]
+    with service_process(serve, args.work_dir / f"service-vad{vad_workers}.log") as client:
         yield client
-    except Exception as exc:
-        raise RuntimeError(f"{exc}; last lines of {log_path}:\n{tail(log_path)}") from exc
-    finally:
-        client.close()
-        stop_process(proc)
 
 
 def measure_ours(args: argparse.Namespace, paths: list[Path], vad_workers: int

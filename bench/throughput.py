@@ -69,9 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the project's packages
     sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
 import soundfile as sf  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.common import (  # noqa: E402
@@ -85,6 +83,7 @@ from bench.common import (  # noqa: E402
     load_average,
     make_clips,
     ratio,
+    service_process,
     stop_process,
     tail,
     wait_for,
@@ -96,7 +95,6 @@ log = logging.getLogger("bench")
 TARGET_C8 = 1.3
 TARGET_C1 = 0.95
 START_TIMEOUT_S = 600.0
-RECOGNIZER = "asr.v1.Recognizer"
 GENERATE_OPTIONS: dict[str, Any] = {"language": "auto", "use_itn": False}
 NOISY_SHARE = 0.05
 WARMUP_CALLS = 4  # the first calls of a fresh model are slow (allocator, kernel caches)
@@ -288,59 +286,19 @@ def service_device_args(devices: str, workers: int, cpu_only: bool) -> list[str]
     return ["--devices", devices, "--workers-per-device", str(workers), "--cpu-fallback", "never"]
 
 
-def _scheduler_command() -> list[str]:
-    script = Path(sys.executable).parent / "asr-scheduler"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from scheduler.cli import main; sys.exit(main())"]
-
-
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            status = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=RECOGNIZER), timeout=1).status
-        except grpc.RpcError:
-            return False
-    return status == health_pb2.HealthCheckResponse.SERVING
-
-
-def _all_workers_ready(client: AsrClient) -> bool:
-    try:
-        status = client.status()
-    except grpc.RpcError:
-        return False
-    states = [w.state for d in status.devices for w in d.workers]
-    return bool(states) and all(state == "ready" for state in states)
-
-
 @contextmanager
 def running_service(s: Settings, workers: int, cpu_only: bool) -> Iterator[AsrClient]:
     """`asr-scheduler serve` on a free loopback port with every worker ready."""
-    port = free_port()
     per_worker = max(1, s.threads // workers)
-    cmd = [*_scheduler_command(), "serve", "--model", s.model, "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", "0", "--worker-threads", str(per_worker),
-           *service_device_args(s.devices, workers, cpu_only)]
+    args = ["--model", s.model, "--worker-threads", str(per_worker),
+            *service_device_args(s.devices, workers, cpu_only)]
     if s.max_batch_size:
-        cmd += ["--max-batch-size", str(s.max_batch_size)]
+        args += ["--max-batch-size", str(s.max_batch_size)]
     if s.max_queue_delay_ms is not None:
-        cmd += ["--max-queue-delay-ms", str(s.max_queue_delay_ms)]
-    log_path = s.work_dir / f"service-w{workers}.log"
-    log.info("(c) starting: %s (log %s)", shlex.join(cmd), log_path)
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    address = f"127.0.0.1:{port}"
-    client = AsrClient(address)
-    try:
-        wait_for(lambda: _serving(address), proc, START_TIMEOUT_S, "asr-scheduler serve")
-        wait_for(lambda: _all_workers_ready(client), proc, START_TIMEOUT_S, "its workers")
+        args += ["--max-queue-delay-ms", str(s.max_queue_delay_ms)]
+    with service_process(args, s.work_dir / f"service-w{workers}.log",
+                         START_TIMEOUT_S) as client:
         yield client
-    except Exception as exc:
-        raise RuntimeError(f"{exc}; last lines of {log_path}:\n{tail(log_path)}") from exc
-    finally:
-        client.close()
-        stop_process(proc)
 
 
 def measure_service(s: Settings, clips: list[Clip], workers: int,
