@@ -18,16 +18,15 @@ import sys
 import grpc
 
 from gpu_worker.batcher import Batcher
-from gpu_worker.config import WorkerConfig
 from gpu_worker.runner import FunasrRunner, Runner
 from gpu_worker.service import WorkerServicer
 from gpu_worker.vad import VadRunner
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
-from scheduler.logs import setup_logging
+from protos.common.logs import setup_logging
+from protos.common.wire import WORKER_CHANNEL_OPTIONS
+from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger("gpu_worker")
-
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 
 def _die_with_parent() -> None:
@@ -49,8 +48,7 @@ async def serve(cfg: WorkerConfig, runner: Runner | None, vad: VadRunner | None 
     batcher = None if runner is None else Batcher(
         runner, cfg.max_batch_size, cfg.max_batch_audio_s, cfg.max_queue_delay_ms / 1000.0,
         cfg.cache_clear_every, cfg.cache_clear_margin_bytes)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS))
     pb_grpc.add_WorkerServicer_to_server(WorkerServicer(batcher, cfg.device_name, vad), server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket_path)
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     setup_logging(cfg.log_level, cfg.log_format, cfg.worker_id)
     try:
-        if cfg.role == "vad":
+        if cfg.engine == "vad":
             runner, vad = None, VadRunner(cfg.model, cfg.threads)
         else:
             runner, vad = FunasrRunner(cfg.model, cfg.torch_device, cfg.threads, cfg.dtype), None

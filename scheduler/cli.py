@@ -8,8 +8,8 @@ import logging
 import signal
 from pathlib import Path
 
+from protos.common.logs import setup_logging
 from scheduler.config import ServeConfig
-from scheduler.logs import setup_logging
 from scheduler.models import ModelError, run_model_builder
 from scheduler.server import AsrService
 

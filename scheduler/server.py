@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.asr.v1 import asr_pb2, asr_pb2_grpc
+from protos.common.worker_config import WorkerConfig
 from scheduler.auth import TokenInterceptor, read_token, server_credentials
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
@@ -107,24 +108,28 @@ class AsrService:
         specs, cpu_only_reason = plan_workers(cfg, monitor)
         self._runtime_dir = cfg.runtime_dir or tempfile.mkdtemp(prefix="asr-scheduler-")
         os.makedirs(self._runtime_dir, exist_ok=True)
-        launch = WorkerLaunch(
-            model=model, runtime_dir=self._runtime_dir,
+        worker = WorkerConfig(
+            model=model, model_name=Path(model).name or model,
             threads=cfg.worker_threads or max(1, (os.cpu_count() or 1) // len(specs)),
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
+            log_level=cfg.log_level, log_format=cfg.log_format)
+        launch = WorkerLaunch(
+            worker=worker, runtime_dir=self._runtime_dir,
             start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_s, log_level=cfg.log_level,
-            log_format=cfg.log_format)
-        cpu_launch = dataclasses.replace(
-            launch, max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size))
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+        cpu_launch = dataclasses.replace(launch, worker=dataclasses.replace(
+            worker, max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size)))
         self.workers = [WorkerHandle(s, cpu_launch if s.is_cpu else launch, self._on_change)
                         for s in specs]
         vad_count = cfg.vad_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
         self.vad_workers = [] if vad_model is None else [
             WorkerHandle(WorkerSpec(f"vad#{i}", "vad", "cpu", is_cpu=True, role="vad"),
-                         dataclasses.replace(launch, model=vad_model, threads=1))
+                         dataclasses.replace(launch, worker=dataclasses.replace(
+                             worker, model=vad_model, model_name="fsmn-vad", engine="vad",
+                             threads=1)))
             for i in range(vad_count)]
         self.dispatcher = Dispatcher(self.workers, monitor, DispatchPolicy(
             cpu_fallback=cfg.cpu_fallback, memory_floor_fraction=cfg.memory_floor_fraction,

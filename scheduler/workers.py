@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import signal
@@ -27,10 +27,11 @@ import grpc
 
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.wire import WORKER_CHANNEL_OPTIONS
+from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 CRASH_LOOP_COUNT = 5
 CRASH_LOOP_WINDOW_S = 120.0
 MAX_BACKOFF_S = 30.0
@@ -57,26 +58,22 @@ class WorkerSpec:
 
 @dataclass
 class WorkerLaunch:
-    """What every worker of this scheduler shares (model, limits, paths)."""
+    """What every worker of one pool shares: the worker settings (model, engine, batching,
+    dtype, logging; ids, device and socket are filled in per worker) and how it is supervised."""
 
-    model: str
+    worker: WorkerConfig
     runtime_dir: str
-    threads: int = 1
-    max_batch_size: int = 32
-    max_batch_audio_s: float = 600.0
-    max_queue_delay_ms: float = 0.0
-    cache_clear_every: int = 500
-    cache_clear_margin_bytes: int = 2 * 1024**3
-    dtype: str = "fp32"
     start_timeout_s: float = 600.0
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 20.0
-    log_level: str = "INFO"
-    log_format: str = "text"
     initial_backoff_s: float = 1.0
     extra_env: dict[str, str] = field(default_factory=dict)
     # The worker program; the JSON config is appended. Tests swap in failing programs.
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "gpu_worker"])
+
+    @property
+    def model(self) -> str:
+        return self.worker.model
 
 
 class WorkerHandle:
@@ -135,19 +132,12 @@ class WorkerHandle:
             self.state = state
             self.on_change()
 
-    def worker_config(self) -> dict[str, object]:
-        """The JSON the worker parses into `gpu_worker.config.WorkerConfig` (same keys)."""
-        la = self.launch
-        return {"worker_id": self.spec.worker_id, "socket_path": self.socket_path,
-                "role": self.spec.role,
-                "model": la.model, "torch_device": self.spec.torch_device,
-                "device_name": self.spec.device_name, "threads": la.threads,
-                "max_batch_size": la.max_batch_size, "max_batch_audio_s": la.max_batch_audio_s,
-                "max_queue_delay_ms": la.max_queue_delay_ms,
-                "cache_clear_every": la.cache_clear_every,
-                "cache_clear_margin_bytes": la.cache_clear_margin_bytes, "dtype": la.dtype,
-                "parent_pid": os.getpid(),
-                "log_level": la.log_level, "log_format": la.log_format}
+    def worker_config(self) -> WorkerConfig:
+        """This worker's settings: the pool's, with its own id, device and socket."""
+        return dataclasses.replace(
+            self.launch.worker, worker_id=self.spec.worker_id, socket_path=self.socket_path,
+            torch_device=self.spec.torch_device, device_name=self.spec.device_name,
+            parent_pid=os.getpid())
 
     def absorb(self, info: wpb.InfoResponse) -> None:
         """Fold a worker's own counters into totals that survive its restarts."""
@@ -170,7 +160,7 @@ class WorkerHandle:
             os.unlink(self.socket_path)
         env = {**os.environ, **self.launch.extra_env}
         self.process = subprocess.Popen(
-            [*self.launch.command, json.dumps(self.worker_config())], env=env)
+            [*self.launch.command, self.worker_config().to_json()], env=env)
         log.info("worker %s: started pid %d on %s", self.spec.worker_id, self.process.pid,
                  self.spec.torch_device)
 
@@ -178,8 +168,7 @@ class WorkerHandle:
         await self._close_channel()
         self._channel = grpc.aio.insecure_channel(
             f"unix://{self.socket_path}",
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            options=list(WORKER_CHANNEL_OPTIONS))
         self.stub = wpb_grpc.WorkerStub(self._channel)
 
     async def _close_channel(self) -> None:

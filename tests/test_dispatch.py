@@ -7,6 +7,7 @@ import collections
 
 import pytest
 
+from protos.common.worker_config import WorkerConfig
 from scheduler.dispatch import (
     CPU_POOL,
     GPU_MEMORY_FULL,
@@ -21,7 +22,7 @@ from scheduler.errors import NoCapacity, QueueFull, WorkerLost
 from scheduler.monitor import GIB, SimMonitor
 from scheduler.workers import WorkerHandle, WorkerLaunch, WorkerSpec, WorkerState
 
-LAUNCH = WorkerLaunch(model="m", runtime_dir="/tmp")
+LAUNCH = WorkerLaunch(WorkerConfig("m"), runtime_dir="/tmp")
 
 
 def make_workers(gpus: int, per_device: int = 1, cpu: bool = True) -> list[WorkerHandle]:

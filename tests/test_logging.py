@@ -10,7 +10,7 @@ import pytest
 
 from client.library import AsrClient
 from protos.asr.v1 import asr_pb2 as pb
-from scheduler.logs import JsonFormatter
+from protos.common.logs import JsonFormatter
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.library import AsrClient
+from protos.common.worker_config import WorkerConfig
 from scheduler.monitor import GIB
 from scheduler.workers import WorkerHandle, WorkerLaunch, WorkerSpec, WorkerState
 from tests.test_cli import free_port, wait_serving
@@ -125,7 +126,7 @@ def test_workers_per_device_and_hung_worker_replaced(start_service, models_dir: 
 
 
 async def test_crash_loop_is_reported_not_spun(tmp_path: Path) -> None:
-    launch = WorkerLaunch(model="m", runtime_dir=str(tmp_path), initial_backoff_s=0.01,
+    launch = WorkerLaunch(WorkerConfig("m"), runtime_dir=str(tmp_path), initial_backoff_s=0.01,
                           command=[sys.executable, "-c", "import sys; sys.exit(3)"])
     w = WorkerHandle(WorkerSpec("sim:0#0", "sim:0", "cpu"), launch)
     import asyncio

@@ -26,7 +26,7 @@ VAD_ALWAYS: VadMode
 VAD_NEVER: VadMode
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "language", "enable_itn", "hotwords", "enable_segment_timestamps", "max_segment_ms", "request_id", "vad_mode")
+    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "language", "enable_itn", "hotwords", "enable_segment_timestamps", "max_segment_ms", "request_id", "vad_mode", "model")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class RecognitionConfig(_message.Message):
     MAX_SEGMENT_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VAD_MODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     encoding: AudioEncoding
     sample_rate_hertz: int
     audio_channel_count: int
@@ -47,7 +48,8 @@ class RecognitionConfig(_message.Message):
     max_segment_ms: int
     request_id: str
     vad_mode: VadMode
-    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., enable_segment_timestamps: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., vad_mode: _Optional[_Union[VadMode, str]] = ...) -> None: ...
+    model: str
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., enable_segment_timestamps: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., vad_mode: _Optional[_Union[VadMode, str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Segment(_message.Message):
     __slots__ = ("start_ms", "end_ms", "text", "device")
@@ -180,7 +182,7 @@ class DeviceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., utilization_percent: _Optional[int] = ..., accepting: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., product: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("devices", "queue_depth", "queue_capacity", "fallbacks", "model", "cpu_fallback", "version")
+    __slots__ = ("devices", "queue_depth", "queue_capacity", "fallbacks", "model", "cpu_fallback", "version", "models")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +190,7 @@ class GetStatusResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CPU_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
     queue_depth: int
     queue_capacity: int
@@ -195,7 +198,32 @@ class GetStatusResponse(_message.Message):
     model: str
     cpu_fallback: str
     version: str
-    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackCount, _Mapping]]] = ..., model: _Optional[str] = ..., cpu_fallback: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackCount, _Mapping]]] = ..., model: _Optional[str] = ..., cpu_fallback: _Optional[str] = ..., version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "path", "family", "engine", "languages", "hotwords", "itn", "streaming", "ready_workers", "is_default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    HOTWORDS_FIELD_NUMBER: _ClassVar[int]
+    ITN_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    READY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    family: str
+    engine: str
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    hotwords: bool
+    itn: bool
+    streaming: bool
+    ready_workers: int
+    is_default: bool
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., family: _Optional[str] = ..., engine: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ..., hotwords: _Optional[bool] = ..., itn: _Optional[bool] = ..., streaming: _Optional[bool] = ..., ready_workers: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class ClearCacheRequest(_message.Message):
     __slots__ = ("device",)

@@ -66,10 +66,11 @@ class RecognizerServicer:
         """Transcribes audio sent as a stream of chunks.
         Contract: the first request carries `streaming_config` only, every later
         request carries `audio_content` only. The client half-closes the stream
-        when the audio ends. Responses carry interim results (is_final = false,
-        may still change) and final results (is_final = true, never revised);
+        when the audio ends. Today every response is final (is_final = true,
+        never revised): one per recognised VAD segment of a long upload, and
         the last response of a stream holds the final result for the whole
-        audio (`is_last = true`).
+        audio (`is_last = true`). Interim results (is_final = false) are
+        reserved for live mode and not sent by this version.
 
         Example: a client streams a 3 s WAV in 4 chunks and half-closes. The
         server answers with one final result per recognised segment

@@ -19,7 +19,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served", "batches", "oom_events", "cache_clears")
+    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served", "batches", "oom_events", "cache_clears", "capabilities", "consecutive_failed_batches")
     class CacheClearsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,8 @@ class InfoResponse(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     OOM_EVENTS_FIELD_NUMBER: _ClassVar[int]
     CACHE_CLEARS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     device: str
     model: str
     pid: int
@@ -47,7 +49,31 @@ class InfoResponse(_message.Message):
     batches: int
     oom_events: int
     cache_clears: _containers.ScalarMap[str, int]
-    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ..., batches: _Optional[int] = ..., oom_events: _Optional[int] = ..., cache_clears: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    capabilities: Capabilities
+    consecutive_failed_batches: int
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ..., batches: _Optional[int] = ..., oom_events: _Optional[int] = ..., cache_clears: _Optional[_Mapping[str, int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., consecutive_failed_batches: _Optional[int] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("kind", "family", "engine", "languages", "hotwords", "itn", "streaming", "timestamps", "padding_invariant")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    HOTWORDS_FIELD_NUMBER: _ClassVar[int]
+    ITN_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    PADDING_INVARIANT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    family: str
+    engine: str
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    hotwords: bool
+    itn: bool
+    streaming: bool
+    timestamps: bool
+    padding_invariant: bool
+    def __init__(self, kind: _Optional[str] = ..., family: _Optional[str] = ..., engine: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ..., hotwords: _Optional[bool] = ..., itn: _Optional[bool] = ..., streaming: _Optional[bool] = ..., timestamps: _Optional[bool] = ..., padding_invariant: _Optional[bool] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
     __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords")

@@ -1,0 +1,42 @@
+"""The worker's settings: written here once, filled in by the scheduler, passed to the worker
+process as one JSON argument."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class WorkerConfig:
+    """Settings of one worker process."""
+
+    model: str  # model directory (or hub id)
+    worker_id: str = ""  # filled in per worker by the scheduler
+    socket_path: str = ""  # filled in per worker by the scheduler
+    model_name: str = ""  # the name requests select the model by
+    engine: str = "generate"  # which engine runs `model` ("vad" for segmentation workers)
+    torch_device: str = "cpu"  # where the model runs: "cuda:1" or "cpu"
+    device_name: str = "cpu"  # what results and logs call it: "cuda:1", "sim:2", "cpu"
+    threads: int = 1
+    max_batch_size: int = 32
+    max_batch_audio_s: float = 600.0
+    max_queue_delay_ms: float = 0.0
+    cache_clear_every: int = 500
+    cache_clear_margin_bytes: int = 2 * 1024**3
+    dtype: str = "fp32"
+    parent_pid: int = 0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown worker config fields: {', '.join(unknown)}")
+        return cls(**data)
