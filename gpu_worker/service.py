@@ -58,7 +58,15 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                supports_hotwords=runner.supports_hotwords, served=self.served,
                                batches=self.batcher.counters.batches,
                                oom_events=self.batcher.counters.oom_events,
-                               cache_clears=self.batcher.counters.cache_clears)
+                               cache_clears=self.batcher.counters.cache_clears,
+                               capabilities=pb.Capabilities(
+                                   kind="recognize", engine="generate",
+                                   family=getattr(runner, "model_class", ""),
+                                   languages=(["zh", "en", "yue", "ja", "ko", "nospeech"]
+                                              if getattr(runner, "model_class", "")
+                                              .startswith("SenseVoice") else []),
+                                   hotwords=runner.supports_hotwords,
+                                   padding_invariant=runner.padding_invariant))
 
     async def Transcribe(self, request: pb.TranscribeRequest,
                          context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:

@@ -8,7 +8,10 @@ Rules, in order:
 3. When no GPU worker can take the request, the CPU worker does if the policy allows, and the
    result says why (`no_gpu`, `gpu_memory_full`, `worker_unavailable`, `gpu_oom`).
 4. Otherwise the request waits (bounded by `queue_timeout_s`), then gets RESOURCE_EXHAUSTED.
-Admission is bounded too: more than `max_queue` unfinished requests get RESOURCE_EXHAUSTED at once.
+   A unit that ran out of GPU memory alone, with no CPU worker allowed to take it, fails at once.
+Admission is bounded too: more than `max_queue` unfinished requests (requests, not the VAD
+segments of one: `admit()`) get RESOURCE_EXHAUSTED at once. Each served model has its own pool
+of workers (`WorkerSpec.model`); devices, the memory floor and admission are shared.
 A worker lost mid-request (crash, kill, hang) makes the request run again elsewhere.
 """
 
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from scheduler.errors import NoCapacity, QueueFull, WorkerLost
+from scheduler.errors import GpuOutOfMemory, NoCapacity, QueueFull, TooBigForGpu, WorkerLost
 from scheduler.monitor import DeviceInfo, GpuMonitor
 from scheduler.workers import WorkerHandle
 
@@ -34,10 +38,6 @@ GPU_OOM = "gpu_oom"
 CPU_POOL = "cpu_pool"
 FALLBACK_REASONS = (NO_GPU, GPU_MEMORY_FULL, WORKER_UNAVAILABLE, GPU_OOM, CPU_POOL)
 MONITOR_TTL_S = 0.25
-
-
-class GpuOutOfMemory(Exception):
-    """The request ran out of GPU memory even alone; it must go elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,16 @@ class Dispatcher:
         info = self.devices().get(device_name)
         return info is not None and info.accepts_work(self.policy.memory_floor_fraction)
 
+    def pool(self, model: str = "") -> list[WorkerHandle]:
+        """The workers serving `model` ("": every worker)."""
+        return [w for w in self.workers if not model or w.spec.model == model]
+
     def choose(self, audio_s: float, avoid: frozenset[str] = frozenset(),
-               gpu_allowed: bool = True) -> Placement | None:
+               gpu_allowed: bool = True, model: str = "") -> Placement | None:
         """Best placement now, or None when the request must wait."""
-        gpus = [w for w in self.workers if not w.spec.is_cpu]
-        cpus = [w for w in self.workers if w.spec.is_cpu and w.ready]
+        workers = self.pool(model)
+        gpus = [w for w in workers if not w.spec.is_cpu]
+        cpus = [w for w in workers if w.spec.is_cpu and w.ready]
         open_gpus = [w for w in gpus
                      if gpu_allowed and w.ready and self.accepting(w.spec.device_name)]
         if self.no_gpu:  # a CPU-only service: the CPU is the primary device
@@ -131,14 +136,14 @@ class Dispatcher:
         return Placement(w, reason)
 
     async def place(self, audio_s: float, avoid: frozenset[str] = frozenset(),
-                    gpu_allowed: bool = True) -> Placement:
+                    gpu_allowed: bool = True, model: str = "") -> Placement:
         """Wait (bounded) for a placement."""
         deadline = time.monotonic() + self.policy.queue_timeout_s
         self.waiting += 1
         try:
             async with self._changed:
                 while True:
-                    placement = self.choose(audio_s, avoid, gpu_allowed)
+                    placement = self.choose(audio_s, avoid, gpu_allowed, model)
                     if placement is not None:
                         return placement
                     left = deadline - time.monotonic()
@@ -162,49 +167,65 @@ class Dispatcher:
         states = ", ".join(state(w) for w in self.workers)
         return f"workers: {states}; cpu fallback {self.policy.cpu_fallback}"
 
-    async def run(self, audio_s: float,
-                  call: Callable[[WorkerHandle], Awaitable[object]]) -> tuple[object, Placement]:
-        """Run `call` on a chosen worker; requeue on worker loss; exactly one answer."""
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of `max_queue` places for a whole request (all of its units)."""
         if self.unfinished >= self.policy.max_queue:
             raise QueueFull(f"queue full ({self.policy.max_queue} requests unfinished); retry "
                             "later", retry_after_s=1.0)
         self.unfinished += 1
-        avoid: set[str] = set()
-        gpu_allowed = True
         try:
-            for attempt in range(1, self.policy.max_attempts + 1):
-                placement = await self.place(audio_s, frozenset(avoid), gpu_allowed)
-                w = placement.worker
-                w.in_flight += 1
-                w.pending_audio_s += audio_s
-                w.last_assigned = time.monotonic()
-                started = time.monotonic()
-                try:
-                    result = await call(w)
-                except WorkerLost as exc:
-                    log.warning("worker %s lost a request (attempt %d): %s; requeueing",
-                                w.spec.worker_id, attempt, exc)
-                    avoid.add(w.spec.worker_id)
-                    continue
-                except GpuOutOfMemory:
-                    log.warning("request ran out of GPU memory on %s; trying without GPU",
-                                w.spec.worker_id)
-                    gpu_allowed = False
-                    continue
-                finally:
-                    w.in_flight -= 1
-                    # Exactly 0 when idle: float sums of many segments leave residue.
-                    w.pending_audio_s = (max(w.pending_audio_s - audio_s, 0.0) if w.in_flight
-                                         else 0.0)
-                    self.notify()
-                w.served += 1
-                w.record(audio_s, time.monotonic() - started)
-                if placement.fallback_reason:
-                    self.fallbacks[placement.fallback_reason] += 1
-                    log.info("request ran on %s: fallback reason %s", w.spec.device_name,
-                             placement.fallback_reason)
-                return result, placement
-            raise NoCapacity(f"request failed on {self.policy.max_attempts} workers in turn "
-                             f"({self.describe()}); retry later", retry_after_s=5.0)
+            yield
         finally:
             self.unfinished -= 1
+
+    def _cpu_may_take(self, model: str) -> bool:
+        return self.policy.cpu_fallback != "never" and any(
+            w.spec.is_cpu for w in self.pool(model))
+
+    async def run(self, audio_s: float, call: Callable[[WorkerHandle], Awaitable[object]],
+                  model: str = "") -> tuple[object, Placement]:
+        """Run `call` on a chosen worker of `model`'s pool; requeue on worker loss; exactly
+        one answer. Admission (`admit()`) is the caller's, once per request."""
+        avoid: set[str] = set()
+        gpu_allowed = True
+        for attempt in range(1, self.policy.max_attempts + 1):
+            placement = await self.place(audio_s, frozenset(avoid), gpu_allowed, model)
+            w = placement.worker
+            w.in_flight += 1
+            w.pending_audio_s += audio_s
+            w.last_assigned = time.monotonic()
+            started = time.monotonic()
+            try:
+                result = await call(w)
+            except WorkerLost as exc:
+                log.warning("worker %s lost a request (attempt %d): %s; requeueing",
+                            w.spec.worker_id, attempt, exc)
+                avoid.add(w.spec.worker_id)
+                continue
+            except GpuOutOfMemory as exc:
+                if not self._cpu_may_take(model):
+                    raise TooBigForGpu(
+                        f"{audio_s:.1f} s of audio ran out of GPU memory on {w.spec.device_name} "
+                        "even alone, and no CPU worker may take it (--cpu-fallback "
+                        f"{self.policy.cpu_fallback}); send shorter audio (max_segment_ms) or "
+                        "enable CPU fallback") from exc
+                log.warning("request ran out of GPU memory on %s; trying without GPU",
+                            w.spec.worker_id)
+                gpu_allowed = False
+                continue
+            finally:
+                w.in_flight -= 1
+                # Exactly 0 when idle: float sums of many segments leave residue.
+                w.pending_audio_s = (max(w.pending_audio_s - audio_s, 0.0) if w.in_flight
+                                     else 0.0)
+                self.notify()
+            w.served += 1
+            w.record(audio_s, time.monotonic() - started)
+            if placement.fallback_reason:
+                self.fallbacks[placement.fallback_reason] += 1
+                log.info("request ran on %s: fallback reason %s", w.spec.device_name,
+                         placement.fallback_reason)
+            return result, placement
+        raise NoCapacity(f"request failed on {self.policy.max_attempts} workers in turn "
+                         f"({self.describe()}); retry later", retry_after_s=5.0)

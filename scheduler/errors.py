@@ -56,3 +56,19 @@ class DeadlineExceeded(RequestError):
 
 class WorkerLost(Exception):
     """A worker died or became unreachable while holding work (internal: triggers a requeue)."""
+
+
+class InferenceFailed(RequestError):
+    """The model raised on this request alone (a bug or a model limit): INTERNAL."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class TooBigForGpu(RequestError):
+    """A unit ran out of GPU memory even alone and no CPU worker may take it."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class GpuOutOfMemory(Exception):
+    """A unit ran out of GPU memory even alone (internal: it must go elsewhere)."""

@@ -1,27 +1,36 @@
-"""Streamed input: short streams are recognised whole, long ones decoded as they arrive.
+"""Streamed input as audio: a short stream whole, a long one decoded as it arrives.
 
-A stream is buffered up to `buffer_bytes`; one that ends within it is decoded at once, exactly
-like a unary request. A longer one switches to the streaming decoder (spooled to disk, decoded
-in a thread) whose 16 kHz blocks go straight into VAD segmentation, so neither the whole file
-nor its decoded audio is ever held in memory.
+A stream is buffered up to `buffer_bytes`; one that ends within it is handed over whole (and
+decoded exactly like a unary request). A longer one switches to the streaming decoder (spooled
+to disk, decoded in a thread) whose 16 kHz blocks are read as they come, so neither the whole
+file nor its decoded audio is ever held in memory. This module only reads input: what to do
+with the audio is the pipeline's business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio
-from scheduler.longform import SegmentResult
-from scheduler.recognition import RecognitionOutcome, RecognitionRequest, Recognizer
 from scheduler.stream_decode import StreamDecoder
 
 _END = object()
 BRIDGE_DEPTH = 4  # decoded blocks waiting between the decoder thread and the event loop
+
+
+@dataclass
+class StreamInput:
+    """What a stream holds: `whole` bytes (it ended within the buffer), or decoded `blocks`."""
+
+    whole: bytes | None = None
+    blocks: AsyncIterator[np.ndarray] | None = None
 
 
 async def _decoded_blocks(decoder: StreamDecoder) -> AsyncIterator[np.ndarray]:
@@ -57,12 +66,13 @@ async def _decoded_blocks(decoder: StreamDecoder) -> AsyncIterator[np.ndarray]:
             await asyncio.sleep(0.01)
 
 
-async def recognize_stream(recognizer: Recognizer, req: RecognitionRequest,
-                           chunks: AsyncIterator[bytes], *, buffer_bytes: int, max_bytes: int,
-                           spool_dir: str | None = None,
-                           on_segment: Callable[[SegmentResult], Awaitable[None]] | None = None,
-                           ) -> RecognitionOutcome:
-    """Recognise the audio of a stream of byte chunks (config already parsed into `req`)."""
+@contextlib.asynccontextmanager
+async def open_stream(chunks: AsyncIterator[bytes], encoding: Encoding, sample_rate: int,
+                      channels: int, *, buffer_bytes: int, max_bytes: int,
+                      spool_dir: str | None = None) -> AsyncIterator[StreamInput]:
+    """Read a stream of byte chunks into a `StreamInput`. Leaving the context after consuming
+    `blocks` surfaces input errors (e.g. over `max_bytes`); the input's own error wins over the
+    decoder's "aborted" error it causes."""
     received = 0
 
     def count(chunk: bytes) -> None:
@@ -82,9 +92,10 @@ async def recognize_stream(recognizer: Recognizer, req: RecognitionRequest,
         audio = b"".join(head)
         if not audio:
             raise InvalidAudio("audio is empty")
-        return await recognizer.recognize(dataclasses.replace(req, audio=audio))
+        yield StreamInput(whole=audio)
+        return
 
-    decoder = StreamDecoder(req.encoding, req.sample_rate, req.channels, spool_dir=spool_dir)
+    decoder = StreamDecoder(encoding, sample_rate, channels, spool_dir=spool_dir)
     for chunk in head:
         decoder.feed(chunk)
     head.clear()
@@ -101,17 +112,9 @@ async def recognize_stream(recognizer: Recognizer, req: RecognitionRequest,
 
     feeder = asyncio.get_running_loop().create_task(feed_rest())
     try:
-        blocks = _decoded_blocks(decoder)
-        if recognizer.wants_vad(req, None):
-            outcome = await recognizer.recognize_blocks(req, blocks, on_segment)
-        else:
-            outcome = await recognizer.recognize_samples(
-                req, np.concatenate([b async for b in blocks]))
+        yield StreamInput(blocks=_decoded_blocks(decoder))
         await feeder  # surfaces an input error (e.g. over the byte limit)
-        return outcome
     except Exception:
-        # An input error aborts the decoder, whose "aborted" error may surface first: the
-        # input's own error is the one to report.
         if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
             raise feeder.exception() from None  # type: ignore[misc]
         raise

@@ -1,54 +1,40 @@
-"""Long audio: VAD segmentation as the audio arrives, segments spread over every device.
+"""Long audio cut into speech segments by VAD as it arrives.
 
-Audio blocks (16 kHz mono float32) come in; full 60 s chunks go to a VAD session; each
-segment the VAD completes becomes an independent recognition unit dispatched like any request
-(so the segments of one file run on several devices and batch with other work). Results are
-reported per segment as they finish, then once for the whole file in time order.
-
-Memory stays bounded whatever the length: only audio after the last cut is kept (at most a VAD
-chunk plus the longest segment), and at most `max_in_flight` segments per request are in
-flight; beyond that, reading the input waits (backpressure reaches the client through gRPC
-flow control). A VAD worker lost mid-file is replaced by a new session that restarts from the
-last cut, so no audio is lost.
+Audio blocks (16 kHz mono float32) come in; full 60 s chunks go to a VAD session; each segment
+the VAD completes comes out at once as a `Cut` (its samples and absolute times), so the caller
+can recognise it while later audio is still arriving. Memory stays bounded whatever the length:
+only audio after the last cut is kept (at most a VAD chunk plus the longest segment), and the
+next block is read only when the caller asks for the next cut (backpressure reaches the client
+through gRPC flow control). A VAD worker lost mid-file is replaced by a new session that
+restarts from the last cut, so no audio is lost.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from protos.common.wire import SAMPLE_RATE, SAMPLES_PER_MS, VAD_CHUNK_SAMPLES
 from scheduler.errors import WorkerLost
-from scheduler.vad import VAD_CHUNK_SAMPLES, VadPool, VadSession
+from scheduler.vad import VadPool, VadSession
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
 MAX_VAD_RESTARTS = 3
 
 
 @dataclass(frozen=True)
-class SegmentResult:
-    """One recognised segment; times in ms from the start of the audio."""
+class Cut:
+    """One speech segment of the audio: its samples and ms from the start of the audio."""
 
     index: int
     start_ms: int
     end_ms: int
-    text: str
-    device: str
-    fallback_reason: str
-    language: str
-    queue_time_s: float
-    inference_time_s: float
-    hotwords_ignored: bool
-
-
-# Runs one unit of audio: (samples, start_ms, end_ms, index) -> its result.
-RunUnit = Callable[[np.ndarray, int, int, int], Awaitable[SegmentResult]]
+    samples: np.ndarray
 
 
 class _Retained:
@@ -81,17 +67,12 @@ class _Retained:
             self.start += len(self.blocks.popleft())
 
 
-class LongformRun:
-    """Segments one request's audio and runs its segments."""
+class Segmenter:
+    """Cuts one request's audio into speech segments with a VAD session."""
 
-    def __init__(self, vad: VadPool, run_unit: RunUnit, max_segment_ms: int,
-                 max_in_flight: int = 32) -> None:
+    def __init__(self, vad: VadPool, max_segment_ms: int) -> None:
         self.vad = vad
-        self.run_unit = run_unit
         self.max_segment_ms = max_segment_ms
-        self.results: asyncio.Queue[SegmentResult | BaseException] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._retained = _Retained()
         self._session: VadSession | None = None
         self._session_offset = 0  # absolute sample index where the current session began
@@ -101,8 +82,8 @@ class LongformRun:
         self.segments = 0
         self.total_samples = 0
 
-    async def feed(self, blocks: AsyncIterator[np.ndarray]) -> None:
-        """Consume all audio; segments are dispatched as the VAD finds them."""
+    async def cuts(self, blocks: AsyncIterator[np.ndarray]) -> AsyncIterator[Cut]:
+        """Consume all audio, yielding each segment as soon as the VAD completes it."""
         try:
             async for block in blocks:
                 self._retained.append(block)
@@ -111,13 +92,14 @@ class LongformRun:
                 # returns at once on empty input without closing the last segment).
                 while self._retained.end - (self._session_offset + self._pushed) \
                         > VAD_CHUNK_SAMPLES:
-                    await self._push(final=False)
-            await self._push(final=True)
+                    for cut in await self._push(final=False):
+                        yield cut
+            for cut in await self._push(final=True):
+                yield cut
         finally:
-            if self._session is not None:
-                self._session.close()
+            self.close()
 
-    async def _push(self, final: bool) -> None:
+    async def _push(self, final: bool) -> list[Cut]:
         """Push the next chunk (or the final remainder) to the VAD, restarting it if lost."""
         while True:
             if self._session is None:
@@ -131,87 +113,34 @@ class LongformRun:
                 self._restart_vad(exc)
                 continue
             self._pushed += len(chunk)
-            for s_ms, e_ms in segments:
-                await self._dispatch(s_ms, e_ms)
+            cuts = [self._cut_out(s_ms, e_ms) for s_ms, e_ms in segments]
             if final:
-                self._session.close()
-                self._session = None
-            return
+                self.close()
+            return cuts
 
     def _restart_vad(self, exc: Exception) -> None:
         """Open a fresh session later, starting at the last cut; no audio is lost."""
-        assert self._session is not None
         self._restarts += 1
-        log.warning("VAD session lost (%s); restarting from %.1f s", exc, self._cut / RATE)
-        self._session.close()
-        self._session = None
+        log.warning("VAD session lost (%s); restarting from %.1f s", exc,
+                    self._cut / SAMPLE_RATE)
+        self.close()
         if self._restarts > MAX_VAD_RESTARTS:
             raise exc
         self._session_offset, self._pushed = self._cut, 0
 
-    async def _dispatch(self, s_ms: int, e_ms: int) -> None:
-        """Cut one segment (ms relative to the session) and run it in the background."""
-        offset_ms = self._session_offset * 1000 // RATE
-        a = self._session_offset + int(s_ms * 16)  # FunASR cuts segments the same way
-        b = min(self._session_offset + int(e_ms * 16), self._retained.end)
+    def _cut_out(self, s_ms: int, e_ms: int) -> Cut:
+        """One segment (ms relative to the session) as absolute samples and times."""
+        offset_ms = self._session_offset * 1000 // SAMPLE_RATE
+        a = self._session_offset + int(s_ms * SAMPLES_PER_MS)  # FunASR cuts segments the same way
+        b = min(self._session_offset + int(e_ms * SAMPLES_PER_MS), self._retained.end)
         samples = self._retained.slice(a, b)
         self._cut = max(self._cut, b)
         self._retained.drop_before(self._cut)
         index = self.segments
         self.segments += 1
-        await self._slots.acquire()
+        return Cut(index, s_ms + offset_ms, e_ms + offset_ms, samples)
 
-        async def run() -> None:
-            try:
-                await self.results.put(await self.run_unit(samples, s_ms + offset_ms,
-                                                           e_ms + offset_ms, index))
-            except BaseException as exc:  # reported to the consumer, which fails the request
-                await self.results.put(exc)
-            finally:
-                self._slots.release()
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def wait(self) -> None:
-        """Until every dispatched segment has finished."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def cancel(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+    def close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
-
-
-async def run_longform(blocks: AsyncIterator[np.ndarray], vad: VadPool, run_unit: RunUnit,
-                       max_segment_ms: int, on_segment: Callable[[SegmentResult], Awaitable[None]],
-                       max_in_flight: int = 32) -> tuple[list[SegmentResult], int]:
-    """Segment and recognise; `on_segment` sees each result as it finishes. Returns the
-    results in time order and the number of samples read."""
-    run = LongformRun(vad, run_unit, max_segment_ms, max_in_flight)
-    done: list[SegmentResult] = []
-
-    async def drain() -> None:
-        while True:
-            item = await run.results.get()
-            if isinstance(item, BaseException):
-                raise item
-            done.append(item)
-            await on_segment(item)
-
-    drainer = asyncio.get_running_loop().create_task(drain())
-    try:
-        await run.feed(blocks)
-        await run.wait()
-        while len(done) < run.segments and not drainer.done():
-            await asyncio.sleep(0.005)
-        if drainer.done():
-            drainer.result()  # a failed segment fails the request
-    finally:
-        run.cancel()
-        drainer.cancel()
-    return sorted(done, key=lambda r: r.index), run.total_samples

@@ -71,18 +71,20 @@ class Metrics:
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self._http: Any = None
 
-    def attach(self, dispatcher: Dispatcher, model: str,
+    def attach(self, dispatcher: Dispatcher,
                vad_workers: list[WorkerHandle] | None = None) -> None:
-        """Read GPU and worker figures from `dispatcher` at every scrape."""
+        """Read GPU and worker figures from `dispatcher` at every scrape (each worker under
+        the name of the model it serves)."""
         self.queue_depth.set_function(lambda: dispatcher.waiting)
-        self._zero_series([w.spec.device_name for w in dispatcher.workers], model)
-        self.registry.register(_StateCollector(dispatcher, model, vad_workers or []))
+        self._zero_series(sorted({(w.spec.device_name, w.spec.model)
+                                  for w in dispatcher.workers}))
+        self.registry.register(_StateCollector(dispatcher, vad_workers or []))
 
-    def _zero_series(self, devices: list[str], model: str) -> None:
+    def _zero_series(self, pairs: list[tuple[str, str]]) -> None:
         """Create known label sets at zero, so that rate() sees their first event."""
         from scheduler.dispatch import FALLBACK_REASONS
 
-        for dev in devices:
+        for dev, model in pairs:
             self.audio_seconds.labels(dev, model)
             self.batch_size.labels(dev, model)
             self.batch_inference.labels(dev, model)
@@ -144,10 +146,8 @@ class Metrics:
 class _StateCollector(Collector):
     """GPU (NVML or simulated) and worker figures, read at scrape time."""
 
-    def __init__(self, dispatcher: Dispatcher, model: str,
-                 vad_workers: list[WorkerHandle]) -> None:
+    def __init__(self, dispatcher: Dispatcher, vad_workers: list[WorkerHandle]) -> None:
         self.dispatcher = dispatcher
-        self.model = model
         self.vad_workers = vad_workers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -181,7 +181,7 @@ class _StateCollector(Collector):
                                      labels=[*labels, "trigger"])
         for w in (*d.workers, *self.vad_workers):
             key = [w.spec.worker_id, w.spec.device_name,
-                   "fsmn-vad" if w.spec.role == "vad" else self.model]
+                   "fsmn-vad" if w.spec.role == "vad" else w.spec.model]
             up.add_metric(key, 1.0 if w.ready else 0.0)
             restarts.add_metric(key, w.restarts)
             alloc.add_metric(key, w.allocated_bytes)

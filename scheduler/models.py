@@ -9,9 +9,12 @@ cache; anything else is a hub id, which needs the hub to answer.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,50 @@ HUB_HOSTS = (("www.modelscope.cn", 443), ("huggingface.co", 443))
 
 class ModelError(Exception):
     """`--model` cannot be served; the message says why and what to pass instead."""
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One `--model` value: `DIR` (named after the directory) or `NAME=DIR`."""
+
+    source: str  # a local directory, a hub id, or "demo"
+    name: str = ""  # "" until resolved: then the directory's name
+
+
+def parse_model_specs(values: Sequence[str] | str) -> list[ModelSpec]:
+    """`--model` values (one string may hold several, comma- or space-separated)."""
+    items = [values] if isinstance(values, str) else list(values)
+    parts = [p for item in items for p in re.split(r"[,\s]+", item.strip()) if p]
+    if not parts:
+        raise ModelError("--model: no model given")
+    specs = []
+    for part in parts:
+        name, sep, source = part.partition("=")
+        if not sep:
+            specs.append(ModelSpec(part))
+            continue
+        if not _NAME.match(name) or not source:
+            raise ModelError(f"--model {part!r}: expected NAME=DIR with a NAME of letters, "
+                             "digits, '.', '_' or '-' (at most 64)")
+        specs.append(ModelSpec(source, name))
+    return specs
+
+
+def name_models(specs: list[ModelSpec], paths: list[str]) -> list[ModelSpec]:
+    """Give each spec its name (the directory's own name when none was given); names are
+    unique."""
+    named = [ModelSpec(path, spec.name or Path(path).name or path)
+             for spec, path in zip(specs, paths, strict=True)]
+    seen: set[str] = set()
+    for spec in named:
+        if spec.name in seen:
+            raise ModelError(f"--model: two models are named {spec.name!r}; name them with "
+                             "NAME=DIR")
+        seen.add(spec.name)
+    return named
 
 
 def check_model_dir(path: Path) -> Path:

@@ -21,14 +21,21 @@ from grpc_reflection.v1alpha import reflection
 from protos.asr.v1 import asr_pb2, asr_pb2_grpc
 from protos.common.worker_config import WorkerConfig
 from scheduler.auth import TokenInterceptor, read_token, server_credentials
+from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.interceptor import ErrorInterceptor
 from scheduler.metrics import Metrics
-from scheduler.models import resolve_model, resolve_vad_model
+from scheduler.models import (
+    ModelSpec,
+    name_models,
+    parse_model_specs,
+    resolve_model,
+    resolve_vad_model,
+)
 from scheduler.monitor import GIB, GpuMonitor, open_monitor
-from scheduler.recognition import Recognizer
-from scheduler.service import AdminServicer, RecognizerServicer
+from scheduler.pipeline import Pipeline, StreamSettings
+from scheduler.servicers import AdminServicer, RecognizerServicer
 from scheduler.status import StatusReporter
 from scheduler.vad import VadPool
 from scheduler.workers import WorkerHandle, WorkerLaunch, WorkerSpec
@@ -79,6 +86,7 @@ class AsrService:
         self.workers: list[WorkerHandle] = []
         self.vad_workers: list[WorkerHandle] = []
         self.dispatcher: Dispatcher | None = None
+        self.catalog: ModelCatalog | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,47 +107,75 @@ class AsrService:
         if self.dispatcher is not None:
             self.dispatcher.notify()
 
-    async def start(self) -> int:
+    async def _resolve_models(self) -> list[ModelSpec]:
+        """`--model` values as named local directories (demo built, hub ids checked)."""
         cfg = self.config
-        model = await asyncio.to_thread(resolve_model, cfg.model, Path(cfg.cache_dir))
-        vad_model = await asyncio.to_thread(resolve_vad_model, cfg.vad_model, Path(cfg.cache_dir))
-        monitor = self.monitor or open_monitor(cfg.devices, int(cfg.sim_memory_gib * GIB))
-        self.monitor = monitor
-        specs, cpu_only_reason = plan_workers(cfg, monitor)
-        self._runtime_dir = cfg.runtime_dir or tempfile.mkdtemp(prefix="asr-scheduler-")
-        os.makedirs(self._runtime_dir, exist_ok=True)
-        worker = WorkerConfig(
-            model=model, model_name=Path(model).name or model,
-            threads=cfg.worker_threads or max(1, (os.cpu_count() or 1) // len(specs)),
+        specs = parse_model_specs(cfg.model)
+        paths = [await asyncio.to_thread(resolve_model, s.source, Path(cfg.cache_dir))
+                 for s in specs]
+        return name_models(specs, paths)
+
+    def _plan(self, models: list[ModelSpec], placements: list[WorkerSpec],
+              vad_model: str | None) -> None:
+        """One recognition worker per placement and model, plus the VAD workers."""
+        cfg = self.config
+        count = len(placements) * len(models)
+        base = WorkerConfig(
+            model="", threads=cfg.worker_threads or max(1, (os.cpu_count() or 1) // count),
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
             log_level=cfg.log_level, log_format=cfg.log_format)
-        launch = WorkerLaunch(
-            worker=worker, runtime_dir=self._runtime_dir,
-            start_timeout_s=cfg.worker_start_timeout_s,
+        supervision = WorkerLaunch(
+            worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
             heartbeat_timeout_s=cfg.heartbeat_timeout_s)
-        cpu_launch = dataclasses.replace(launch, worker=dataclasses.replace(
-            worker, max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size)))
-        self.workers = [WorkerHandle(s, cpu_launch if s.is_cpu else launch, self._on_change)
-                        for s in specs]
+
+        def launch(**worker: object) -> WorkerLaunch:
+            return dataclasses.replace(supervision,
+                                       worker=dataclasses.replace(base, **worker))  # type: ignore[arg-type]
+
+        self.workers = []
+        for m in models:
+            gpu = launch(model=m.source, model_name=m.name)
+            cpu = launch(model=m.source, model_name=m.name,
+                         max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size))
+            prefix = f"{m.name}@" if len(models) > 1 else ""
+            for p in placements:
+                spec = dataclasses.replace(p, worker_id=prefix + p.worker_id, model=m.name)
+                self.workers.append(WorkerHandle(spec, cpu if p.is_cpu else gpu,
+                                                 self._on_change))
         vad_count = cfg.vad_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
+        vad_launch = launch(model=vad_model or "", model_name="fsmn-vad", engine="vad",
+                            threads=1)
         self.vad_workers = [] if vad_model is None else [
             WorkerHandle(WorkerSpec(f"vad#{i}", "vad", "cpu", is_cpu=True, role="vad"),
-                         dataclasses.replace(launch, worker=dataclasses.replace(
-                             worker, model=vad_model, model_name="fsmn-vad", engine="vad",
-                             threads=1)))
-            for i in range(vad_count)]
+                         vad_launch) for i in range(vad_count)]
+
+    async def start(self) -> int:
+        cfg = self.config
+        models = await self._resolve_models()
+        vad_model = await asyncio.to_thread(resolve_vad_model, cfg.vad_model, Path(cfg.cache_dir))
+        monitor = self.monitor or open_monitor(cfg.devices, int(cfg.sim_memory_gib * GIB))
+        self.monitor = monitor
+        placements, cpu_only_reason = plan_workers(cfg, monitor)
+        self._runtime_dir = cfg.runtime_dir or tempfile.mkdtemp(prefix="asr-scheduler-")
+        os.makedirs(self._runtime_dir, exist_ok=True)
+        self._plan(models, placements, vad_model)
         self.dispatcher = Dispatcher(self.workers, monitor, DispatchPolicy(
             cpu_fallback=cfg.cpu_fallback, memory_floor_fraction=cfg.memory_floor_fraction,
             max_queue=cfg.max_queue, queue_timeout_s=cfg.queue_timeout_s,
             max_attempts=cfg.max_attempts), cpu_only_reason=cpu_only_reason)
-        reporter = StatusReporter(self.dispatcher, model, cfg.cpu_fallback, self.vad_workers)
-        model_label = Path(model).name or model
-        recognizer = Recognizer(self.dispatcher, model, self.metrics, model_label,
-                                VadPool(self.vad_workers), cfg.max_segment_ms)
-        self.metrics.attach(self.dispatcher, model_label, self.vad_workers)
+        self.catalog = ModelCatalog([
+            ServedModel(m.name, m.source, [w for w in self.workers if w.spec.model == m.name])
+            for m in models])
+        reporter = StatusReporter(self.dispatcher, self.catalog, cfg.cpu_fallback,
+                                  self.vad_workers)
+        pipeline = Pipeline(self.dispatcher, self.catalog, self.metrics,
+                            VadPool(self.vad_workers), cfg.max_segment_ms, StreamSettings(
+                                buffer_bytes=cfg.stream_buffer_mib * 1024 * 1024,
+                                max_bytes=cfg.max_stream_bytes, spool_dir=self._runtime_dir))
+        self.metrics.attach(self.dispatcher, self.vad_workers)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, "" if cfg.host in ("[::]", "::") else cfg.host)
 
@@ -154,8 +190,7 @@ class AsrService:
         server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
         asr_pb2_grpc.add_RecognizerServicer_to_server(
-            RecognizerServicer(recognizer, cfg.max_unary_bytes, cfg.max_stream_bytes,
-                               cfg.stream_buffer_mib * 1024 * 1024, self._runtime_dir), server)
+            RecognizerServicer(pipeline, cfg.max_unary_bytes), server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):
@@ -173,8 +208,9 @@ class AsrService:
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),
                                                               name=w.spec.worker_id)
                        for w in (*self.workers, *self.vad_workers)]
-        log.info("listening on port %d; model %s; workers %s", self.port, model,
-                 ", ".join(s.worker_id for s in specs))
+        log.info("listening on port %d; models %s; workers %s", self.port,
+                 ", ".join(f"{m.name}={m.source}" for m in models),
+                 ", ".join(w.spec.worker_id for w in self.workers))
         return self.port
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:

@@ -8,22 +8,23 @@ import logging
 import grpc
 
 from protos.asr.v1 import asr_pb2 as pb
-from protos.asr.worker.v1 import worker_pb2 as wpb
 from scheduler import __version__
+from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import InvalidRequest, Unavailable
 from scheduler.monitor import DeviceInfo
 from scheduler.workers import WorkerHandle
+from scheduler.workers_client import clear_cache
 
 log = logging.getLogger(__name__)
 
 
 class StatusReporter:
-    def __init__(self, dispatcher: Dispatcher, model: str, cpu_fallback: str,
+    def __init__(self, dispatcher: Dispatcher, catalog: ModelCatalog, cpu_fallback: str,
                  vad_workers: list[WorkerHandle] | None = None) -> None:
         self.dispatcher = dispatcher
         self.vad_workers = vad_workers or []
-        self.model = model
+        self.catalog = catalog
         self.cpu_fallback = cpu_fallback
         self.cache_clears = 0
 
@@ -39,7 +40,7 @@ class StatusReporter:
         for w in workers:
             d.workers.append(pb.WorkerStatus(
                 worker_id=w.spec.worker_id, pid=w.pid, state=w.state.value,
-                model=w.launch.model,
+                model=w.launch.worker.model_name or w.launch.model,
                 in_flight=w.in_flight, served=w.served, restarts=w.restarts,
                 last_error=w.last_error))
         return d
@@ -58,7 +59,19 @@ class StatusReporter:
             queue_depth=self.dispatcher.waiting, queue_capacity=self.dispatcher.policy.max_queue,
             fallbacks=[pb.FallbackCount(reason=r, count=c)
                        for r, c in sorted(self.dispatcher.fallbacks.items())],
-            model=self.model, cpu_fallback=self.cpu_fallback, version=__version__)
+            model=self.catalog.default.path, cpu_fallback=self.cpu_fallback,
+            version=__version__, models=[self._model(m) for m in self.catalog.models])
+
+    @staticmethod
+    def _model(m: ServedModel) -> pb.ModelInfo:
+        info = pb.ModelInfo(name=m.name, path=m.path, ready_workers=m.ready_workers,
+                            is_default=m.is_default)
+        caps = m.capabilities
+        if caps is not None:
+            info.family, info.engine = caps.family, caps.engine
+            info.languages.extend(caps.languages)
+            info.hotwords, info.itn, info.streaming = caps.hotwords, caps.itn, caps.streaming
+        return info
 
     async def clear_cache(self, device: str) -> pb.ClearCacheResponse:
         workers = [w for w in self.dispatcher.workers
@@ -72,10 +85,9 @@ class StatusReporter:
 
         async def clear(w: WorkerHandle) -> pb.CacheClearResult:
             assert w.stub is not None
-            r = await w.stub.ClearCache(wpb.WorkerClearCacheRequest(), timeout=30.0)
+            before, after = await clear_cache(w.stub)
             return pb.CacheClearResult(worker_id=w.spec.worker_id,
-                                       reserved_before_bytes=r.reserved_before_bytes,
-                                       reserved_after_bytes=r.reserved_after_bytes)
+                                       reserved_before_bytes=before, reserved_after_bytes=after)
 
         results = await asyncio.gather(*(clear(w) for w in ready), return_exceptions=True)
         out = pb.ClearCacheResponse()

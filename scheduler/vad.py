@@ -9,58 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
-import grpc
 import numpy as np
 
-from protos.asr.worker.v1 import worker_pb2 as wpb
-from scheduler.errors import Unavailable, WorkerLost
+from scheduler.errors import Unavailable
 from scheduler.workers import WorkerHandle
+from scheduler.workers_client import SegmentStream
 
 log = logging.getLogger(__name__)
 
-VAD_CHUNK_SAMPLES = 60 * 16000  # FSMN-VAD's own chunk size: results equal offline VAD
 READY_WAIT_S = 30.0
 
 
 class VadSession:
-    """One open Segment stream to one VAD worker."""
+    """One open segmentation stream to one VAD worker (counted in its `in_flight`)."""
 
     def __init__(self, worker: WorkerHandle, max_segment_ms: int) -> None:
         self.worker = worker
-        self.max_segment_ms = max_segment_ms
-        self._outbox: asyncio.Queue[wpb.VadRequest | None] = asyncio.Queue()
-        self._first = True
-        assert worker.stub is not None
-        self._call = worker.stub.Segment(self._requests())
-        self._responses = self._call.__aiter__()
+        self._stream = SegmentStream(worker.stub, worker.spec.worker_id, max_segment_ms)
         worker.in_flight += 1
         self._open = True
 
-    async def _requests(self) -> AsyncIterator[wpb.VadRequest]:
-        while (req := await self._outbox.get()) is not None:
-            yield req
-
     async def push(self, chunk: np.ndarray, is_final: bool) -> list[tuple[int, int]]:
         """Send one chunk (float32 16 kHz); the segments it completed, in ms."""
-        req = wpb.VadRequest(pcm=chunk.astype("<f4", copy=False).tobytes(),
-                             sample_format=wpb.F32LE, is_final=is_final,
-                             max_segment_ms=self.max_segment_ms if self._first else 0)
-        self._first = False
-        await self._outbox.put(req)
-        try:
-            resp = await self._responses.__anext__()
-        except (grpc.aio.AioRpcError, StopAsyncIteration) as exc:
-            raise WorkerLost(f"VAD worker {self.worker.spec.worker_id}: {exc}") from exc
-        return [(int(s.start_ms), int(s.end_ms)) for s in resp.segments]
+        return await self._stream.push(chunk, is_final)
 
     def close(self) -> None:
         if self._open:
             self._open = False
             self.worker.in_flight -= 1
-            self._outbox.put_nowait(None)
-            self._call.cancel()
+            self._stream.close()
 
 
 class VadPool:

@@ -13,28 +13,35 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import IO
 
 import grpc
 
-from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
 from protos.common.worker_config import WorkerConfig
+from scheduler.workers_client import Capabilities, WorkerInfo, get_info
 
 log = logging.getLogger(__name__)
 
 CRASH_LOOP_COUNT = 5
 CRASH_LOOP_WINDOW_S = 120.0
 MAX_BACKOFF_S = 30.0
+STDERR_TAIL_LINES = 40  # lines of a worker's stderr kept to explain its failure
+STDERR_IN_ERROR = 3  # of which the last few go into `last_error`
+MAX_ERROR_CHARS = 600
 
 
 class WorkerState(str, Enum):
@@ -54,6 +61,7 @@ class WorkerSpec:
     torch_device: str  # "cuda:0" or "cpu"
     is_cpu: bool = False
     role: str = "asr"  # "asr" (recognition) or "vad" (segmentation, CPU)
+    model: str = ""  # name of the served model this worker holds ("" for VAD workers)
 
 
 @dataclass
@@ -99,6 +107,8 @@ class WorkerHandle:
         self._stopping = False
         self.allocated_bytes = 0
         self.reserved_bytes = 0
+        self.capabilities: Capabilities | None = None  # from the ready handshake
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         # Worker-side counters summed over this handle's process lifetimes ("oom",
         # "clear:<trigger>"); _last_seen is what the current process reported last.
         self.totals: collections.Counter[str] = collections.Counter()
@@ -106,8 +116,10 @@ class WorkerHandle:
 
     @property
     def socket_path(self) -> str:
-        safe = self.spec.worker_id.replace(":", "_").replace("#", "_")
-        return os.path.join(self.launch.runtime_dir, f"worker-{safe}.sock")
+        # Unix socket paths are short (108 bytes): a readable prefix plus a hash of the id.
+        safe = re.sub(r"[^A-Za-z0-9.-]", "_", self.spec.worker_id)[:24]
+        digest = hashlib.sha1(self.spec.worker_id.encode()).hexdigest()[:8]
+        return os.path.join(self.launch.runtime_dir, f"w-{safe}-{digest}.sock")
 
     @property
     def pid(self) -> int:
@@ -139,28 +151,51 @@ class WorkerHandle:
             torch_device=self.spec.torch_device, device_name=self.spec.device_name,
             parent_pid=os.getpid())
 
-    def absorb(self, info: wpb.InfoResponse) -> None:
+    def absorb(self, info: WorkerInfo) -> None:
         """Fold a worker's own counters into totals that survive its restarts."""
         self.allocated_bytes, self.reserved_bytes = info.allocated_bytes, info.reserved_bytes
-        current = {"oom": info.oom_events,
-                   **{f"clear:{k}": v for k, v in info.cache_clears.items()}}
-        for key, value in current.items():
+        if info.capabilities is not None:
+            self.capabilities = info.capabilities
+        for key, value in info.counters.items():
             last = self._last_seen.get(key, 0)
             self.totals[key] += value - last if value >= last else value
-        self._last_seen = current
+        self._last_seen = dict(info.counters)
 
     async def refresh(self) -> None:
         """Read the worker's figures now (after an admin action), not at the next heartbeat."""
         if self.stub is not None and self.ready:
-            self.absorb(await self.stub.GetInfo(wpb.InfoRequest(), timeout=10.0))
+            self.absorb(await get_info(self.stub, 10.0))
+
+    def _forward_stderr(self, stream: IO[bytes]) -> None:
+        """On a thread: pass the worker's stderr through, keeping its last lines."""
+        with contextlib.suppress(ValueError, OSError):
+            for raw in iter(stream.readline, b""):
+                with contextlib.suppress(ValueError, OSError):
+                    sys.stderr.buffer.write(raw)
+                    sys.stderr.buffer.flush()
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self.stderr_tail.append(line)
+        stream.close()
+
+    def _failure(self, reason: str) -> str:
+        """`reason` with the last lines the worker wrote to stderr (why it failed)."""
+        tail = " | ".join(list(self.stderr_tail)[-STDERR_IN_ERROR:])
+        text = f"{reason}: {tail}" if tail else reason
+        return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
     def _spawn(self) -> None:
         self._last_seen = {}
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         env = {**os.environ, **self.launch.extra_env}
+        self.stderr_tail.clear()
         self.process = subprocess.Popen(
-            [*self.launch.command, self.worker_config().to_json()], env=env)
+            [*self.launch.command, self.worker_config().to_json()], env=env,
+            stderr=subprocess.PIPE)
+        assert self.process.stderr is not None
+        threading.Thread(target=self._forward_stderr, args=(self.process.stderr,),
+                         name=f"stderr-{self.spec.worker_id}", daemon=True).start()
         log.info("worker %s: started pid %d on %s", self.spec.worker_id, self.process.pid,
                  self.spec.torch_device)
 
@@ -192,12 +227,13 @@ class WorkerHandle:
         while time.monotonic() < deadline and not self._stopping:
             reason = self._exit_reason()
             if reason is not None:
-                self.last_error = f"died while starting: {reason}"
+                await asyncio.sleep(0.1)  # let the stderr thread catch the last lines
+                self.last_error = self._failure(f"died while starting: {reason}")
                 return False
             if os.path.exists(self.socket_path):
                 try:
                     assert self.stub is not None
-                    await self.stub.GetInfo(wpb.InfoRequest(), timeout=2.0)
+                    self.absorb(await get_info(self.stub, 2.0))
                     return True
                 except grpc.aio.AioRpcError:
                     pass
@@ -214,15 +250,15 @@ class WorkerHandle:
         while not self._stopping:
             reason = self._exit_reason()
             if reason is not None:
-                return reason
+                await asyncio.sleep(0.1)  # let the stderr thread catch the last lines
+                return self._failure(reason)
             if time.monotonic() >= next_beat:
                 try:
                     assert self.stub is not None
-                    self.absorb(await self.stub.GetInfo(
-                        wpb.InfoRequest(), timeout=self.launch.heartbeat_timeout_s))
+                    self.absorb(await get_info(self.stub, self.launch.heartbeat_timeout_s))
                 except grpc.aio.AioRpcError as exc:
                     if self._exit_reason() is None:
-                        self.kill()
+                        await self._kill()
                         return f"no heartbeat ({exc.code().name}); killed"
                 next_beat = time.monotonic() + self.launch.heartbeat_interval_s
             await asyncio.sleep(0.1)
@@ -245,7 +281,7 @@ class WorkerHandle:
                 self.last_error = reason
             if self._stopping:
                 break
-            self.kill()
+            await self._kill()
             log.error("worker %s (pid %s): %s", self.spec.worker_id,
                       self.process.pid if self.process else "?", self.last_error)
             now = time.monotonic()
@@ -268,10 +304,20 @@ class WorkerHandle:
         self._set_state(WorkerState.STOPPED)
 
     def kill(self) -> None:
+        """SIGKILL the process now (it is reaped by the supervisor)."""
         if self.process and self.process.poll() is None:
             self.process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
+
+    async def _kill(self, wait_s: float = 5.0) -> None:
+        """SIGKILL and reap without blocking the event loop (a GPU process may take seconds
+        to be torn down by the driver)."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        deadline = time.monotonic() + wait_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM, wait up to `grace_s`, then SIGKILL; the process is reaped."""
@@ -282,6 +328,6 @@ class WorkerHandle:
             deadline = time.monotonic() + grace_s
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            self.kill()
+            await self._kill()
         await self._close_channel()
         self._set_state(WorkerState.STOPPED)

@@ -18,7 +18,7 @@ from scheduler.dispatch import (
     DispatchPolicy,
     GpuOutOfMemory,
 )
-from scheduler.errors import NoCapacity, QueueFull, WorkerLost
+from scheduler.errors import NoCapacity, QueueFull, TooBigForGpu, WorkerLost
 from scheduler.monitor import GIB, SimMonitor
 from scheduler.workers import WorkerHandle, WorkerLaunch, WorkerSpec, WorkerState
 
@@ -121,14 +121,57 @@ async def test_waiting_request_runs_when_memory_frees() -> None:
     assert device == "sim:0"
 
 
+async def admitted(d: Dispatcher, units: int, seconds: float = 0.5) -> list[object]:
+    """One request of `units` units (a long file's VAD segments), admitted once."""
+    with d.admit():
+        return list(await asyncio.gather(*(d.run(1.0, lambda w: slow_call(w, seconds))
+                                           for _ in range(units))))
+
+
 async def test_admission_control_rejects_at_once() -> None:
     d, _ = dispatcher(1, max_queue=4)
-    tasks = [asyncio.create_task(d.run(1.0, lambda w: slow_call(w, 0.5))) for _ in range(4)]
+    tasks = [asyncio.create_task(admitted(d, 1)) for _ in range(4)]
     await asyncio.sleep(0.05)
     with pytest.raises(QueueFull):
-        await d.run(1.0, slow_call)
+        await admitted(d, 1)
     await asyncio.gather(*tasks)
-    await d.run(1.0, slow_call)  # room again
+    await admitted(d, 1, 0.01)  # room again
+
+
+async def test_admission_counts_requests_not_segments() -> None:
+    """A long file's many segments take one place: it cannot fail half-way with QueueFull."""
+    d, _ = dispatcher(2, max_queue=2)
+    other = asyncio.create_task(admitted(d, 1, 0.3))
+    await asyncio.sleep(0.01)
+    results = await admitted(d, 12, 0.05)  # 12 segments while another request holds a place
+    assert len(results) == 12
+    await other
+    assert d.unfinished == 0
+
+
+async def test_gpu_oom_with_cpu_fallback_never_fails_at_once() -> None:
+    d, _ = dispatcher(1, cpu=False, cpu_fallback="never", queue_timeout_s=30.0)
+
+    async def oom(worker: WorkerHandle) -> str:
+        raise GpuOutOfMemory("gpu_oom")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TooBigForGpu, match="cpu-fallback never"):
+        await d.run(100.0, oom)
+    assert loop.time() - started < 1.0  # not the 30 s queue timeout
+
+
+async def test_pools_are_per_model() -> None:
+    monitor = SimMonitor(2, 16 * GIB)
+    workers = [WorkerHandle(WorkerSpec(f"{m}@sim:{g}#0", f"sim:{g}", "cpu", model=m), LAUNCH)
+               for m in ("a", "b") for g in range(2)]
+    for w in workers:
+        w.state = WorkerState.READY
+    d = Dispatcher(workers, monitor, DispatchPolicy())
+    for model in ("a", "b"):
+        _, placement = await d.run(1.0, slow_call, model)
+        assert placement.worker.spec.model == model
 
 
 async def test_worker_lost_requeues_elsewhere_exactly_once() -> None:

@@ -1,4 +1,5 @@
-"""Thin gRPC servicers: protos in, plain dataclasses to the logic, protos out."""
+"""The public gRPC servicers (Recognizer, Admin): protos in, plain dataclasses to the logic
+(`scheduler.pipeline`, `scheduler.status`), protos out. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
-from scheduler.ingest import recognize_stream
 from scheduler.interceptor import REQUEST_ID
-from scheduler.longform import SegmentResult
 from scheduler.metrics import Metrics
-from scheduler.recognition import RecognitionOutcome, RecognitionRequest, Recognizer
+from scheduler.pipeline import Pipeline, RecognitionRequest
+from scheduler.results import RecognitionOutcome, Segment
 from scheduler.status import StatusReporter
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,10 @@ def to_request(config: pb.RecognitionConfig, audio: bytes,
         enable_itn=config.enable_itn, hotwords=tuple(h for h in config.hotwords if h.strip()),
         segment_timestamps=True, request_id=config.request_id or REQUEST_ID.get(),
         timeout_s=context.time_remaining(), vad_mode=VAD_MODES[config.vad_mode],
-        max_segment_ms=config.max_segment_ms)
+        max_segment_ms=config.max_segment_ms, model=config.model)
 
 
-def segment_result(seg: SegmentResult, model: str, request_id: str) -> pb.RecognitionResult:
+def segment_result(seg: Segment, model: str, request_id: str) -> pb.RecognitionResult:
     """A per-segment final result of a stream (absolute times)."""
     return pb.RecognitionResult(
         text=seg.text, language=seg.language, device=seg.device,
@@ -77,15 +77,10 @@ def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
 
 
 class RecognizerServicer(pb_grpc.RecognizerServicer):
-    def __init__(self, recognizer: Recognizer, max_unary_bytes: int,
-                 max_stream_bytes: int, buffer_bytes: int = 8 * 1024 * 1024,
-                 spool_dir: str | None = None) -> None:
-        self.recognizer = recognizer
-        self.buffer_bytes = buffer_bytes
-        self.spool_dir = spool_dir
-        self.metrics: Metrics = recognizer.metrics
+    def __init__(self, pipeline: Pipeline, max_unary_bytes: int) -> None:
+        self.pipeline = pipeline
+        self.metrics: Metrics = pipeline.metrics
         self.max_unary_bytes = max_unary_bytes
-        self.max_stream_bytes = max_stream_bytes
 
     async def Recognize(self, request: pb.RecognizeRequest,
                         context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
@@ -94,7 +89,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                                f"{self.max_unary_bytes}-byte limit of Recognize; send it with "
                                "StreamingRecognize instead")
         req = to_request(request.config, request.audio_content, context)
-        return pb.RecognizeResponse(result=to_result(await self.recognizer.recognize(req)))
+        return pb.RecognizeResponse(result=to_result(await self.pipeline.recognize(req)))
 
     async def StreamingRecognize(
         self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
@@ -134,16 +129,16 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         out: asyncio.Queue[pb.StreamingRecognizeResponse] = asyncio.Queue()
         processed_ms = 0
 
-        async def on_segment(seg: SegmentResult) -> None:
+        async def on_segment(seg: Segment) -> None:
             nonlocal processed_ms
             processed_ms = max(processed_ms, seg.end_ms)
             await out.put(pb.StreamingRecognizeResponse(
-                result=segment_result(seg, self.recognizer.model, req.request_id),
+                result=segment_result(seg, self.pipeline.catalog.get(req.model).name,
+                                      req.request_id),
                 is_final=True, audio_processed_s=processed_ms / 1000))
 
-        task = asyncio.get_running_loop().create_task(recognize_stream(
-            self.recognizer, req, chunks(), buffer_bytes=self.buffer_bytes,
-            max_bytes=self.max_stream_bytes, spool_dir=self.spool_dir, on_segment=on_segment))
+        task = asyncio.get_running_loop().create_task(
+            self.pipeline.recognize_stream(req, chunks(), on_segment))
         try:
             while not task.done() or not out.empty():
                 getter = asyncio.ensure_future(out.get())

@@ -1,0 +1,255 @@
+"""One request straight through: admit -> model -> decode -> (VAD, decided once) -> units on
+workers -> assembled result. Plain Python over dataclasses: the gRPC servicers translate protos
+to `RecognitionRequest` and `RecognitionOutcome` and call `recognize` / `recognize_stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
+
+import numpy as np
+
+from protos.common.wire import MIN_AUDIO_S, SAMPLE_RATE
+from scheduler.audio import DecodedAudio, Encoding, decode_audio
+from scheduler.catalog import ModelCatalog, ServedModel
+from scheduler.dispatch import Dispatcher
+from scheduler.errors import InvalidAudio
+from scheduler.ingest import open_stream
+from scheduler.longform import Cut, Segmenter
+from scheduler.metrics import Metrics
+from scheduler.results import RecognitionOutcome, Segment, assemble
+from scheduler.vad import VadPool
+from scheduler.workers import WorkerHandle
+from scheduler.workers_client import UnitRequest, UnitResult, transcribe
+
+log = logging.getLogger(__name__)
+
+BLOCK_SAMPLES = SAMPLE_RATE  # 1 s blocks when long audio already in memory goes through VAD
+MAX_IN_FLIGHT = 32  # segments of one request in flight at once (then reading input waits)
+
+OnSegment = Callable[[Segment], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecognitionRequest:
+    """One request, whatever RPC it came through."""
+
+    audio: bytes
+    encoding: Encoding = Encoding.CONTAINER
+    sample_rate: int = 0
+    channels: int = 1
+    language: str = "auto"
+    enable_itn: bool = False
+    hotwords: tuple[str, ...] = ()
+    segment_timestamps: bool = True
+    request_id: str = ""
+    timeout_s: float | None = None
+    vad_mode: str = "auto"  # auto | always | never
+    max_segment_ms: int = 0  # 0: the service default
+    model: str = ""  # "" for the default model
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSettings:
+    """How streamed input is read."""
+
+    buffer_bytes: int = 8 * 1024 * 1024
+    max_bytes: int = 2 * 1024**3
+    spool_dir: str | None = None
+
+
+async def _ignore(_: Segment) -> None:
+    return None
+
+
+class Pipeline:
+    """Turns requests into outcomes using the dispatcher's workers."""
+
+    def __init__(self, dispatcher: Dispatcher, catalog: ModelCatalog,
+                 metrics: Metrics | None = None, vad: VadPool | None = None,
+                 default_max_segment_ms: int = 30000,
+                 stream: StreamSettings | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.catalog = catalog
+        self.metrics = metrics or Metrics()
+        self.vad = vad or VadPool([])
+        self.default_max_segment_ms = default_max_segment_ms
+        self.stream = stream or StreamSettings()
+
+    # -- decisions, each made in one place --------------------------------------------------
+
+    def model_for(self, req: RecognitionRequest) -> ServedModel:
+        """The model the request names, with its options checked against its capabilities."""
+        model = self.catalog.get(req.model)
+        self.catalog.check(model, req.language)
+        return model
+
+    def wants_vad(self, req: RecognitionRequest, audio_s: float | None) -> bool:
+        """Segment with VAD: always/never as asked; `auto` once audio exceeds the max segment
+        (`audio_s` None: length unknown, as in a long stream)."""
+        if not self.vad.enabled or req.vad_mode == "never":
+            return False
+        if req.vad_mode == "always":
+            return True
+        return audio_s is None or audio_s * 1000 > self.max_segment_ms(req)
+
+    def max_segment_ms(self, req: RecognitionRequest) -> int:
+        return req.max_segment_ms or self.default_max_segment_ms
+
+    # -- entry points -------------------------------------------------------------------------
+
+    async def recognize(self, req: RecognitionRequest) -> RecognitionOutcome:
+        """Whole audio in one message."""
+        model = self.model_for(req)
+        with self.dispatcher.admit():
+            return await self._recognize_bytes(req, model, req.audio, _ignore)
+
+    async def recognize_stream(self, req: RecognitionRequest, chunks: AsyncIterator[bytes],
+                               on_segment: OnSegment = _ignore) -> RecognitionOutcome:
+        """Audio as a stream of byte chunks; `on_segment` sees each VAD segment's result as it
+        finishes (long streams)."""
+        model = self.model_for(req)
+        with self.dispatcher.admit():
+            s = self.stream
+            async with open_stream(chunks, req.encoding, req.sample_rate, req.channels,
+                                   buffer_bytes=s.buffer_bytes, max_bytes=s.max_bytes,
+                                   spool_dir=s.spool_dir) as source:
+                if source.whole is not None:
+                    return await self._recognize_bytes(req, model, source.whole, on_segment)
+                assert source.blocks is not None
+                if self.wants_vad(req, None):
+                    return await self._recognize_blocks(req, model, source.blocks, on_segment)
+                parts = [b async for b in source.blocks]
+                if not parts:
+                    raise InvalidAudio("the audio decodes to zero samples")
+                return await self._recognize_samples(req, model, np.concatenate(parts))
+
+    # -- the paths ----------------------------------------------------------------------------
+
+    async def _recognize_bytes(self, req: RecognitionRequest, model: ServedModel, data: bytes,
+                               on_segment: OnSegment) -> RecognitionOutcome:
+        audio = await self._decode(req, data)
+        if not self.wants_vad(req, audio.duration_s):
+            return await self._recognize_samples(req, model, audio.samples)
+        samples = audio.as_float32()
+
+        async def blocks() -> AsyncIterator[np.ndarray]:
+            for i in range(0, len(samples), BLOCK_SAMPLES):
+                yield samples[i:i + BLOCK_SAMPLES]
+        return await self._recognize_blocks(req, model, blocks(), on_segment)
+
+    async def _decode(self, req: RecognitionRequest, data: bytes) -> DecodedAudio:
+        audio = await asyncio.to_thread(decode_audio, data, req.encoding, req.sample_rate,
+                                        req.channels)
+        if audio.duration_s < MIN_AUDIO_S:
+            raise InvalidAudio(f"the audio is {audio.duration_s * 1000:.1f} ms long; at least "
+                               f"{MIN_AUDIO_S * 1000:.0f} ms is needed")
+        return audio
+
+    async def _recognize_samples(self, req: RecognitionRequest, model: ServedModel,
+                                 samples: np.ndarray) -> RecognitionOutcome:
+        """16 kHz mono audio as one unit."""
+        accepted = time.monotonic()
+        if len(samples) / SAMPLE_RATE < MIN_AUDIO_S:
+            raise InvalidAudio("the audio decodes to (almost) zero samples")
+        cut = Cut(0, 0, round(len(samples) * 1000 / SAMPLE_RATE), samples)
+        unit = await self._run_unit(req, model, cut, accepted)
+        return self._finish(req, model, [unit], len(samples), accepted)
+
+    async def _recognize_blocks(self, req: RecognitionRequest, model: ServedModel,
+                                blocks: AsyncIterator[np.ndarray],
+                                on_segment: OnSegment) -> RecognitionOutcome:
+        """Long audio as it arrives: VAD cuts, each run as soon as it is cut (at most
+        MAX_IN_FLIGHT at once), reported as each finishes, assembled in time order."""
+        accepted = time.monotonic()
+        segmenter = Segmenter(self.vad, self.max_segment_ms(req))
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        tasks: list[asyncio.Task[Segment]] = []
+        failed: asyncio.Future[None] = loop.create_future()
+
+        async def run(cut: Cut) -> Segment:
+            try:
+                seg = await self._run_unit(req, model, cut, accepted)
+                await on_segment(seg)
+                return seg
+            except Exception as exc:
+                if not failed.done():
+                    failed.set_exception(exc)
+                raise
+            finally:
+                slots.release()
+
+        async def feed() -> None:
+            async for cut in segmenter.cuts(blocks):
+                await slots.acquire()
+                tasks.append(loop.create_task(run(cut)))
+
+        feeder = loop.create_task(feed())
+        try:
+            await asyncio.wait({feeder, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failed.result()  # a failed segment fails the request
+            feeder.result()
+            units = await asyncio.gather(*tasks)
+        finally:
+            feeder.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(feeder, *tasks, return_exceptions=True)
+            if failed.done() and not failed.cancelled():
+                failed.exception()  # retrieved: no "never retrieved" warning
+            segmenter.close()
+        if segmenter.total_samples == 0:
+            raise InvalidAudio("the audio decodes to zero samples")
+        return self._finish(req, model, list(units), segmenter.total_samples, accepted)
+
+    async def _run_unit(self, req: RecognitionRequest, model: ServedModel, cut: Cut,
+                        accepted: float) -> Segment:
+        """Recognise one piece of 16 kHz mono audio on some worker of `model`."""
+        unit = UnitRequest(
+            request_id=req.request_id if not cut.index else f"{req.request_id}/{cut.index}",
+            samples=cut.samples, language=req.language, enable_itn=req.enable_itn,
+            hotwords=req.hotwords)
+        deadline = None if req.timeout_s is None else accepted + req.timeout_s
+        audio_s = len(cut.samples) / SAMPLE_RATE
+        started = time.monotonic()
+
+        async def call(worker: WorkerHandle) -> tuple[UnitResult, float]:
+            sent = time.monotonic()
+            r = await transcribe(worker.stub if worker.ready else None, worker.spec.worker_id,
+                                 unit, deadline)
+            self.metrics.observe_batch(worker.spec.worker_id, r.batch_id, r.device, model.name,
+                                       r.batch_size, r.inference_time_s)
+            return r, sent - started
+
+        outcome, placement = await self.dispatcher.run(audio_s, call, model.name)
+        r, waited = cast(tuple[UnitResult, float], outcome)
+        queue_s = waited + r.batch_wait_s
+        self.metrics.observe_result(r.device, model.name, audio_s, queue_s,
+                                    time.monotonic() - started, placement.fallback_reason)
+        return Segment(start_ms=cut.start_ms, end_ms=cut.end_ms, text=r.text, device=r.device,
+                       fallback_reason=placement.fallback_reason, language=r.language,
+                       queue_time_s=queue_s, inference_time_s=r.inference_time_s,
+                       hotwords_ignored=r.hotwords_ignored, index=cut.index)
+
+    def _finish(self, req: RecognitionRequest, model: ServedModel, units: list[Segment],
+                num_samples: int, accepted: float) -> RecognitionOutcome:
+        outcome = assemble(units, num_samples, model.name, req.request_id,
+                           req.segment_timestamps)
+        log.info("request %s: %.2f s audio, %d segment(s) on %s%s, queue %.3f s, inference "
+                 "%.3f s, total %.3f s", req.request_id, outcome.audio_duration_s, len(units),
+                 outcome.device, f" (fallback: {outcome.fallback_reason})"
+                 if outcome.fallback_reason else "", outcome.queue_time_s,
+                 outcome.inference_time_s, time.monotonic() - accepted,
+                 extra={"request_id": req.request_id, "device": outcome.device,
+                        "model": model.name, "audio_s": round(outcome.audio_duration_s, 3),
+                        "segments": len(units), "queue_s": round(outcome.queue_time_s, 4),
+                        "inference_s": round(outcome.inference_time_s, 4),
+                        "fallback_reason": outcome.fallback_reason})
+        return outcome

@@ -1,0 +1,174 @@
+"""The one module that speaks the worker API (worker.proto): builds its requests, makes its
+calls, and turns its answers and status codes into the scheduler's plain types and errors.
+
+Status codes from a worker mean:
+- UNAVAILABLE / CANCELLED / UNKNOWN: the worker died, hung or declared itself unhealthy while
+  holding the unit -> `WorkerLost` (the dispatcher runs the unit again elsewhere);
+- RESOURCE_EXHAUSTED: the unit ran out of GPU memory even alone -> `GpuOutOfMemory`;
+- DEADLINE_EXCEEDED -> `DeadlineExceeded`; INVALID_ARGUMENT -> `InvalidAudio`;
+- anything else: the model failed on this unit alone -> `InferenceFailed` (INTERNAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from protos.asr.worker.v1 import worker_pb2 as wpb
+from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.wire import F32LE, encode_pcm
+from scheduler.errors import (
+    DeadlineExceeded,
+    GpuOutOfMemory,
+    InferenceFailed,
+    InvalidAudio,
+    WorkerLost,
+)
+
+_LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a worker's engine and model support (worker.proto `Capabilities`)."""
+
+    kind: str = ""  # "recognize" | "segment"
+    family: str = ""
+    engine: str = ""
+    languages: tuple[str, ...] = ()
+    hotwords: bool = False
+    itn: bool = False
+    streaming: bool = False
+    timestamps: bool = False
+    padding_invariant: bool = False
+
+    @classmethod
+    def from_proto(cls, c: wpb.Capabilities) -> Capabilities:
+        return cls(kind=c.kind, family=c.family, engine=c.engine, languages=tuple(c.languages),
+                   hotwords=c.hotwords, itn=c.itn, streaming=c.streaming,
+                   timestamps=c.timestamps, padding_invariant=c.padding_invariant)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker's answer to the ready handshake / heartbeat."""
+
+    pid: int
+    allocated_bytes: int = 0
+    reserved_bytes: int = 0
+    counters: dict[str, int] = field(default_factory=dict)  # "oom", "clear:<trigger>"
+    capabilities: Capabilities | None = None  # None: an old worker that does not report them
+    consecutive_failed_batches: int = 0
+
+
+@dataclass(frozen=True)
+class UnitRequest:
+    """One unit of recognition work: 16 kHz mono samples and the options for the model."""
+
+    request_id: str
+    samples: np.ndarray
+    language: str = "auto"
+    enable_itn: bool = False
+    hotwords: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    text: str
+    language: str
+    device: str
+    inference_time_s: float
+    batch_wait_s: float
+    batch_size: int
+    batch_id: int
+    hotwords_ignored: bool
+
+
+def _stub(worker_stub: wpb_grpc.WorkerStub | None, worker_id: str) -> wpb_grpc.WorkerStub:
+    if worker_stub is None:
+        raise WorkerLost(f"worker {worker_id} is not connected")
+    return worker_stub
+
+
+async def get_info(stub: wpb_grpc.WorkerStub, timeout_s: float) -> WorkerInfo:
+    """The ready handshake / heartbeat; raises grpc.aio.AioRpcError when unanswered."""
+    info = await stub.GetInfo(wpb.InfoRequest(), timeout=timeout_s)
+    counters = {"oom": int(info.oom_events),
+                **{f"clear:{k}": int(v) for k, v in info.cache_clears.items()}}
+    caps = Capabilities.from_proto(info.capabilities) if info.HasField("capabilities") else None
+    return WorkerInfo(pid=info.pid, allocated_bytes=info.allocated_bytes,
+                      reserved_bytes=info.reserved_bytes, counters=counters, capabilities=caps,
+                      consecutive_failed_batches=info.consecutive_failed_batches)
+
+
+async def transcribe(stub: wpb_grpc.WorkerStub | None, worker_id: str, unit: UnitRequest,
+                     deadline: float | None) -> UnitResult:
+    """Run one unit on one worker; failures sorted into retry / reroute / per-request error."""
+    pcm, fmt = encode_pcm(unit.samples)
+    wreq = wpb.TranscribeRequest(request_id=unit.request_id, pcm=pcm, sample_format=fmt,
+                                 language=unit.language, enable_itn=unit.enable_itn,
+                                 hotwords=list(unit.hotwords))
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+    try:
+        r = await _stub(stub, worker_id).Transcribe(wreq, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code in _LOST_CODES:
+            raise WorkerLost(f"{worker_id}: {code.name}: {exc.details()}") from exc
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise GpuOutOfMemory(exc.details()) from exc
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise DeadlineExceeded("the request's deadline passed before its result") from exc
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidAudio(exc.details() or "invalid audio") from exc
+        raise InferenceFailed(f"recognition failed: {exc.details()}") from exc
+    return UnitResult(text=r.text, language=r.language, device=r.device,
+                      inference_time_s=r.inference_time_s, batch_wait_s=r.batch_wait_s,
+                      batch_size=r.batch_size, batch_id=r.batch_id,
+                      hotwords_ignored=r.hotwords_ignored)
+
+
+async def clear_cache(stub: wpb_grpc.WorkerStub, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Ask a worker to clear its allocator cache: (reserved before, reserved after) bytes."""
+    r = await stub.ClearCache(wpb.WorkerClearCacheRequest(), timeout=timeout_s)
+    return r.reserved_before_bytes, r.reserved_after_bytes
+
+
+class SegmentStream:
+    """One open VAD `Segment` stream to one worker, in lockstep: each pushed chunk answers with
+    the segments it completed (ms from the stream's first sample)."""
+
+    def __init__(self, stub: wpb_grpc.WorkerStub | None, worker_id: str,
+                 max_segment_ms: int) -> None:
+        self.worker_id = worker_id
+        self.max_segment_ms = max_segment_ms
+        self._outbox: asyncio.Queue[wpb.VadRequest | None] = asyncio.Queue()
+        self._first = True
+        self._call = _stub(stub, worker_id).Segment(self._requests())
+        self._responses = self._call.__aiter__()
+
+    async def _requests(self) -> AsyncIterator[wpb.VadRequest]:
+        while (req := await self._outbox.get()) is not None:
+            yield req
+
+    async def push(self, chunk: np.ndarray, is_final: bool) -> list[tuple[int, int]]:
+        """Send one chunk (float32 16 kHz); the segments it completed, in ms."""
+        req = wpb.VadRequest(pcm=chunk.astype("<f4", copy=False).tobytes(),
+                             sample_format=F32LE, is_final=is_final,
+                             max_segment_ms=self.max_segment_ms if self._first else 0)
+        self._first = False
+        await self._outbox.put(req)
+        try:
+            resp = await self._responses.__anext__()
+        except (grpc.aio.AioRpcError, StopAsyncIteration) as exc:
+            raise WorkerLost(f"VAD worker {self.worker_id}: {exc}") from exc
+        return [(int(s.start_ms), int(s.end_ms)) for s in resp.segments]
+
+    def close(self) -> None:
+        self._outbox.put_nowait(None)
+        self._call.cancel()
