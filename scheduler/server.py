@@ -101,7 +101,9 @@ class AsrService:
 
     async def start(self) -> int:
         cfg = self.config
-        model = await asyncio.to_thread(resolve_model, cfg.model, Path(cfg.cache_dir))
+        # Several --model entries are accepted by the config; until the service serves several
+        # models (issue 9, scheduler/models.py), it serves the first.
+        model = await asyncio.to_thread(resolve_model, cfg.model[0], Path(cfg.cache_dir))
         vad_model = await asyncio.to_thread(resolve_vad_model, cfg.vad_model, Path(cfg.cache_dir))
         monitor = self.monitor or open_monitor(cfg.devices, int(cfg.sim_memory_gib * GIB))
         self.monitor = monitor
@@ -141,7 +143,12 @@ class AsrService:
                                 VadPool(self.vad_workers), cfg.max_segment_ms)
         self.metrics.attach(self.dispatcher, model_label, self.vad_workers)
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port, "" if cfg.host in ("[::]", "::") else cfg.host)
+            try:
+                self.metrics.serve(cfg.metrics_port,
+                                   "" if cfg.host in ("[::]", "::") else cfg.host)
+            except OSError as exc:
+                raise OSError(f"--metrics-port {cfg.metrics_port}: cannot listen: "
+                              f"{exc.strerror or exc}") from exc
 
         # Transport limit above the unary limit, so a too-big Recognize reaches the handler and
         # gets a message pointing to StreamingRecognize.
@@ -164,10 +171,14 @@ class AsrService:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
         address = f"{cfg.host}:{cfg.port}"
-        self.port = (server.add_secure_port(address, credentials) if credentials
-                     else server.add_insecure_port(address))
+        try:
+            self.port = (server.add_secure_port(address, credentials) if credentials
+                         else server.add_insecure_port(address))
+        except RuntimeError:  # gRPC's way of saying the bind failed (port in use, bad host)
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+            raise OSError(f"--port {cfg.port}: cannot listen on {address} (address in use or "
+                          "not available)")
         self._server = server
         await server.start()
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),
