@@ -64,7 +64,7 @@ class ServeConfig(BaseSettings):
                       "one)")
     metrics_port: int = Field(9400, ge=0, le=MAX_PORT, description="Prometheus /metrics HTTP "
                               "port (0 disables); must differ from --port")
-    cpu_fallback: Literal["never", "overflow", "always-available"] = Field(
+    cpu_fallback: Literal[CPU_FALLBACK_POLICIES] = Field(  # type: ignore[valid-type]
         "overflow", description="CPU fallback policy: never | overflow (CPU worker takes work "
         "no GPU can) | always-available (CPU worker competes with GPUs)")
     workers_per_device: int = Field(1, ge=1, description="Worker processes per GPU, or per CPU "
@@ -133,8 +133,8 @@ class ServeConfig(BaseSettings):
                                   "must carry (default: the auth token)")
     log_level: str = Field("INFO", description="Logging level: " + " | ".join(_LEVELS)
                            + " (any case)")
-    log_format: Literal["text", "json"] = Field("text", description="Log format: text | json "
-                                                "(one JSON object a line)")
+    log_format: Literal[LOG_FORMATS] = Field(  # type: ignore[valid-type]
+        "text", description="Log format: text | json (one JSON object a line)")
 
     @classmethod
     def settings_customise_sources(

@@ -177,8 +177,8 @@ class AsrService:
         except RuntimeError:  # gRPC's way of saying the bind failed (port in use, bad host)
             self.port = 0
         if self.port == 0:
-            raise OSError(f"--port {cfg.port}: cannot listen on {address} (address in use or "
-                          "not available)")
+            raise OSError(f"--host {cfg.host} --port {cfg.port}: cannot listen on {address} "
+                          "(address in use or not available)")
         self._server = server
         await server.start()
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),

@@ -89,7 +89,6 @@ def test_every_field_has_a_flag_an_env_twin_and_a_description() -> None:
         assert "--" + name.replace("_", "-") in help_text
         assert ServeConfig.env_name(name) in help_text
         assert info.description and " ".join(info.description.split()) in help_text
-        assert ServeConfig.parse([], environ={}).model_dump()[name] is not None
 
 
 def readme_default(value: object) -> str:
@@ -297,5 +296,5 @@ def test_serve_on_a_port_in_use_exits_2_naming_it(tmp_path: Path, which: str) ->
                             "--vad-model", "none", "--port", ports["port"],
                             "--metrics-port", ports["metrics_port"]], {})
     assert out.returncode == 2, out.stderr
-    assert f"--{which.replace('_', '-')} {busy}: cannot listen" in out.stderr
+    assert f"--{which.replace('_', '-')} {busy}" in out.stderr and "cannot listen" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
