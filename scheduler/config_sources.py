@@ -113,8 +113,9 @@ def from_env(cls: type[ServeConfig], environ: Mapping[str, str]) -> dict[str, Gi
             for name, value in values.items()}
 
 
-def from_yaml(cls: type[ServeConfig], path: Path, origin: str) -> dict[str, Given]:
-    """The settings in a YAML file; unknown or repeated keys are refused, each named."""
+def from_yaml(cls: type[ServeConfig], path: Path,
+              origin: str) -> tuple[dict[str, Given], list[str]]:
+    """The settings in a YAML file, and a line for each unknown or repeated key."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -122,7 +123,7 @@ def from_yaml(cls: type[ServeConfig], path: Path, origin: str) -> dict[str, Give
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError([f"{origin}: cannot read it as YAML: {exc}"]) from None
     if data is None:
-        return {}
+        return {}, []
     if not isinstance(data, dict):
         raise ConfigError([f"{origin}: expected a mapping of setting: value, got "
                            f"{type(data).__name__}"])
@@ -139,9 +140,7 @@ def from_yaml(cls: type[ServeConfig], path: Path, origin: str) -> dict[str, Give
             problems.append(f"{where}: {name} is given twice")
         else:
             out[name] = Given(value, where)
-    if problems:
-        raise ConfigError(problems)
-    return out
+    return out, problems
 
 
 def _label(cls: type[ServeConfig], name: str, given: Mapping[str, Given]) -> str:
@@ -169,15 +168,20 @@ def build_config(cls: type[ServeConfig], args: argparse.Namespace | None,
                  environ: Mapping[str, str]) -> ServeConfig:
     """Merge file < env < flags by setting, then validate once."""
     given: dict[str, Given] = {}
+    problems: list[str] = []
     file = getattr(args, "config", None) if args is not None else None
     origin = f"--config {file}"
     if not file and environ.get(CONFIG_ENV):
         file, origin = environ[CONFIG_ENV], f"{CONFIG_ENV}={environ[CONFIG_ENV]}"
     if file:
-        given.update(from_yaml(cls, Path(file), origin))
+        from_file, problems = from_yaml(cls, Path(file), origin)
+        given.update(from_file)
     given.update(from_env(cls, environ))
     given.update(from_flags(cls, args))
     try:
-        return cls(**{name: g.value for name, g in given.items()})
+        config = cls(**{name: g.value for name, g in given.items()})
     except ValidationError as exc:
-        raise ConfigError(describe(cls, exc, given)) from None
+        problems += describe(cls, exc, given)
+    if problems:
+        raise ConfigError(problems)
+    return config

@@ -298,3 +298,12 @@ def test_serve_on_a_port_in_use_exits_2_naming_it(tmp_path: Path, which: str) ->
     assert out.returncode == 2, out.stderr
     assert f"--{which.replace('_', '-')} {busy}" in out.stderr and "cannot listen" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_serve_with_a_bad_config_file_names_key_and_file(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "devices: cpu\ndtype: fp8\nmax_atempts: 2\n")
+    out, _ = run_serve([], {"ASR_CONFIG": str(path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"max_atempts: 2 (in {path}): unknown setting" in out.stderr, out.stderr
+    assert f"dtype: fp8 (in {path}): Input should be" in out.stderr, out.stderr
+    assert len(out.stderr.splitlines()) == 2, out.stderr
