@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from pathlib import Path
 
 from protos.common.logs import setup_logging
-from scheduler.config import ServeConfig
+from scheduler.config import ConfigError, ServeConfig
 from scheduler.models import ModelError, run_model_builder
 from scheduler.server import AsrService
 
@@ -45,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_model_builder(args.dir, args.only, args.all, args.force)
     try:
         config = ServeConfig.from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    except ConfigError as exc:  # one line per refused setting, named as the user gave it
+        sys.stderr.write("".join(f"asr-scheduler serve: invalid setting: {line}\n"
+                                 for line in exc.problems))
+        return 2
     setup_logging(config.log_level, config.log_format, "scheduler")
     try:
         asyncio.run(_serve(config))

@@ -1,147 +1,218 @@
-"""The scheduler's configuration: one typed dataclass, built from flags and ``ASR_*`` env vars.
+"""The scheduler's configuration: one typed, validated `ServeConfig` (pydantic-settings).
 
-Every field of `ServeConfig` is a `serve` flag (``--cpu-fallback``) and an environment variable
-(``ASR_CPU_FALLBACK``). Precedence: flag, then environment, then the default. Nothing reads the
-environment at import time; `ServeConfig.from_args` is the one place that does.
+Every field is a `serve` flag (``--cpu-fallback``), an environment variable
+(``ASR_CPU_FALLBACK``) and a key of the YAML file named by ``--config`` / ``ASR_CONFIG``
+(``cpu_fallback``). Precedence: flag, then environment, then the file, then the default. Types,
+ranges and choices are checked by the model itself, so a value is refused by the same rule
+wherever it comes from; `scheduler.config_sources` collects the values and names a refused one
+as the user wrote it. Nothing reads the environment at import time, and ``ServeConfig(**kw)``
+reads nothing but its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from protos.common.wire import DTYPES, MAX_SEGMENT_MS_RANGE
+from scheduler.config_sources import ConfigError, add_arguments, build_config
 
 CPU_FALLBACK_POLICIES = ("never", "overflow", "always-available")
 LOG_FORMATS = ("text", "json")
-DTYPES = ("fp32", "bf16", "fp16")
+__all__ = ["CPU_FALLBACK_POLICIES", "DTYPES", "LOG_FORMATS", "ConfigError", "ServeConfig"]
+MAX_PORT = 65535
+# The gRPC transport limit is twice the unary limit and must fit gRPC's int32 option.
+MAX_UNARY_BYTES = (2**31 - 1) // 2
+_DEVICES = re.compile(r"auto|cpu|sim:[1-9]\d*|cuda:\d+(\s*,\s*cuda:\d+)*", re.IGNORECASE)
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
 def _default_cache_dir() -> str:
     return str(Path.home() / ".cache" / "asr-scheduler")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its help text (shown by --help and in the README)."""
-    if callable(default):
-        return field(default_factory=default, metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+def _cross(fields: tuple[str, ...], rule: str) -> PydanticCustomError:
+    """An error about several settings together; `fields` lets the CLI name each one."""
+    return PydanticCustomError("cross_field", rule, {"fields": fields})
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(BaseSettings):
     """Settings of `asr-scheduler serve`."""
 
-    model: str = _f("demo", "FunASR model: a local model directory, a hub id, or 'demo' "
-                    "(builds and serves the offline sensevoice-tiny model)")
-    devices: str = _f("auto", "Devices: auto | cpu | cuda:0,cuda:1 | sim:N (N simulated GPUs "
-                      "whose workers run on CPU)")
-    host: str = _f("[::]", "Address to listen on")
-    port: int = _f(50051, "Public gRPC port (0 picks a free one)")
-    metrics_port: int = _f(9400, "Prometheus /metrics HTTP port (0 disables)")
-    cpu_fallback: str = _f("overflow", "CPU fallback policy: never | overflow (CPU worker takes "
-                           "work no GPU can) | always-available (CPU worker competes with GPUs)",
-                           choices=CPU_FALLBACK_POLICIES)
-    workers_per_device: int = _f(1, "Worker processes per GPU, or per CPU when the CPU is the "
-                                 "device (more for small models)")
-    memory_floor_fraction: float = _f(0.10, "A GPU whose free memory falls below this fraction "
-                                      "of its total takes no new work (0.10: over 90% used)")
-    max_queue: int = _f(512, "Requests accepted but not yet finished before RESOURCE_EXHAUSTED")
-    queue_timeout_s: float = _f(30.0, "How long a request waits for a device before "
-                                "RESOURCE_EXHAUSTED")
-    max_batch_size: int = _f(32, "Largest batch a worker runs")
-    max_batch_audio_s: float = _f(600.0, "Most audio seconds in one batch")
-    cpu_max_batch_size: int = _f(4, "Largest batch on a CPU worker (big padded batches of long "
-                                 "segments run up to 3x slower on CPU; see BENCHMARKS.md)")
-    max_queue_delay_ms: float = _f(0.0, "Longest a worker holds a request to grow a batch "
-                                   "(0: none; batches still form from requests that arrive "
-                                   "while the previous batch runs)")
-    cache_clear_every: int = _f(500, "Clear a GPU worker's allocator cache after this many "
-                                "requests (0: never; the WebUI clears every 5 files)")
-    cache_clear_margin_mib: int = _f(2048, "Clear when reserved exceeds allocated GPU memory by "
-                                     "more than this (0: never)")
-    dtype: str = _f("fp32", "Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)",
-                    choices=DTYPES)
-    vad_model: str = _f("auto", "FSMN-VAD model directory for long audio; 'auto' builds the "
-                        "real FSMN-VAD into the cache; 'none' disables segmentation")
-    vad_workers: int = _f(0, "VAD worker processes on CPU (0: a quarter of the cores, 1-4)")
-    max_segment_ms: int = _f(30000, "Longest VAD segment, ms (requests may ask for another)")
-    stream_buffer_mib: int = _f(8, "A stream up to this size is decoded whole; longer streams "
-                                "are decoded and segmented as they arrive")
-    max_unary_bytes: int = _f(64 * 1024 * 1024, "Largest audio in one Recognize message; "
-                              "bigger files must use StreamingRecognize")
-    max_stream_bytes: int = _f(2 * 1024**3, "Largest audio accepted on one stream")
-    worker_start_timeout_s: float = _f(600.0, "Time a worker may take to load its model")
-    heartbeat_interval_s: float = _f(2.0, "Seconds between worker liveness checks")
-    heartbeat_timeout_s: float = _f(20.0, "A worker silent this long is killed and replaced")
-    max_attempts: int = _f(4, "Times a request is retried on another worker after worker loss")
-    sim_memory_gib: float = _f(16.0, "Memory of each simulated GPU (devices sim:N)")
-    worker_threads: int = _f(0, "torch CPU threads per worker (0: cores / workers)")
-    cache_dir: str = _f(_default_cache_dir, "Where built demo models and wheels are cached")
-    runtime_dir: str = _f("", "Directory for worker sockets (default: a fresh temp dir)")
-    tls_cert: str = _f("", "PEM certificate: turns TLS on (with --tls-key)")
-    tls_key: str = _f("", "PEM private key of --tls-cert")
-    tls_client_ca: str = _f("", "PEM CA: require client certificates it signed (mTLS)")
-    auth_token_file: str = _f("", "File holding the bearer token Recognizer calls must carry")
-    admin_token_file: str = _f("", "File holding the bearer token Admin calls must carry "
-                               "(default: the auth token)")
-    log_level: str = _f("INFO", "Logging level")
-    log_format: str = _f("text", "Log format: text | json", choices=LOG_FORMATS)
+    model_config = SettingsConfigDict(env_prefix="ASR_", env_ignore_empty=True, extra="forbid",
+                                      validate_assignment=True, allow_inf_nan=False)
 
-    def __post_init__(self) -> None:
-        if self.cpu_fallback not in CPU_FALLBACK_POLICIES:
-            raise ValueError(f"cpu_fallback={self.cpu_fallback!r}: expected one of "
-                             f"{', '.join(CPU_FALLBACK_POLICIES)}")
-        if self.workers_per_device < 1:
-            raise ValueError(f"workers_per_device={self.workers_per_device}: must be >= 1")
-        if not 0.0 <= self.memory_floor_fraction < 1.0:
-            raise ValueError(f"memory_floor_fraction={self.memory_floor_fraction}: must be in "
-                             "[0, 1)")
-        if self.max_queue < 1 or self.max_batch_size < 1:
-            raise ValueError("max_queue and max_batch_size must be >= 1")
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["demo"], min_length=1,
+        description="FunASR model: a local model directory, a hub id, or 'demo' (builds and "
+        "serves the offline sensevoice-tiny model); repeat the flag (or separate entries by "
+        "commas or spaces in ASR_MODEL) for several models, each NAME=DIR")
+    devices: str = Field("auto", description="Devices: auto | cpu | cuda:0,cuda:1 | sim:N (N "
+                         "simulated GPUs whose workers run on CPU)")
+    host: str = Field("[::]", min_length=1, description="Address to listen on")
+    port: int = Field(50051, ge=0, le=MAX_PORT, description="Public gRPC port (0 picks a free "
+                      "one)")
+    metrics_port: int = Field(9400, ge=0, le=MAX_PORT, description="Prometheus /metrics HTTP "
+                              "port (0 disables); must differ from --port")
+    cpu_fallback: Literal[CPU_FALLBACK_POLICIES] = Field(  # type: ignore[valid-type]
+        "overflow", description="CPU fallback policy: never | overflow (CPU worker takes work "
+        "no GPU can) | always-available (CPU worker competes with GPUs)")
+    workers_per_device: int = Field(1, ge=1, description="Worker processes per GPU, or per CPU "
+                                    "when the CPU is the device (more for small models)")
+    memory_floor_fraction: float = Field(0.10, ge=0.0, lt=1.0, description="A GPU whose free "
+                                         "memory falls below this fraction of its total takes "
+                                         "no new work (0.10: over 90% used); 0 <= f < 1")
+    max_queue: int = Field(512, ge=1, description="Requests accepted but not yet finished "
+                           "before RESOURCE_EXHAUSTED")
+    queue_timeout_s: float = Field(30.0, gt=0, description="How long a request waits for a "
+                                   "device before RESOURCE_EXHAUSTED")
+    max_batch_size: int = Field(32, ge=1, description="Largest batch a worker runs")
+    max_batch_audio_s: float = Field(600.0, gt=0, description="Most audio seconds in one batch")
+    cpu_max_batch_size: int = Field(4, ge=1, description="Largest batch on a CPU worker (big "
+                                    "padded batches of long segments run up to 3x slower on "
+                                    "CPU; see BENCHMARKS.md)")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="Longest a worker holds a request "
+                                      "to grow a batch (0: none; batches still form from "
+                                      "requests that arrive while the previous batch runs)")
+    cache_clear_every: int = Field(500, ge=0, description="Clear a GPU worker's allocator cache "
+                                   "after this many requests (0: never; the WebUI clears every "
+                                   "5 files)")
+    cache_clear_margin_mib: int = Field(2048, ge=0, description="Clear when reserved exceeds "
+                                        "allocated GPU memory by more than this (0: never)")
+    dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
+        "fp32", description="Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)")
+    vad_model: str = Field("auto", min_length=1, description="FSMN-VAD model directory for "
+                           "long audio; 'auto' builds the real FSMN-VAD into the cache; 'none' "
+                           "disables segmentation")
+    vad_workers: int = Field(0, ge=0, description="VAD worker processes on CPU (0: a quarter of "
+                             "the cores, 1-4)")
+    max_segment_ms: int = Field(30000, ge=MAX_SEGMENT_MS_RANGE[0], le=MAX_SEGMENT_MS_RANGE[1],
+                                description="Longest VAD segment, ms (requests may ask for "
+                                "another)")
+    stream_buffer_mib: int = Field(8, ge=0, description="A stream up to this size is decoded "
+                                   "whole; longer streams are decoded and segmented as they "
+                                   "arrive")
+    max_unary_bytes: int = Field(64 * 1024 * 1024, gt=0, le=MAX_UNARY_BYTES,
+                                 description="Largest audio in one Recognize message; bigger "
+                                 "files must use StreamingRecognize")
+    max_stream_bytes: int = Field(2 * 1024**3, gt=0, description="Largest audio accepted on "
+                                  "one stream")
+    worker_start_timeout_s: float = Field(600.0, gt=0, description="Time a worker may take to "
+                                          "load its model")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Seconds between worker "
+                                        "liveness checks")
+    heartbeat_timeout_s: float = Field(20.0, gt=0, description="A worker silent this long is "
+                                       "killed and replaced; must exceed the interval")
+    max_attempts: int = Field(4, ge=1, description="Times a request is tried, on another worker "
+                              "after a worker loss (1: no retry)")
+    sim_memory_gib: float = Field(16.0, gt=0, description="Memory of each simulated GPU "
+                                  "(devices sim:N)")
+    worker_threads: int = Field(0, ge=0, description="torch CPU threads per worker (0: cores / "
+                                "workers)")
+    cache_dir: str = Field(default_factory=_default_cache_dir, min_length=1,
+                           description="Where built demo models and wheels are cached")
+    runtime_dir: str = Field("", description="Directory for worker sockets (default: a fresh "
+                             "temp dir)")
+    tls_cert: str = Field("", description="PEM certificate: turns TLS on (with --tls-key)")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    tls_client_ca: str = Field("", description="PEM CA: require client certificates it signed "
+                               "(mTLS; needs --tls-cert)")
+    auth_token_file: str = Field("", description="File holding the bearer token Recognizer "
+                                 "calls must carry")
+    admin_token_file: str = Field("", description="File holding the bearer token Admin calls "
+                                  "must carry (default: the auth token)")
+    log_level: str = Field("INFO", description="Logging level: " + " | ".join(_LEVELS)
+                           + " (any case)")
+    log_format: Literal[LOG_FORMATS] = Field(  # type: ignore[valid-type]
+        "text", description="Log format: text | json (one JSON object a line)")
+
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments only: flags, env and file are merged by `from_args`."""
+        return (init_settings,)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _one_model_is_a_list(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return [os.fspath(value)]
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _models_not_blank(cls, value: list[str]) -> list[str]:
+        value = [v.strip() for v in value]
+        if not all(value):
+            raise ValueError("a model entry is empty")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_spec(cls, value: str) -> str:
+        if not _DEVICES.fullmatch(value.strip()):
+            raise ValueError("expected auto, cpu, sim:N (N >= 1) or a list like cuda:0,cuda:1")
+        return value.strip()
+
+    @field_validator("log_level")
+    @classmethod
+    def _logging_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise ValueError(f"expected a logging level: {', '.join(_LEVELS)} (any case)")
+        return level
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> ServeConfig:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise _cross(("port", "metrics_port"), "the gRPC port and the metrics port are "
+                         "equal; give them different ports (or metrics port 0: off)")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise _cross(("heartbeat_timeout_s", "heartbeat_interval_s"), "the heartbeat "
+                         "timeout must be longer than the heartbeat interval")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise _cross(("tls_cert", "tls_key"), "TLS needs both a certificate and its key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise _cross(("tls_client_ca", "tls_cert"), "a client CA (mTLS) needs TLS: give "
+                         "a certificate and key too")
+        return self
 
     @staticmethod
     def env_name(name: str) -> str:
         return "ASR_" + name.upper()
 
+    @staticmethod
+    def flag_name(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add one flag per field; defaults stay None so env and defaults can fill in later."""
-        for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            kind = _field_type(f)
-            text = f"{f.metadata['help']} (env {cls.env_name(f.name)})".replace("%", "%%")
-            parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                                choices=f.metadata.get("choices"), help=text)
+        """One flag per field, plus ``--config FILE``; defaults stay None so that env, file and
+        defaults fill in later, and values stay strings so that the model checks them all."""
+        add_arguments(cls, parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace | None = None,
                   environ: Mapping[str, str] | None = None) -> ServeConfig:
-        """Flag, else ``ASR_<NAME>`` from the environment, else the default."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            given = getattr(args, f.name, None) if args is not None else None
-            if given is not None:
-                values[f.name] = given
-            elif cls.env_name(f.name) in environ:
-                raw = environ[cls.env_name(f.name)]
-                try:
-                    values[f.name] = _field_type(f)(raw)
-                except ValueError as exc:
-                    raise ValueError(f"{cls.env_name(f.name)}={raw!r}: {exc}") from exc
-        return cls(**values)
+        """Flag, else ``ASR_<NAME>`` from `environ` (default: the process environment), else the
+        YAML file, else the default. Raises `ConfigError` naming each refused setting."""
+        return build_config(cls, args, os.environ if environ is None else environ)
 
     @classmethod
     def parse(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServeConfig:
         parser = argparse.ArgumentParser(prog="asr-scheduler serve")
         cls.add_arguments(parser)
         return cls.from_args(parser.parse_args(list(argv)), environ)
-
-
-def _field_type(f: dataclasses.Field[Any]) -> type:
-    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
-    return {"int": int, "float": float, "str": str}[name]

@@ -177,7 +177,12 @@ class AsrService:
                                 max_bytes=cfg.max_stream_bytes, spool_dir=self._runtime_dir))
         self.metrics.attach(self.dispatcher, self.vad_workers)
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port, "" if cfg.host in ("[::]", "::") else cfg.host)
+            try:
+                self.metrics.serve(cfg.metrics_port,
+                                   "" if cfg.host in ("[::]", "::") else cfg.host)
+            except OSError as exc:
+                raise OSError(f"--metrics-port {cfg.metrics_port}: cannot listen: "
+                              f"{exc.strerror or exc}") from exc
 
         # Transport limit above the unary limit, so a too-big Recognize reaches the handler and
         # gets a message pointing to StreamingRecognize.
@@ -199,10 +204,14 @@ class AsrService:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
         address = f"{cfg.host}:{cfg.port}"
-        self.port = (server.add_secure_port(address, credentials) if credentials
-                     else server.add_insecure_port(address))
+        try:
+            self.port = (server.add_secure_port(address, credentials) if credentials
+                         else server.add_insecure_port(address))
+        except RuntimeError:  # gRPC's way of saying the bind failed (port in use, bad host)
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+            raise OSError(f"--host {cfg.host} --port {cfg.port}: cannot listen on {address} "
+                          "(address in use or not available)")
         self._server = server
         await server.start()
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),

@@ -12,6 +12,7 @@ import grpc
 
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
+from protos.common.wire import MAX_SEGMENT_MS_RANGE
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 VAD_MODES = {pb.VAD_AUTO: "auto", pb.VAD_ALWAYS: "always", pb.VAD_NEVER: "never"}
-MAX_SEGMENT_MS_RANGE = (1000, 600_000)
+
 
 
 def to_request(config: pb.RecognitionConfig, audio: bytes,

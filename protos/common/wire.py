@@ -14,6 +14,7 @@ F32LE = wpb.F32LE
 VAD_CHUNK_MS = 60000  # FSMN-VAD's internal chunk: feeding chunks of this size keeps results exact
 VAD_CHUNK_SAMPLES = VAD_CHUNK_MS * SAMPLES_PER_MS
 DEFAULT_MAX_SEGMENT_MS = 30000  # longest VAD segment unless configured or asked otherwise
+MAX_SEGMENT_MS_RANGE = (1000, 600_000)  # what a request or the service may ask for, ms
 MAX_WORKER_MESSAGE_BYTES = 512 * 1024 * 1024  # gRPC message limit on the worker socket
 DTYPES = ("fp32", "bf16", "fp16")  # inference precision (bf16/fp16: autocast on CUDA)
 MIN_AUDIO_S = 0.01  # shorter audio cannot fill one 25 ms analysis frame
