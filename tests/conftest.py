@@ -74,8 +74,9 @@ class RunningService:
             self.thread.join(10)
 
 
-def make_config(model: Path | str, **kw: Any) -> ServeConfig:
-    base: dict[str, Any] = {"model": str(model), "devices": "cpu", "host": "127.0.0.1",
+def make_config(model: Path | str | list[str], **kw: Any) -> ServeConfig:
+    base: dict[str, Any] = {"model": [str(m) for m in model] if isinstance(model, list)
+                            else str(model), "devices": "cpu", "host": "127.0.0.1",
                             "port": 0, "metrics_port": 0, "worker_threads": 1,
                             "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 10.0,
                             "vad_model": "none"}
@@ -88,7 +89,7 @@ def start_service() -> Iterator[Callable[..., RunningService]]:
     """Start real services (scheduler + worker processes); all are stopped afterwards."""
     started: list[RunningService] = []
 
-    def start(model: Path | str, monitor: Any = None, wait_all: bool = True,
+    def start(model: Path | str | list[str], monitor: Any = None, wait_all: bool = True,
               **kw: Any) -> RunningService:
         svc = RunningService(make_config(model, **kw), monitor)
         started.append(svc)
