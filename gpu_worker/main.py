@@ -24,6 +24,7 @@ from gpu_worker.vad import VadRunner
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.logs import setup_logging
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
+from protos.common.worker_auth import SECRET_ENV, server_interceptors
 from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger("gpu_worker")
@@ -48,7 +49,8 @@ async def serve(cfg: WorkerConfig, runner: Runner | None, vad: VadRunner | None 
     batcher = None if runner is None else Batcher(
         runner, cfg.max_batch_size, cfg.max_batch_audio_s, cfg.max_queue_delay_ms / 1000.0,
         cfg.cache_clear_every, cfg.cache_clear_margin_bytes)
-    server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS))
+    server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS),
+                             interceptors=server_interceptors(os.environ.pop(SECRET_ENV, "")))
     pb_grpc.add_WorkerServicer_to_server(WorkerServicer(batcher, cfg.device_name, vad), server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket_path)

@@ -63,6 +63,9 @@ class ServeConfig(BaseSettings):
                       "one)")
     metrics_port: int = Field(9400, ge=0, le=MAX_PORT, description="Prometheus /metrics HTTP "
                               "port (0 disables); must differ from --port")
+    metrics_host: str = Field("", description="Address /metrics listens on (default: the "
+                              "same as --host; e.g. 127.0.0.1 to keep it on this machine, or "
+                              "the pod IP in Kubernetes)")
     cpu_fallback: Literal[CPU_FALLBACK_POLICIES] = Field(  # type: ignore[valid-type]
         "overflow", description="CPU fallback policy: never | overflow (CPU worker takes work "
         "no GPU can) | always-available (CPU worker competes with GPUs)")

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import grpc
@@ -19,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.asr.v1 import asr_pb2, asr_pb2_grpc
+from protos.common.worker_auth import new_secret
 from protos.common.worker_config import WorkerConfig
 from scheduler.auth import TokenInterceptor, read_token, server_credentials
 from scheduler.catalog import ModelCatalog, ServedModel
@@ -35,6 +35,7 @@ from scheduler.models import (
 )
 from scheduler.monitor import GIB, GpuMonitor, open_monitor
 from scheduler.pipeline import Pipeline, StreamSettings
+from scheduler.runtime import private_runtime_dir
 from scheduler.servicers import AdminServicer, RecognizerServicer
 from scheduler.status import StatusReporter
 from scheduler.vad import VadPool
@@ -129,7 +130,7 @@ class AsrService:
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s, secret=new_secret())
 
         def launch(**worker: object) -> WorkerLaunch:
             return dataclasses.replace(supervision,
@@ -159,8 +160,7 @@ class AsrService:
         monitor = self.monitor or open_monitor(cfg.devices, int(cfg.sim_memory_gib * GIB))
         self.monitor = monitor
         placements, cpu_only_reason = plan_workers(cfg, monitor)
-        self._runtime_dir = cfg.runtime_dir or tempfile.mkdtemp(prefix="asr-scheduler-")
-        os.makedirs(self._runtime_dir, exist_ok=True)
+        self._runtime_dir = private_runtime_dir(cfg.runtime_dir)
         self._plan(models, placements, vad_model)
         self.dispatcher = Dispatcher(self.workers, monitor, DispatchPolicy(
             cpu_fallback=cfg.cpu_fallback, memory_floor_fraction=cfg.memory_floor_fraction,
@@ -178,8 +178,8 @@ class AsrService:
         self.metrics.attach(self.dispatcher, self.vad_workers)
         if cfg.metrics_port:
             try:
-                self.metrics.serve(cfg.metrics_port,
-                                   "" if cfg.host in ("[::]", "::") else cfg.host)
+                host = cfg.metrics_host or cfg.host
+                self.metrics.serve(cfg.metrics_port, "" if host in ("[::]", "::") else host)
             except OSError as exc:
                 raise OSError(f"--metrics-port {cfg.metrics_port}: cannot listen: "
                               f"{exc.strerror or exc}") from exc

@@ -31,6 +31,7 @@ import grpc
 
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
+from protos.common.worker_auth import SECRET_ENV, client_interceptors
 from protos.common.worker_config import WorkerConfig
 from scheduler.workers_client import Capabilities, WorkerInfo, get_info
 
@@ -75,6 +76,7 @@ class WorkerLaunch:
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 20.0
     initial_backoff_s: float = 1.0
+    secret: str = ""  # the per-start secret every worker call carries (worker_auth)
     extra_env: dict[str, str] = field(default_factory=dict)
     # The worker program; the JSON config is appended. Tests swap in failing programs.
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "gpu_worker"])
@@ -189,10 +191,12 @@ class WorkerHandle:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         env = {**os.environ, **self.launch.extra_env}
+        if self.launch.secret:
+            env[SECRET_ENV] = self.launch.secret
         self.stderr_tail.clear()
         self.process = subprocess.Popen(
             [*self.launch.command, self.worker_config().to_json()], env=env,
-            stderr=subprocess.PIPE)
+            stderr=subprocess.PIPE, umask=0o077)  # its socket: 0600
         assert self.process.stderr is not None
         threading.Thread(target=self._forward_stderr, args=(self.process.stderr,),
                          name=f"stderr-{self.spec.worker_id}", daemon=True).start()
@@ -203,7 +207,8 @@ class WorkerHandle:
         await self._close_channel()
         self._channel = grpc.aio.insecure_channel(
             f"unix://{self.socket_path}",
-            options=list(WORKER_CHANNEL_OPTIONS))
+            options=list(WORKER_CHANNEL_OPTIONS),
+            interceptors=client_interceptors(self.launch.secret))
         self.stub = wpb_grpc.WorkerStub(self._channel)
 
     async def _close_channel(self) -> None:
