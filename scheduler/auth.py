@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from scheduler.errors import PermissionDenied, RequestError, Unauthenticated
+
 log = logging.getLogger(__name__)
 
 
@@ -40,14 +42,14 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
                                        root_certificates=ca, require_client_auth=ca is not None)
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
-          message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that only refuses."""
+def _deny(handler: grpc.RpcMethodHandler, error: RequestError) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that only refuses (with `error`, which the
+    error interceptor around it maps to its code and counts)."""
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+        raise error
 
     async def abort_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(code, message)
+        raise error
         yield  # pragma: no cover - makes this an async generator
 
     kw = {"request_deserializer": handler.request_deserializer,
@@ -80,9 +82,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             meta = dict(details.invocation_metadata or ())
             given = str(meta.get("authorization", ""))
             if not given.startswith("Bearer "):
-                return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                             "missing 'authorization: Bearer <token>' metadata")
+                return _deny(handler, Unauthenticated(
+                    "missing 'authorization: Bearer <token>' metadata"))
             if not hmac.compare_digest(given[7:].encode(), needed.encode()):
                 log.warning("rejected a call to %s with a wrong token", method)
-                return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, "wrong token")
+                return _deny(handler, PermissionDenied("wrong token"))
         return handler

@@ -72,3 +72,15 @@ class TooBigForGpu(RequestError):
 
 class GpuOutOfMemory(Exception):
     """A unit ran out of GPU memory even alone (internal: it must go elsewhere)."""
+
+
+class Unauthenticated(RequestError):
+    """No bearer token where one is required."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(RequestError):
+    """A wrong bearer token."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -2,8 +2,12 @@
 
 `RequestError` subclasses carry their own code (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...);
 RESOURCE_EXHAUSTED answers carry a `retry-after-s` trailer. Anything else is a bug: logged with
-its traceback and answered INTERNAL. The request id comes from the `x-request-id` metadata (or
-is made up) and is available to handlers and logs through `REQUEST_ID`.
+its traceback and answered INTERNAL. A message that does not parse (random bytes, a truncated
+protobuf) is the client's error: INVALID_ARGUMENT, no traceback. Every call to the asr.v1
+services is counted with its final code, refused ones (auth, limits, bad input) included.
+Messages sent back are capped in length. The request id comes from the `x-request-id` metadata
+(validated: at most 128 characters of a safe set, so it cannot forge log lines or bloat
+metadata) or is made up, and is available to handlers and logs through `REQUEST_ID`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,13 +23,56 @@ from typing import Any
 
 import grpc
 
-from scheduler.errors import QueueFull, RequestError
+from scheduler.errors import InvalidRequest, QueueFull, RequestError
 from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 REQUEST_ID_KEY = "x-request-id"
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@+=-]{1,128}")
+MAX_DETAILS = 1000  # longest status message sent back
+
+
+def check_request_id(value: str) -> str:
+    """`value` if it is a safe request id, else InvalidRequest."""
+    if not REQUEST_ID_PATTERN.fullmatch(value):
+        raise InvalidRequest("request id must be 1-128 characters of letters, digits and "
+                             f"._:/@+=- (got one of length {len(value)})")
+    return value
+
+
+class _Malformed:
+    """Stands in for a request message that did not parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that hands a parse failure to the handler instead of raising (gRPC would
+    answer it UNKNOWN/INTERNAL with a traceback in the log)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError and friends
+            return _Malformed(exc)
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise InvalidRequest(f"malformed request message: "
+                             f"{str(request.error)[:200] or type(request.error).__name__}")
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _parsed(request)
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
@@ -33,15 +81,23 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     if isinstance(exc, RequestError):
         if isinstance(exc, QueueFull):
             context.set_trailing_metadata((("retry-after-s", f"{exc.retry_after_s:g}"),))
-        log.info("%s [%s]: %s %s", method, REQUEST_ID.get(), exc.code.name, exc)
-        await context.abort(exc.code, str(exc))
+        message = str(exc)
+        if len(message) > MAX_DETAILS:
+            message = message[:MAX_DETAILS - 3] + "..."
+        log.info("%s [%s]: %s %s", method, REQUEST_ID.get(), exc.code.name, message)
+        await context.abort(exc.code, message)
     log.exception("%s [%s]: unexpected error", method, REQUEST_ID.get(), exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
 def _set_request_id(context: grpc.aio.ServicerContext) -> None:
+    """The caller's request id (checked) or a new one; a bad one is refused once the id of
+    the call is set to a fresh one, so that the refusal itself logs safely."""
     meta = dict(context.invocation_metadata() or ())
-    REQUEST_ID.set(str(meta.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]))
+    given = meta.get(REQUEST_ID_KEY)
+    REQUEST_ID.set(uuid.uuid4().hex[:16])
+    if given:
+        REQUEST_ID.set(check_request_id(str(given)))
 
 
 def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
@@ -76,10 +132,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         @contextlib.asynccontextmanager
         async def guarded(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             """Request id in, exceptions to status codes, the outcome counted."""
-            _set_request_id(context)
             done = metrics.track(rpc) if counted else None
             started, code = time.monotonic(), "OK"
             try:
+                _set_request_id(context)
                 yield
             except BaseException as exc:
                 code = _code_of(exc, context)
@@ -95,10 +151,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with guarded(context):
-                    return await inner_uu(request, context)
+                    return await inner_uu(_parsed(request), context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=handler.request_deserializer,
+                unary_unary, request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.stream_stream:
             inner_ss = handler.stream_stream
@@ -106,10 +162,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with guarded(context):
-                    async for item in inner_ss(requests, context):
+                    async for item in inner_ss(_checked(requests), context):
                         yield item
 
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, request_deserializer=handler.request_deserializer,
+                stream_stream, request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         return handler

@@ -189,9 +189,9 @@ class AsrService:
         limit = max(2 * cfg.max_unary_bytes, cfg.max_unary_bytes + 16 * 1024 * 1024)
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.metrics)]
-        if cfg.auth_token_file or cfg.admin_token_file:
-            interceptors.insert(0, TokenInterceptor(read_token(cfg.auth_token_file),
-                                                    read_token(cfg.admin_token_file)))
+        if cfg.auth_token_file or cfg.admin_token_file:  # inside: refusals are counted too
+            interceptors.append(TokenInterceptor(read_token(cfg.auth_token_file),
+                                                 read_token(cfg.admin_token_file)))
         server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
         asr_pb2_grpc.add_RecognizerServicer_to_server(

@@ -15,7 +15,7 @@ from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from protos.common.wire import MAX_SEGMENT_MS_RANGE
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
-from scheduler.interceptor import REQUEST_ID
+from scheduler.interceptor import REQUEST_ID, check_request_id
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest
 from scheduler.results import RecognitionOutcome, Segment
@@ -49,7 +49,8 @@ def to_request(config: pb.RecognitionConfig, audio: bytes,
         audio=audio, encoding=encoding, sample_rate=config.sample_rate_hertz,
         channels=config.audio_channel_count or 1, language=config.language or "auto",
         enable_itn=config.enable_itn, hotwords=tuple(h for h in config.hotwords if h.strip()),
-        segment_timestamps=True, request_id=config.request_id or REQUEST_ID.get(),
+        segment_timestamps=True, request_id=check_request_id(config.request_id) if config.request_id
+        else REQUEST_ID.get(),
         timeout_s=context.time_remaining(), vad_mode=VAD_MODES[config.vad_mode],
         max_segment_ms=config.max_segment_ms, model=config.model)
 
