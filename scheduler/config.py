@@ -97,7 +97,7 @@ class ServeConfig(BaseSettings):
                            "long audio; 'auto' builds the real FSMN-VAD into the cache; 'none' "
                            "disables segmentation")
     vad_workers: int = Field(0, ge=0, description="VAD worker processes on CPU (0: a quarter of "
-                             "the cores, 1-4)")
+                             "the cores, at least 2 where there are 2 cores, at most 4)")
     max_segment_ms: int = Field(30000, ge=MAX_SEGMENT_MS_RANGE[0], le=MAX_SEGMENT_MS_RANGE[1],
                                 description="Longest VAD segment, ms (requests may ask for "
                                 "another)")

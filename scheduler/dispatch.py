@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from scheduler.errors import GpuOutOfMemory, NoCapacity, QueueFull, TooBigForGpu, WorkerLost
 from scheduler.monitor import DeviceInfo, GpuMonitor
-from scheduler.workers import WorkerHandle
+from scheduler.workers import LostWorkers, WorkerHandle
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class DispatchPolicy:
     max_queue: int = 512
     queue_timeout_s: float = 30.0
     max_attempts: int = 4
+    lost_settle_s: float = 5.0  # a worker that lost a request but still runs: retry it after
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Dispatcher:
         """The workers serving `model` ("": every worker)."""
         return [w for w in self.workers if not model or w.spec.model == model]
 
-    def choose(self, audio_s: float, avoid: frozenset[str] = frozenset(),
+    def choose(self, audio_s: float, avoid: LostWorkers | None = None,
                gpu_allowed: bool = True, model: str = "") -> Placement | None:
         """Best placement now, or None when the request must wait."""
         workers = self.pool(model)
@@ -126,16 +127,18 @@ class Dispatcher:
         return self._best(cpus, audio_s, avoid, reason)
 
     @staticmethod
-    def _best(pool: list[WorkerHandle], audio_s: float, avoid: frozenset[str],
+    def _best(pool: list[WorkerHandle], audio_s: float, avoid: LostWorkers | None,
               reason: str) -> Placement | None:
-        preferred = [w for w in pool if w.spec.worker_id not in avoid] or pool
+        """The least loaded worker of `pool`; one that just lost this request is used again
+        only once the supervisor has restarted it (or it proved alive): until then, wait."""
+        preferred = [w for w in pool if avoid is None or not avoid.avoids(w)]
         if not preferred:
             return None
         w = min(preferred, key=lambda w: (round(w.expected_finish_s(audio_s), 6),
                                           w.last_assigned))
         return Placement(w, reason)
 
-    async def place(self, audio_s: float, avoid: frozenset[str] = frozenset(),
+    async def place(self, audio_s: float, avoid: LostWorkers | None = None,
                     gpu_allowed: bool = True, model: str = "") -> Placement:
         """Wait (bounded) for a placement."""
         deadline = time.monotonic() + self.policy.queue_timeout_s
@@ -187,10 +190,10 @@ class Dispatcher:
                   model: str = "") -> tuple[object, Placement]:
         """Run `call` on a chosen worker of `model`'s pool; requeue on worker loss; exactly
         one answer. Admission (`admit()`) is the caller's, once per request."""
-        avoid: set[str] = set()
+        avoid = LostWorkers(self.policy.lost_settle_s)
         gpu_allowed = True
         for attempt in range(1, self.policy.max_attempts + 1):
-            placement = await self.place(audio_s, frozenset(avoid), gpu_allowed, model)
+            placement = await self.place(audio_s, avoid, gpu_allowed, model)
             w = placement.worker
             w.in_flight += 1
             w.pending_audio_s += audio_s
@@ -201,7 +204,7 @@ class Dispatcher:
             except WorkerLost as exc:
                 log.warning("worker %s lost a request (attempt %d): %s; requeueing",
                             w.spec.worker_id, attempt, exc)
-                avoid.add(w.spec.worker_id)
+                avoid.add(w)
                 continue
             except GpuOutOfMemory as exc:
                 if not self._cpu_may_take(model):

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from protos.common.wire import SAMPLE_RATE, SAMPLES_PER_MS, VAD_CHUNK_SAMPLES
-from scheduler.errors import WorkerLost
+from scheduler.errors import Unavailable, WorkerLost
 from scheduler.vad import VadPool, VadSession
+from scheduler.workers import LostWorkers
 
 log = logging.getLogger(__name__)
 
-MAX_VAD_RESTARTS = 3
+MAX_VAD_RESTARTS = 6
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Segmenter:
         self._pushed = 0  # samples pushed to the current session
         self._cut = 0  # absolute sample index of the last segment end
         self._restarts = 0
+        self._lost = LostWorkers()
         self.segments = 0
         self.total_samples = 0
 
@@ -103,7 +105,7 @@ class Segmenter:
         """Push the next chunk (or the final remainder) to the VAD, restarting it if lost."""
         while True:
             if self._session is None:
-                self._session = await self.vad.open(self.max_segment_ms)
+                self._session = await self.vad.open(self.max_segment_ms, self._lost)
             start = self._session_offset + self._pushed
             end = self._retained.end if final else start + VAD_CHUNK_SAMPLES
             chunk = self._retained.slice(start, end)
@@ -123,9 +125,12 @@ class Segmenter:
         self._restarts += 1
         log.warning("VAD session lost (%s); restarting from %.1f s", exc,
                     self._cut / SAMPLE_RATE)
+        if self._session is not None:
+            self._lost.add(self._session.worker)
         self.close()
         if self._restarts > MAX_VAD_RESTARTS:
-            raise exc
+            raise Unavailable(f"voice activity detection lost its worker {self._restarts} "
+                              "times; retry later") from exc
         self._session_offset, self._pushed = self._cut, 0
 
     def _cut_out(self, s_ms: int, e_ms: int) -> Cut:

@@ -146,7 +146,9 @@ class AsrService:
                 spec = dataclasses.replace(p, worker_id=prefix + p.worker_id, model=m.name)
                 self.workers.append(WorkerHandle(spec, cpu if p.is_cpu else gpu,
                                                  self._on_change))
-        vad_count = cfg.vad_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
+        # More than one where cores allow: a long request survives the loss of one.
+        vad_count = cfg.vad_workers or min(4, max(2 if (os.cpu_count() or 1) >= 2 else 1,
+                                                  (os.cpu_count() or 1) // 4))
         vad_launch = launch(model=vad_model or "", model_name="fsmn-vad", engine="vad",
                             threads=1)
         self.vad_workers = [] if vad_model is None else [

@@ -13,12 +13,12 @@ import logging
 import numpy as np
 
 from scheduler.errors import Unavailable
-from scheduler.workers import WorkerHandle
+from scheduler.workers import LostWorkers, WorkerHandle
 from scheduler.workers_client import SegmentStream
 
 log = logging.getLogger(__name__)
 
-READY_WAIT_S = 30.0
+READY_WAIT_S = 90.0  # longer than the longest restart backoff plus a model load
 
 
 class VadSession:
@@ -51,14 +51,14 @@ class VadPool:
     def enabled(self) -> bool:
         return bool(self.workers)
 
-    async def open(self, max_segment_ms: int, avoid: frozenset[str] = frozenset()
-                   ) -> VadSession:
-        """A session on the least busy ready VAD worker (waits a while for one to start)."""
+    async def open(self, max_segment_ms: int, avoid: LostWorkers | None = None) -> VadSession:
+        """A session on the least busy ready VAD worker not just lost (waits for one to start
+        or restart)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_WAIT_S
         while True:
-            ready = [w for w in self.workers if w.ready and w.stub is not None]
-            preferred = [w for w in ready if w.spec.worker_id not in avoid] or ready
+            preferred = [w for w in self.workers if w.ready and w.stub is not None
+                         and (avoid is None or not avoid.avoids(w))]
             if preferred:
                 return VadSession(min(preferred, key=lambda w: w.in_flight), max_segment_ms)
             if loop.time() > deadline:

@@ -86,6 +86,29 @@ class WorkerLaunch:
         return self.worker.model
 
 
+class LostWorkers:
+    """Workers that lost a request, remembered until the supervisor's verdict: a worker is
+    avoided until it has been restarted (a new generation) or, still running the same
+    process, until `settle_s` has passed (the loss was not the worker's death)."""
+
+    def __init__(self, settle_s: float = 5.0) -> None:
+        self.settle_s = settle_s
+        self._lost: dict[str, tuple[int, float]] = {}
+
+    def add(self, worker: WorkerHandle) -> None:
+        self._lost[worker.spec.worker_id] = (worker.generation, time.monotonic())
+
+    def avoids(self, worker: WorkerHandle) -> bool:
+        lost = self._lost.get(worker.spec.worker_id)
+        if lost is None:
+            return False
+        generation, at = lost
+        return worker.generation == generation and time.monotonic() - at < self.settle_s
+
+    def __len__(self) -> int:
+        return len(self._lost)
+
+
 class WorkerHandle:
     """One supervised worker process and the scheduler's view of its load."""
 
@@ -97,6 +120,7 @@ class WorkerHandle:
         self.state = WorkerState.STOPPED
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.generation = 0  # bumped at every process start
         self.served = 0
         self.in_flight = 0
         self.pending_audio_s = 0.0
@@ -188,6 +212,7 @@ class WorkerHandle:
 
     def _spawn(self) -> None:
         self._last_seen = {}
+        self.generation += 1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         env = {**os.environ, **self.launch.extra_env}
