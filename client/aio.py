@@ -93,10 +93,9 @@ class AsyncAsrClient:
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 err.attempts = attempt
-                if not (replayable and self.retry.should_retry(err.code(), attempt)):
-                    raise err from None
-                delay = self.retry.delay_s(attempt, err.retry_after_s)
-                if deadline is not None and time.monotonic() + delay >= deadline:
+                delay = self.retry.next_delay(err.code(), attempt, err.retry_after_s, deadline,
+                                              time.monotonic(), replayable)
+                if delay is None:
                     raise err from None
                 log.info("%s: %s; retry %d/%d in %.2f s", what, err, attempt,
                          self.retry.max_attempts - 1, delay)

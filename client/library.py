@@ -134,10 +134,9 @@ class AsrClient:
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 err.attempts = attempt
-                if not (replayable and self.retry.should_retry(err.code(), attempt)):
-                    raise err from None
-                delay = self.retry.delay_s(attempt, err.retry_after_s)
-                if deadline is not None and time.monotonic() + delay >= deadline:
+                delay = self.retry.next_delay(err.code(), attempt, err.retry_after_s, deadline,
+                                              time.monotonic(), replayable)
+                if delay is None:
                     raise err from None
                 log.info("%s: %s; retry %d/%d in %.2f s", what, err, attempt,
                          self.retry.max_attempts - 1, delay)
@@ -149,23 +148,27 @@ class AsrClient:
                  ) -> TranscribeOptions:
         return replace(options or self.options, **overrides)
 
+    def _final_result(self, src: Chunked, config: pb.RecognitionConfig,
+                      timeout: float | None) -> tuple[pb.RecognitionResult, float]:
+        """One attempt: stream the source, return the last (whole) result and the wall time."""
+        started = time.monotonic()
+        last = None
+        for resp in self.recognizer.StreamingRecognize(
+                config_requests(config, src.chunks()), timeout=timeout, metadata=self.metadata):
+            if resp.is_last:
+                last = resp.result
+        if last is None:
+            raise AsrError(grpc.StatusCode.UNKNOWN,
+                           f"{src.name or 'audio'}: the stream ended without a final result")
+        return last, time.monotonic() - started
+
     def _transcribe_chunked(self, src: Chunked, opts: TranscribeOptions,
                             timeout: float | None) -> Transcript:
         config = opts.to_config(src.name)
 
         def attempt(remaining: float | None) -> Transcript:
-            started = time.monotonic()
-            last = None
-            for resp in self.recognizer.StreamingRecognize(
-                    config_requests(config, src.chunks()), timeout=remaining,
-                    metadata=self.metadata):
-                if resp.is_last:
-                    last = resp.result
-            if last is None:
-                raise AsrError(grpc.StatusCode.UNKNOWN,
-                               "the stream ended without a final result")
-            return Transcript.from_proto(last, file=src.name,
-                                         wall_time_s=time.monotonic() - started)
+            result, wall = self._final_result(src, config, remaining)
+            return Transcript.from_proto(result, file=src.name, wall_time_s=wall)
 
         return self._retrying(attempt, timeout, src.replayable, src.name or "transcribe")
 
@@ -269,17 +272,5 @@ class AsrClient:
         """The raw whole-file `RecognitionResult` of one file (retried like `transcribe`)."""
         src = chunked(path)
         config = (opts or self.options).to_config(src.name)
-
-        def attempt(remaining: float | None) -> pb.RecognitionResult:
-            last = None
-            for resp in self.recognizer.StreamingRecognize(
-                    config_requests(config, src.chunks()), timeout=remaining,
-                    metadata=self.metadata):
-                if resp.is_last:
-                    last = resp.result
-            if last is None:
-                raise AsrError(grpc.StatusCode.UNKNOWN,
-                               f"{path}: the stream ended without a final result")
-            return last
-
-        return self._retrying(attempt, timeout, what=str(path))
+        return self._retrying(lambda t: self._final_result(src, config, t)[0], timeout,
+                              what=str(path))

@@ -101,6 +101,19 @@ class RetryPolicy:
         return max(0.0, delay)
 
 
+    def next_delay(self, code: grpc.StatusCode, attempt: int, retry_after_s: float | None,
+                   deadline: float | None, now: float, replayable: bool = True) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up: the code is not
+        retryable, the attempts are spent, the source cannot be read again, or the wait
+        would pass the `deadline` (a `time.monotonic()` value, None for no deadline)."""
+        if not (replayable and self.should_retry(code, attempt)):
+            return None
+        delay = self.delay_s(attempt, retry_after_s)
+        if deadline is not None and now + delay >= deadline:
+            return None
+        return delay
+
+
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 

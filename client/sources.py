@@ -56,11 +56,10 @@ def chunked(source: AudioSource) -> Chunked:
     if not hasattr(source, "read"):
         raise TypeError(f"audio source must be a path, bytes or a binary file object, "
                         f"not {type(source).__name__}")
-    name = str(getattr(source, "name", "") or "")
     try:
         seekable = bool(source.seekable())
     except (AttributeError, OSError):
         seekable = False
     start = source.tell() if seekable else 0
-    return Chunked(name if isinstance(getattr(source, "name", None), str) else "", source,
-                   seekable, None, start)
+    name = getattr(source, "name", None)  # open() files have their path; pipes an int
+    return Chunked(name if isinstance(name, str) else "", source, seekable, None, start)
