@@ -339,3 +339,33 @@ def test_node_example_transcribes_a_file(service: RunningService, corpus: Path) 
                           str(corpus / "day1" / "notes.txt")], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+
+
+def test_progress_bar_on_a_terminal_only(service: RunningService, corpus: Path,
+                                         tmp_path: Path) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+    proc = subprocess.Popen([str(BIN / "asr-client"), "transcribe", str(corpus), "--server",
+                             service.address, "--format", "csv", "-o", str(tmp_path / "a.csv")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                            env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the client closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(300) == 0
+    seen = b"".join(chunks).decode("utf-8", "replace")
+    n = len(audio_files(corpus))
+    assert f"{n}/{n} files" in seen and "RTFx" in seen and "ETA" in seen, seen[-2000:]
+    piped = asr_client("transcribe", corpus, "--server", service.address, "--format", "csv",
+                       "-o", tmp_path / "b.csv")
+    assert piped.returncode == 0 and "ETA" not in piped.stderr and "files" in piped.stderr

@@ -310,3 +310,32 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert retry_after_from([("retry-after-s", "soon")]) is None
     err = from_rpc_error(AsrError(grpc.StatusCode.ABORTED, "m"))
     assert (err.code(), err.details(), str(err)) == (grpc.StatusCode.ABORTED, "m", "ABORTED: m")
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import client
+
+    missing = []
+    assert (Path(client.__file__).parent / "py.typed").exists()
+    for info in pkgutil.iter_modules(client.__path__):
+        module = importlib.import_module(f"client.{info.name}")
+        if not module.__doc__:
+            missing.append(module.__name__)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{module.__name__}.{name}")
+            for attr, member in vars(obj).items() if inspect.isclass(obj) else ():
+                if attr.startswith("_") or not (inspect.isfunction(member)
+                                                or isinstance(member, property)):
+                    continue
+                if not inspect.getdoc(member):
+                    missing.append(f"{module.__name__}.{name}.{attr}")
+    assert not missing, missing
