@@ -40,8 +40,9 @@ async def _requests(config: pb.RecognitionConfig, chunks: Iterable[bytes] | Asyn
     if isinstance(chunks, AsyncIterable):
         async for chunk in chunks:
             yield pb.StreamingRecognizeRequest(audio_content=chunk)
-    else:
-        for chunk in chunks:
+    else:  # file reads off the event loop: a slow disk must not stall other calls
+        it = iter(chunks)
+        while (chunk := await asyncio.to_thread(next, it, None)) is not None:
             yield pb.StreamingRecognizeRequest(audio_content=chunk)
 
 

@@ -41,6 +41,7 @@ __all__ = ["CHUNK_BYTES", "AsrClient", "BatchItem", "TranscribeOptions", "defaul
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_END: Any = object()
 
 
 def default_server() -> str:
@@ -195,17 +196,17 @@ class AsrClient:
 
         pending: dict[Future[Transcript], AudioSource] = {}
         it = iter(sources)
-        with ThreadPoolExecutor(max_workers=max(1, concurrency),
-                                thread_name_prefix="asr-client") as pool:
+        width = max(1, concurrency)
+        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="asr-client")
+        try:
             exhausted = False
             while pending or not exhausted:
-                while not exhausted and len(pending) < max(1, concurrency):
-                    try:
-                        source = next(it)
-                    except StopIteration:
+                while not exhausted and len(pending) < width:
+                    source = next(it, _END)
+                    if source is _END:
                         exhausted = True
-                        break
-                    pending[pool.submit(one, source)] = source
+                    else:
+                        pending[pool.submit(one, source)] = source
                 if not pending:
                     break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -213,6 +214,10 @@ class AsrClient:
                     source = pending.pop(fut)
                     exc = fut.exception()
                     yield BatchItem(source, None if exc else fut.result(), exc)
+        finally:
+            # Stopped early (an error, Ctrl-C, the caller broke off): do not wait for the
+            # calls in flight; closing the client cancels them.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def stream(self, chunks: Iterable[bytes], options: TranscribeOptions | None = None, *,
                interim_results: bool = True, timeout: float | None = None,
