@@ -161,62 +161,77 @@ def _progress(console: Console, enabled: bool) -> Progress:
         console=console, disable=not enabled, transient=False)
 
 
-def run(client: AsrClient, args: Any, opts: TranscribeOptions) -> int:
-    """The `transcribe` command with recognition options `opts`; returns the exit status."""
-    err = Console(stderr=True)
-    jobs, missing = expand(args.files)
-    tally = Tally(total=len(jobs) + len(missing))
+@dataclass
+class Plan:
+    """What a run does: the jobs still to do, and where their results go."""
+
+    todo: list[Job]
+    sink: CombinedSink | None = None  # one combined stream (stdout or --output)
+    manifest: Manifest | None = None  # or one file per input under --output-dir
+
+    def write(self, fmt: str, job: Job, t: Transcript) -> None:
+        """Store one file's result."""
+        if self.manifest is not None:
+            self.manifest.write(job, formats.render(fmt, t, job.name))
+        elif self.sink is not None:
+            self.sink.result(job, t)
+
+
+def plan(args: Any, jobs: list[Job]) -> Plan:
+    """Outputs for the jobs and, with --resume, the jobs already done (left out)."""
     fmt = args.format
-    sink: CombinedSink | None = None
-    manifest: Manifest | None = None
     if args.output_dir is not None:
         if args.output is not None:
             raise UsageError("give --output-dir or --output, not both")
         plan_outputs(jobs, args.output_dir, formats.EXTENSIONS[fmt])
         manifest = Manifest(args.output_dir)
-        todo = [j for j in jobs if not (args.resume and manifest.is_complete(j))]
-    else:
-        if fmt in ("srt", "vtt") and len(jobs) > 1:
-            raise UsageError(f"--format {fmt} writes one document per input: give --output-dir")
-        sink = CombinedSink(fmt, args.output, args.resume)
-        todo = [j for j in jobs if j.name not in sink.done]
-    tally.skipped = len(jobs) - len(todo)
+        return Plan([j for j in jobs if not (args.resume and manifest.is_complete(j))],
+                    manifest=manifest)
+    if fmt in ("srt", "vtt") and len(jobs) > 1:
+        raise UsageError(f"--format {fmt} writes one document per input: give --output-dir")
+    sink = CombinedSink(fmt, args.output, args.resume)
+    return Plan([j for j in jobs if j.name not in sink.done], sink=sink)
+
+
+def run(client: AsrClient, args: Any, opts: TranscribeOptions) -> int:
+    """The `transcribe` command with recognition options `opts`; returns the exit status."""
+    err = Console(stderr=True)
+    jobs, missing = expand(args.files)
+    tally = Tally(total=len(jobs) + len(missing))
+    p = plan(args, jobs)
+    tally.skipped = len(jobs) - len(p.todo)
     for arg, reason in missing:
         tally.failed.append((arg, reason))
         _say(err, f"FAILED {arg}: {reason}")
-        if sink is not None:
-            sink.failure(Job(Path(arg), 0, Path(arg)), reason)
-    by_name = {j.name: j for j in todo}
-    show = err.is_terminal and not args.no_progress and bool(todo)
+        if p.sink is not None:
+            p.sink.failure(Job(Path(arg), 0, Path(arg)), reason)
+    by_name = {j.name: j for j in p.todo}
+    show = err.is_terminal and not args.no_progress and bool(p.todo)
+    finished = 0
     try:
         with _progress(err, show) as progress:
-            task = progress.add_task("", total=sum(j.size for j in todo) or 1,
-                                     files=f"0/{len(todo)}", hours="0.000", rtfx="-")
-            for item in client.transcribe_many([j.name for j in todo], opts,
+            task = progress.add_task("", total=sum(j.size for j in p.todo) or 1,
+                                     files=f"0/{len(p.todo)}", hours="0.000", rtfx="-")
+            for item in client.transcribe_many(list(by_name), opts,
                                                concurrency=args.concurrency,
                                                timeout=args.timeout):
                 job = by_name[str(item.source)]
+                finished += 1
                 if item.transcript is not None:
-                    t = item.transcript
-                    if manifest is not None:
-                        manifest.write(job, formats.render(fmt, t, job.name))
-                    elif sink is not None:
-                        sink.result(job, t)
+                    p.write(args.format, job, item.transcript)
                     tally.done += 1
-                    tally.audio_s += t.timings.audio_duration_s
+                    tally.audio_s += item.transcript.timings.audio_duration_s
                 else:
                     reason = describe(item.error or RuntimeError("unknown"))
                     tally.failed.append((job.name, reason))
-                    if sink is not None:
-                        sink.failure(job, reason)
+                    if p.sink is not None:
+                        p.sink.failure(job, reason)
                     _say(progress.console, f"FAILED {job.name}: {reason}")
-                progress.update(task, advance=job.size,
-                                files=f"{tally.done + len(tally.failed) - len(missing)}"
-                                      f"/{len(todo)}",
+                progress.update(task, advance=job.size, files=f"{finished}/{len(p.todo)}",
                                 hours=f"{tally.audio_s / 3600:.3f}", rtfx=f"{tally.rtfx:.1f}")
     finally:
-        if sink is not None:
-            sink.close()
+        if p.sink is not None:
+            p.sink.close()
     if not args.quiet:
         _say(err, tally.summary())
         for name, reason in tally.failed:
@@ -224,4 +239,4 @@ def run(client: AsrClient, args: Any, opts: TranscribeOptions) -> int:
     return 1 if tally.failed else 0
 
 
-__all__ = ["CombinedSink", "Tally", "UsageError", "run"]
+__all__ = ["CombinedSink", "Plan", "Tally", "UsageError", "plan", "run"]
