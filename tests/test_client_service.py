@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,9 +311,12 @@ def test_cli_status_fits_80_columns(service: RunningService) -> None:
 
 
 def test_cli_stream_json_lines(service: RunningService, corpus: Path) -> None:
+    started = time.monotonic()
     run = asr_client("stream", corpus / "two_parts.wav", "--server", service.address,
                      "--format", "json", "--vad", "always", "--realtime")
     assert run.returncode == 0, run.stderr
+    duration = sf.info(str(corpus / "two_parts.wav")).duration
+    assert time.monotonic() - started >= 0.9 * duration  # paced like a live source
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert lines[-1]["is_last"] and all(line["is_final"] for line in lines)
     assert lines[-1]["text"] and lines[-1]["end_ms"] > 9000
