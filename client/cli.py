@@ -1,166 +1,180 @@
-"""`asr-client`: transcribe files or directories, show service status, clear GPU caches.
+"""`asr-client`: transcribe files or directories, stream a file, show status, clear caches.
 
 Examples:
-  asr-client transcribe talk.wav --format json
-  asr-client transcribe recordings/ --output-dir out/ --concurrency 16
+  asr-client transcribe talk.wav --server gpu-host:50051 --format json
+  asr-client transcribe recordings/ --output-dir out/ --format srt --concurrency 16 --resume
+  asr-client transcribe recordings/ --format csv --output all.csv
+  asr-client stream meeting.wav --realtime --format json
   asr-client status
   asr-client clear-cache --device cuda:0
+
+Connection options (--server, --token, --tls-*) may come before or after the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
 import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 
-import grpc
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
-
-from client.library import AsrClient, TranscribeOptions, default_server, result_to_dict
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".webm",
-                  ".pcm", ".raw", ".s16le", ".aiff", ".aif"}
+from client import batch, status_view
+from client.errors import AsrError
+from client.formats import FORMATS
+from client.library import AsrClient, default_server
+from client.options import ChannelOptions, RetryPolicy, TranscribeOptions
+from client.streaming import stream_command
 
 
-def expand(paths: list[str]) -> Iterator[Path]:
-    """Files as given; directories walked for audio files, sorted."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*")
-                              if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
-        else:
-            yield p
+def _connection_options() -> argparse.ArgumentParser:
+    """Options accepted before and after the command (defaults: environment, then built-in)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection")
+    s = argparse.SUPPRESS  # so that a value given before the command is not reset after it
+    g.add_argument("--server", default=s, help="HOST:PORT (env ASR_SERVER; localhost:50051)")
+    g.add_argument("--token", default=s, help="bearer token (env ASR_TOKEN)")
+    g.add_argument("--tls", action="store_true", default=s,
+                   help="TLS with the system CA roots")
+    g.add_argument("--tls-ca", default=s, help="CA bundle for TLS (env ASR_TLS_CA)")
+    g.add_argument("--tls-cert", default=s, help="client certificate, mTLS (env ASR_TLS_CERT)")
+    g.add_argument("--tls-key", default=s, help="its private key (env ASR_TLS_KEY)")
+    g.add_argument("--tls-server-name", default=s,
+                   help="name expected in the server certificate")
+    g.add_argument("--keepalive", type=float, default=s, metavar="SECONDS",
+                   help="HTTP/2 keepalive ping interval (default off)")
+    g.add_argument("--retries", type=int, default=s,
+                   help="attempts per call on UNAVAILABLE/RESOURCE_EXHAUSTED (default 8)")
+    g.add_argument("-v", "--verbose", action="store_true", default=s, help="log retries")
+    return p
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, grpc.RpcError):
-        return f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _emit(record: dict[str, object], fmt: str, output_dir: Path | None) -> None:
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        stem = Path(str(record["file"])).name
-        if fmt == "json":
-            (output_dir / f"{stem}.json").write_text(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            (output_dir / f"{stem}.txt").write_text(f"{record['text']}\n")
-        return
-    if fmt == "json":
-        print(json.dumps(record, ensure_ascii=False), flush=True)
-    else:
-        print(f"{record['file']}\t{record['text']}", flush=True)
-
-
-def cmd_transcribe(client: AsrClient, args: argparse.Namespace) -> int:
-    files = list(expand(args.files))
-    if not files:
-        print("no audio files found", file=sys.stderr)
-        return 2
-    opts = TranscribeOptions(language=args.language, enable_itn=args.itn,
-                             hotwords=args.hotword or [], sample_rate=args.sample_rate,
-                             channels=args.channels)
-    failures = 0
-    err = Console(stderr=True)
-    show_progress = len(files) > 1 and err.is_terminal
-    with ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool, \
-            Progress(console=err, disable=not show_progress) as progress:
-        task = progress.add_task("transcribing", total=len(files))
-        futures = {pool.submit(client.transcribe_file, f, opts, args.timeout): f for f in files}
-        for fut in as_completed(futures):
-            path = futures[fut]
-            try:
-                _emit(result_to_dict(str(path), fut.result()), args.format, args.output_dir)
-            except Exception as exc:
-                failures += 1
-                print(f"{path}: {_describe(exc)}", file=sys.stderr)
-            progress.advance(task)
-    return 1 if failures else 0
-
-
-def cmd_status(client: AsrClient, args: argparse.Namespace) -> int:
-    st = client.status()
-    if args.format == "json":
-        from google.protobuf.json_format import MessageToDict
-
-        print(json.dumps(MessageToDict(st), indent=2))
-        return 0
-    table = Table(title=f"{st.model} (v{st.version}, cpu fallback {st.cpu_fallback}, "
-                        f"queue {st.queue_depth}/{st.queue_capacity})")
-    for col in ("device", "memory", "util", "accepting", "worker", "pid", "state", "in flight",
-                "served", "restarts"):
-        table.add_column(col)
-    for d in st.devices:
-        mem = (f"{d.memory_used_bytes / 2**30:.1f}/{d.memory_total_bytes / 2**30:.1f} GiB"
-               if d.memory_total_bytes else "-")
-        util = f"{d.utilization_percent}%" if d.utilization_percent >= 0 else "-"
-        for w in d.workers or [None]:
-            table.add_row(d.name, mem, util, "yes" if d.accepting else "no",
-                          *(["-"] * 6 if w is None else [
-                              w.worker_id, str(w.pid), w.state, str(w.in_flight),
-                              str(w.served), str(w.restarts)]))
-    Console().print(table)
-    if st.fallbacks:
-        print("fallbacks: " + ", ".join(f"{f.reason}={f.count}" for f in st.fallbacks))
-    return 0
-
-
-def cmd_clear_cache(client: AsrClient, args: argparse.Namespace) -> int:
-    for r in client.clear_cache(args.device).results:
-        print(f"{r.worker_id}: reserved {r.reserved_before_bytes} -> {r.reserved_after_bytes} "
-              "bytes")
-    return 0
+def _recognition_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="served model name (see `status`)")
+    p.add_argument("--language", default="auto")
+    p.add_argument("--itn", action="store_true", help="inverse text normalisation")
+    p.add_argument("--hotword", action="append", help="hotword (repeatable)")
+    p.add_argument("--sample-rate", type=int, default=0, help="rate of raw PCM input")
+    p.add_argument("--channels", type=int, default=1, help="channels of raw PCM input")
+    p.add_argument("--vad", choices=("auto", "always", "never"), default="auto",
+                   help="voice activity segmentation")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asr-client", description=__doc__,
+    """The whole command line."""
+    common = _connection_options()
+    parser = argparse.ArgumentParser(prog="asr-client", description=__doc__, parents=[common],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", default=None, help="HOST:PORT (env ASR_SERVER)")
-    parser.add_argument("--token", default=None, help="bearer token (env ASR_TOKEN)")
-    parser.add_argument("--tls-ca", default=None, help="CA bundle for TLS (env ASR_TLS_CA)")
-    parser.add_argument("--tls-cert", default=None,
-                        help="client certificate for mTLS (env ASR_TLS_CERT)")
-    parser.add_argument("--tls-key", default=None, help="its private key (env ASR_TLS_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("transcribe", help="transcribe files or directories")
-    tr.add_argument("files", nargs="+")
-    tr.add_argument("--format", choices=("text", "json"), default="text")
+
+    tr = sub.add_parser("transcribe", parents=[common], help="transcribe files or directories")
+    tr.add_argument("files", nargs="+", help="audio files and directories (recursive)")
+    tr.add_argument("--format", choices=FORMATS, default="text")
     tr.add_argument("--output-dir", type=Path, default=None,
-                    help="write one .txt/.json per file here instead of stdout")
-    tr.add_argument("--concurrency", type=int, default=4)
-    tr.add_argument("--language", default="auto")
-    tr.add_argument("--itn", action="store_true", help="inverse text normalisation")
-    tr.add_argument("--hotword", action="append", help="hotword (repeatable)")
-    tr.add_argument("--sample-rate", type=int, default=0, help="rate of raw .pcm files")
-    tr.add_argument("--channels", type=int, default=1, help="channels of raw .pcm files")
+                    help="one output per input here, mirroring the input tree")
+    tr.add_argument("-o", "--output", type=Path, default=None,
+                    help="one combined file (csv, json/jsonl, text) instead of stdout")
+    tr.add_argument("--resume", action="store_true",
+                    help="skip inputs whose output exists and is complete")
+    tr.add_argument("--concurrency", type=int, default=4, help="files in flight (default 4)")
     tr.add_argument("--timeout", type=float, default=None, help="seconds per file")
-    st = sub.add_parser("status", help="devices, workers, queues")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    _recognition_options(tr)
+
+    sm = sub.add_parser("stream", parents=[common], help="stream one file (or - for stdin)")
+    sm.add_argument("file", help="audio file, or - for standard input")
+    sm.add_argument("--realtime", action="store_true",
+                    help="send audio at its real-time rate (WAV or raw PCM)")
+    sm.add_argument("--format", choices=("text", "json"), default="text")
+    sm.add_argument("--timeout", type=float, default=None)
+    _recognition_options(sm)
+
+    st = sub.add_parser("status", parents=[common], help="devices, workers, models, queue")
     st.add_argument("--format", choices=("table", "json"), default="table")
-    cc = sub.add_parser("clear-cache", help="free cached GPU memory")
+    cc = sub.add_parser("clear-cache", parents=[common], help="free cached GPU memory")
     cc.add_argument("--device", default="", help="e.g. cuda:0 (default: all)")
     return parser
 
 
-COMMANDS = {"transcribe": cmd_transcribe, "status": cmd_status, "clear-cache": cmd_clear_cache}
+def channel_options(args: argparse.Namespace) -> ChannelOptions:
+    """Connection settings: flags first, then ASR_* environment variables."""
+    def pick(name: str, env: str) -> str:
+        return str(getattr(args, name, None) or os.environ.get(env, ""))
+
+    return ChannelOptions(
+        server=pick("server", "ASR_SERVER") or default_server(),
+        token=pick("token", "ASR_TOKEN"), tls=bool(getattr(args, "tls", False)),
+        tls_ca=pick("tls_ca", "ASR_TLS_CA"), tls_cert=pick("tls_cert", "ASR_TLS_CERT"),
+        tls_key=pick("tls_key", "ASR_TLS_KEY"),
+        tls_server_name=str(getattr(args, "tls_server_name", "")),
+        keepalive_s=float(getattr(args, "keepalive", 0.0)))
+
+
+def recognition_options(args: argparse.Namespace) -> TranscribeOptions:
+    """TranscribeOptions from the recognition flags."""
+    return TranscribeOptions(
+        language=args.language, enable_itn=args.itn, hotwords=tuple(args.hotword or ()),
+        model=args.model, sample_rate=args.sample_rate, channels=args.channels,
+        vad_mode=args.vad)
+
+
+def cmd_status(client: AsrClient, args: argparse.Namespace) -> int:
+    """Print the service status (a table fitting the terminal, or JSON)."""
+    st = client.status()
+    if args.format == "json":
+        print(json.dumps(asdict(st), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(status_view.render(st, shutil.get_terminal_size((80, 24)).columns))
+    return 0
+
+
+def cmd_clear_cache(client: AsrClient, args: argparse.Namespace) -> int:
+    """Clear allocator caches and print what each worker freed."""
+    for r in client.clear_cache(args.device).results:
+        freed = (r.reserved_before_bytes - r.reserved_after_bytes) / 2**20
+        print(f"{r.worker_id}: reserved {r.reserved_before_bytes / 2**20:.1f} -> "
+              f"{r.reserved_after_bytes / 2**20:.1f} MiB (freed {freed:.1f} MiB)")
+    return 0
+
+
+def cmd_transcribe(client: AsrClient, args: argparse.Namespace) -> int:
+    """Transcribe files and directories (see `client.batch`)."""
+    return batch.run(client, args, recognition_options(args))
+
+
+def cmd_stream(client: AsrClient, args: argparse.Namespace) -> int:
+    """Stream one file and print each result as it arrives."""
+    return stream_command(client, args.file, recognition_options(args), args.realtime,
+                          args.format, args.timeout)
+
+
+COMMANDS = {"transcribe": cmd_transcribe, "stream": cmd_stream, "status": cmd_status,
+            "clear-cache": cmd_clear_cache}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    server = args.server or default_server()
-    token = args.token or os.environ.get("ASR_TOKEN", "")
-    tls_ca = args.tls_ca or os.environ.get("ASR_TLS_CA", "")
-    tls_cert = args.tls_cert or os.environ.get("ASR_TLS_CERT", "")
-    tls_key = args.tls_key or os.environ.get("ASR_TLS_KEY", "")
-    with AsrClient(server, token, tls_ca, tls_cert, tls_key) as client:
-        try:
+    """Entry point of `asr-client`; returns the exit status (0 ok, 1 failures, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False)
+                        else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    retry = RetryPolicy(max_attempts=max(1, int(getattr(args, "retries", 8))))
+    try:
+        with AsrClient(channel_options=channel_options(args), retry=retry,
+                       options=TranscribeOptions()) as client:
             return COMMANDS[args.command](client, args)
-        except grpc.RpcError as exc:
-            print(f"asr-client {args.command}: {_describe(exc)}", file=sys.stderr)
-            return 1
+    except batch.UsageError as exc:
+        parser.error(str(exc))
+    except AsrError as exc:
+        print(f"asr-client {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"asr-client {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0  # not reached: parser.error exits

@@ -1,78 +1,114 @@
-"""A small library over the generated stubs: transcribe files, read status, clear caches.
+"""`AsrClient`: the synchronous Python client of the service.
 
-Files are sent over `StreamingRecognize` in chunks read from disk, so a large file never sits
-whole in the client's memory. Retries of UNAVAILABLE (a restarting service) are declared in the
-channel's service config, as gRPC recommends, not hand-written.
+    from client import AsrClient
+    with AsrClient("localhost:50051") as asr:
+        t = asr.transcribe("talk.wav", language="en")
+        print(t.text, t.device, t.timings.rtfx)
+
+Audio of any size is streamed in chunks over `StreamingRecognize`. Calls that fail with
+UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff and jitter (`RetryPolicy`), waiting
+at least what the server's `retry-after-s` trailer asks; the whole file is sent again, which
+is why the retries are ours and not gRPC's (its transparent retries neither re-send a large
+upload nor read that trailer). Every failure raises `AsrError` with the gRPC code.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
+from client.errors import AsrError, from_rpc_error
+from client.options import (
+    CHUNK_BYTES,
+    ChannelOptions,
+    RetryPolicy,
+    TranscribeOptions,
+)
+from client.sources import AudioSource, Chunked, chunked
+from client.types import CacheClearReport, ServiceStatus, StreamResult, Transcript
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 
-CHUNK_BYTES = 256 * 1024
-RAW_SUFFIXES = (".pcm", ".raw", ".s16le")
+__all__ = ["CHUNK_BYTES", "AsrClient", "BatchItem", "TranscribeOptions", "default_server"]
 
-_SERVICE_CONFIG = json.dumps({"methodConfig": [{
-    "name": [{"service": "asr.v1.Recognizer"}, {"service": "asr.v1.Admin"}],
-    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s",
-                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-}]})
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_END: Any = object()
 
 
-@dataclass
-class TranscribeOptions:
-    language: str = "auto"
-    enable_itn: bool = False
-    hotwords: list[str] = field(default_factory=list)
-    sample_rate: int = 0  # for raw PCM files
-    channels: int = 1
+def default_server() -> str:
+    """The address in `ASR_SERVER`, else localhost:50051."""
+    return os.environ.get("ASR_SERVER", "localhost:50051")
 
 
-def result_to_dict(path: str, result: pb.RecognitionResult) -> dict[str, object]:
-    """The JSON shape of one file's result (keys fixed by DESIGN.md)."""
-    return {
-        "file": path, "text": result.text,
-        "segments": [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
-                     for s in result.segments],
-        "device": result.device, "fallback_reason": result.fallback_reason,
-        "language": result.language, "audio_duration_s": round(result.audio_duration_s, 3),
-        "queue_time_s": round(result.queue_time_s, 4),
-        "inference_time_s": round(result.inference_time_s, 4),
-        "hotwords_ignored": result.hotwords_ignored, "request_id": result.request_id,
-    }
+@dataclass(frozen=True)
+class BatchItem:
+    """The outcome of one source of `transcribe_many`: a transcript or an error."""
+
+    source: Any
+    transcript: Transcript | None
+    error: BaseException | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the source was transcribed."""
+        return self.error is None
+
+
+def config_requests(config: pb.RecognitionConfig, chunks: Iterable[bytes],
+                    interim_results: bool = False) -> Iterator[pb.StreamingRecognizeRequest]:
+    """The request messages of a stream: the config first, then the audio chunks."""
+    yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
+        config=config, interim_results=interim_results))
+    for chunk in chunks:
+        yield pb.StreamingRecognizeRequest(audio_content=chunk)
+
+
+def stream_result(resp: pb.StreamingRecognizeResponse, file: str = "",
+                  wall_time_s: float = 0.0) -> StreamResult:
+    """A `StreamResult` from one stream response."""
+    return StreamResult(Transcript.from_proto(resp.result, file=file, wall_time_s=wall_time_s),
+                        resp.is_final, resp.is_last, resp.audio_processed_s)
 
 
 class AsrClient:
-    """Connection to one service endpoint."""
+    """Synchronous client of one service endpoint (thread-safe; one channel, many calls).
 
-    def __init__(self, server: str, token: str = "", tls_ca: str = "", tls_cert: str = "",
-                 tls_key: str = "") -> None:
-        """`tls_ca` turns TLS on; `tls_cert`/`tls_key` add a client certificate (mTLS)."""
-        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        if tls_ca:
-            creds = grpc.ssl_channel_credentials(
-                Path(tls_ca).read_bytes(),
-                private_key=Path(tls_key).read_bytes() if tls_key else None,
-                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None)
-            self.channel = grpc.secure_channel(server, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(server, options=options)
-        self.metadata: list[tuple[str, str]] = [("authorization", f"Bearer {token}")] if token \
-            else []
+    Args:
+        server: "HOST:PORT" of the service (default: env ASR_SERVER or localhost:50051).
+        options: default `TranscribeOptions` for every transcription.
+        retry: the `RetryPolicy` (default: 5 attempts on UNAVAILABLE / RESOURCE_EXHAUSTED).
+        channel_options: a full `ChannelOptions`; the keyword arguments below override it.
+        **channel_kw: fields of `ChannelOptions` (token, tls, tls_ca, tls_cert, tls_key,
+            tls_server_name, keepalive_s, max_message_bytes, load_balancing).
+    """
+
+    def __init__(self, server: str | None = None, *, options: TranscribeOptions | None = None,
+                 retry: RetryPolicy | None = None,
+                 channel_options: ChannelOptions | None = None, **channel_kw: Any) -> None:
+        base = channel_options or ChannelOptions(server=server or default_server())
+        self.channel_options = replace(base, server=server or base.server, **channel_kw)
+        self.options = options or TranscribeOptions()
+        self.retry = retry or RetryPolicy()
+        creds = self.channel_options.credentials()
+        grpc_opts = self.channel_options.grpc_options()
+        target = self.channel_options.server
+        self.channel = (grpc.secure_channel(target, creds, options=grpc_opts) if creds
+                        else grpc.insecure_channel(target, options=grpc_opts))
+        self.metadata = list(self.channel_options.metadata())
         self.recognizer = pb_grpc.RecognizerStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
 
     def close(self) -> None:
+        """Close the channel (calls in progress are cancelled)."""
         self.channel.close()
 
     def __enter__(self) -> AsrClient:
@@ -81,56 +117,165 @@ class AsrClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def config_for(path: Path, opts: TranscribeOptions) -> pb.RecognitionConfig:
-        cfg = pb.RecognitionConfig(language=opts.language, enable_itn=opts.enable_itn,
-                                   hotwords=opts.hotwords, enable_segment_timestamps=True)
-        if path.suffix.lower() in RAW_SUFFIXES:
-            cfg.encoding = pb.LINEAR16
-            cfg.sample_rate_hertz = opts.sample_rate
-            cfg.audio_channel_count = opts.channels
-        return cfg
+    # -- retries --------------------------------------------------------------------------
 
-    @staticmethod
-    def _file_requests(path: Path, config: pb.RecognitionConfig
-                       ) -> Iterator[pb.StreamingRecognizeRequest]:
-        yield pb.StreamingRecognizeRequest(
-            streaming_config=pb.StreamingRecognitionConfig(config=config))
-        with path.open("rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                yield pb.StreamingRecognizeRequest(audio_content=chunk)
+    def _retrying(self, call: Callable[[float | None], T], timeout: float | None,
+                  replayable: bool = True, what: str = "call") -> T:
+        """Run `call(attempt_timeout)` with the retry policy inside an overall deadline."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise AsrError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"{what}: deadline of {timeout:g} s passed", attempts=attempt)
+                return call(remaining)
+            except grpc.RpcError as exc:
+                err = from_rpc_error(exc)
+                err.attempts = attempt
+                delay = self.retry.next_delay(err.code(), attempt, err.retry_after_s, deadline,
+                                              time.monotonic(), replayable)
+                if delay is None:
+                    raise err from None
+                log.info("%s: %s; retry %d/%d in %.2f s", what, err, attempt,
+                         self.retry.max_attempts - 1, delay)
+                time.sleep(delay)
 
-    def stream_file(self, path: Path, opts: TranscribeOptions | None = None,
-                    timeout: float | None = None) -> Iterator[pb.StreamingRecognizeResponse]:
-        """Every response of a stream (per-segment finals, then the last, whole result)."""
-        config = self.config_for(path, opts or TranscribeOptions())
-        yield from self.recognizer.StreamingRecognize(self._file_requests(path, config),
-                                                      timeout=timeout, metadata=self.metadata)
+    # -- transcription --------------------------------------------------------------------
 
-    def transcribe_file(self, path: Path, opts: TranscribeOptions | None = None,
-                        timeout: float | None = None) -> pb.RecognitionResult:
-        """The whole-file result of one file."""
+    def _options(self, options: TranscribeOptions | None, overrides: dict[str, Any]
+                 ) -> TranscribeOptions:
+        return replace(options or self.options, **overrides)
+
+    def _final_result(self, src: Chunked, config: pb.RecognitionConfig,
+                      timeout: float | None) -> tuple[pb.RecognitionResult, float]:
+        """One attempt: stream the source, return the last (whole) result and the wall time."""
+        started = time.monotonic()
         last = None
-        for resp in self.stream_file(path, opts, timeout):
+        for resp in self.recognizer.StreamingRecognize(
+                config_requests(config, src.chunks()), timeout=timeout, metadata=self.metadata):
             if resp.is_last:
                 last = resp.result
         if last is None:
-            raise RuntimeError(f"{path}: the stream ended without a final result")
-        return last
+            raise AsrError(grpc.StatusCode.UNKNOWN,
+                           f"{src.name or 'audio'}: the stream ended without a final result")
+        return last, time.monotonic() - started
+
+    def _transcribe_chunked(self, src: Chunked, opts: TranscribeOptions,
+                            timeout: float | None) -> Transcript:
+        config = opts.to_config(src.name)
+
+        def attempt(remaining: float | None) -> Transcript:
+            result, wall = self._final_result(src, config, remaining)
+            return Transcript.from_proto(result, file=src.name, wall_time_s=wall)
+
+        return self._retrying(attempt, timeout, src.replayable, src.name or "transcribe")
+
+    def transcribe(self, source: AudioSource, options: TranscribeOptions | None = None, *,
+                   timeout: float | None = None, **overrides: Any) -> Transcript:
+        """Transcribe a path, bytes or binary file object; returns its `Transcript`.
+
+        Keyword arguments override fields of `options` (see `TranscribeOptions`: language,
+        enable_itn, hotwords, model, raw_pcm, sample_rate, channels, vad_mode, ...).
+        `timeout` is the deadline in seconds over all attempts. Raises `AsrError`.
+        """
+        return self._transcribe_chunked(chunked(source), self._options(options, overrides),
+                                        timeout)
+
+    def transcribe_many(self, sources: Iterable[AudioSource],
+                        options: TranscribeOptions | None = None, *, concurrency: int = 4,
+                        timeout: float | None = None, **overrides: Any) -> Iterator[BatchItem]:
+        """Transcribe many sources, at most `concurrency` at once; yields a `BatchItem` per
+        source as each finishes (completion order). Failures are yielded, not raised."""
+        opts = self._options(options, overrides)
+
+        def one(source: AudioSource) -> Transcript:
+            return self._transcribe_chunked(chunked(source), opts, timeout)
+
+        pending: dict[Future[Transcript], AudioSource] = {}
+        it = iter(sources)
+        width = max(1, concurrency)
+        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="asr-client")
+        try:
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and len(pending) < width:
+                    source = next(it, _END)
+                    if source is _END:
+                        exhausted = True
+                    else:
+                        pending[pool.submit(one, source)] = source
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    source = pending.pop(fut)
+                    exc = fut.exception()
+                    yield BatchItem(source, None if exc else fut.result(), exc)
+        finally:
+            # Stopped early (an error, Ctrl-C, the caller broke off): do not wait for the
+            # calls in flight; closing the client cancels them.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def stream(self, chunks: Iterable[bytes], options: TranscribeOptions | None = None, *,
+               interim_results: bool = True, timeout: float | None = None,
+               **overrides: Any) -> Iterator[StreamResult]:
+        """Stream audio chunks as they come (e.g. from a microphone) and yield results.
+
+        Each `StreamResult` is interim (`is_final` false, may change) or final; the last one
+        (`is_last`) holds the whole transcript. Not retried: the chunks are consumed once.
+        """
+        config = self._options(options, overrides).to_config()
+        started = time.monotonic()
+        try:
+            for resp in self.recognizer.StreamingRecognize(
+                    config_requests(config, chunks, interim_results), timeout=timeout,
+                    metadata=self.metadata):
+                yield stream_result(resp, wall_time_s=time.monotonic() - started)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def status(self, timeout: float = 10.0) -> ServiceStatus:
+        """Devices, workers, models, queue and fallbacks (`Admin.GetStatus`)."""
+        return ServiceStatus.from_proto(self._retrying(
+            lambda t: self.admin.GetStatus(pb.GetStatusRequest(), timeout=t,
+                                           metadata=self.metadata), timeout, what="status"))
+
+    def clear_cache(self, device: str = "", timeout: float = 60.0) -> CacheClearReport:
+        """Free cached allocator memory on `device` ("cuda:0") or every device ("")."""
+        return CacheClearReport.from_proto(self._retrying(
+            lambda t: self.admin.ClearCache(pb.ClearCacheRequest(device=device), timeout=t,
+                                            metadata=self.metadata), timeout,
+            what="clear-cache"))
+
+    # -- protobuf-level helpers (used by tests and benchmarks) ----------------------------
 
     def recognize_bytes(self, audio: bytes, config: pb.RecognitionConfig | None = None,
                         timeout: float | None = None) -> pb.RecognitionResult:
-        """Unary Recognize of audio held in memory."""
+        """Unary `Recognize` of audio held in memory; the raw `RecognitionResult`."""
         req = pb.RecognizeRequest(config=config or pb.RecognitionConfig(), audio_content=audio)
-        return self.recognizer.Recognize(req, timeout=timeout, metadata=self.metadata).result
+        return self._retrying(lambda t: self.recognizer.Recognize(
+            req, timeout=t, metadata=self.metadata).result, timeout, what="recognize")
 
-    def status(self) -> pb.GetStatusResponse:
-        return self.admin.GetStatus(pb.GetStatusRequest(), timeout=10, metadata=self.metadata)
+    def stream_file(self, path: Path, opts: TranscribeOptions | None = None,
+                    timeout: float | None = None) -> Iterator[pb.StreamingRecognizeResponse]:
+        """Every raw response of a file's stream (per-segment finals, then the last)."""
+        src = chunked(path)
+        config = (opts or self.options).to_config(src.name)
+        try:
+            yield from self.recognizer.StreamingRecognize(
+                config_requests(config, src.chunks()), timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
-    def clear_cache(self, device: str = "") -> pb.ClearCacheResponse:
-        return self.admin.ClearCache(pb.ClearCacheRequest(device=device), timeout=60,
-                                     metadata=self.metadata)
-
-
-def default_server() -> str:
-    return os.environ.get("ASR_SERVER", "localhost:50051")
+    def transcribe_file(self, path: Path, opts: TranscribeOptions | None = None,
+                        timeout: float | None = None) -> pb.RecognitionResult:
+        """The raw whole-file `RecognitionResult` of one file (retried like `transcribe`)."""
+        src = chunked(path)
+        config = (opts or self.options).to_config(src.name)
+        return self._retrying(lambda t: self._final_result(src, config, t)[0], timeout,
+                              what=str(path))

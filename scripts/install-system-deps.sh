@@ -5,14 +5,19 @@
 #   espeak-ng         synthesizes real speech for the tests
 #   prometheus        prometheus + promtool: the tests check deploy/prometheus rules and the
 #                     Grafana dashboard's queries against a real Prometheus server
+#   nodejs, npm       the Node.js example client (client/examples/node) and its test; skipped
+#                     when node and npm are already on the PATH (e.g. from NodeSource)
 set -euo pipefail
 PKGS=(ffmpeg sox libsox-fmt-mp3 espeak-ng prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system packages present: ${PKGS[*]}"
+  echo "system packages present: ${PKGS[*]} node npm"
   exit 0
 fi
 SUDO=""
