@@ -88,6 +88,10 @@ class ServeConfig:
     auth_token_file: str = _f("", "File holding the bearer token Recognizer calls must carry")
     admin_token_file: str = _f("", "File holding the bearer token Admin calls must carry "
                                "(default: the auth token)")
+    shutdown_grace_s: float = _f(30.0, "On SIGTERM: seconds to finish accepted requests and "
+                                 "streams (health NOT_SERVING, new calls UNAVAILABLE) before "
+                                 "the rest is cut and the process exits; a second signal "
+                                 "stops at once")
     log_level: str = _f("INFO", "Logging level")
     log_format: str = _f("text", "Log format: text | json", choices=LOG_FORMATS)
 
@@ -100,6 +104,8 @@ class ServeConfig:
         if not 0.0 <= self.memory_floor_fraction < 1.0:
             raise ValueError(f"memory_floor_fraction={self.memory_floor_fraction}: must be in "
                              "[0, 1)")
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s={self.shutdown_grace_s}: must be >= 0")
         if self.max_queue < 1 or self.max_batch_size < 1:
             raise ValueError("max_queue and max_batch_size must be >= 1")
 
