@@ -5,6 +5,8 @@ Examples:
   asr-client transcribe recordings/ --output-dir out/ --concurrency 16
   asr-client status
   asr-client clear-cache --device cuda:0
+  asr-client --server dns:///asr-scheduler-headless.asr.svc.cluster.local:50051 \\
+      --load-balancing round_robin transcribe recordings/ --concurrency 32
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from client.library import AsrClient, TranscribeOptions, default_server, result_to_dict
+from client.library import (
+    LOAD_BALANCING,
+    AsrClient,
+    TranscribeOptions,
+    default_server,
+    result_to_dict,
+)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".webm",
                   ".pcm", ".raw", ".s16le", ".aiff", ".aif"}
@@ -128,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", default=None,
                         help="client certificate for mTLS (env ASR_TLS_CERT)")
     parser.add_argument("--tls-key", default=None, help="its private key (env ASR_TLS_KEY)")
+    parser.add_argument("--load-balancing", default=None, choices=LOAD_BALANCING,
+                        help="round_robin: spread calls over every replica --server resolves "
+                             "to, e.g. dns:///asr-scheduler-headless.NAMESPACE.svc."
+                             "cluster.local:50051 (env ASR_LOAD_BALANCING; default "
+                             "pick_first)")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("transcribe", help="transcribe files or directories")
     tr.add_argument("files", nargs="+")
@@ -158,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     tls_ca = args.tls_ca or os.environ.get("ASR_TLS_CA", "")
     tls_cert = args.tls_cert or os.environ.get("ASR_TLS_CERT", "")
     tls_key = args.tls_key or os.environ.get("ASR_TLS_KEY", "")
-    with AsrClient(server, token, tls_ca, tls_cert, tls_key) as client:
+    balancing = args.load_balancing or os.environ.get("ASR_LOAD_BALANCING", "pick_first")
+    if balancing not in LOAD_BALANCING:
+        print(f"asr-client: ASR_LOAD_BALANCING={balancing!r}: expected one of "
+              f"{', '.join(LOAD_BALANCING)}", file=sys.stderr)
+        return 2
+    with AsrClient(server, token, tls_ca, tls_cert, tls_key, balancing) as client:
         try:
             return COMMANDS[args.command](client, args)
         except grpc.RpcError as exc:

@@ -1,8 +1,14 @@
 """A small library over the generated stubs: transcribe files, read status, clear caches.
 
 Files are sent over `StreamingRecognize` in chunks read from disk, so a large file never sits
-whole in the client's memory. Retries of UNAVAILABLE (a restarting service) are declared in the
-channel's service config, as gRPC recommends, not hand-written.
+whole in the client's memory. Retries of UNAVAILABLE (a restarting or draining service) are
+declared in the channel's service config, as gRPC recommends, not hand-written.
+
+Several replicas without a proxy: `load_balancing="round_robin"` with a target naming every
+replica (`dns:///asr-scheduler-headless.asr.svc.cluster.local:50051`, a Kubernetes headless
+Service, or `ipv4:10.0.0.1:50051,10.0.0.2:50051`) spreads calls over all of them, skips a
+replica whose health reads NOT_SERVING (client-side health checking), and retries a refused
+or cut call on the next one.
 """
 
 from __future__ import annotations
@@ -21,11 +27,25 @@ from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 CHUNK_BYTES = 256 * 1024
 RAW_SUFFIXES = (".pcm", ".raw", ".s16le")
 
-_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+LOAD_BALANCING = ("pick_first", "round_robin")
+_METHOD_CONFIG = [{
     "name": [{"service": "asr.v1.Recognizer"}, {"service": "asr.v1.Admin"}],
     "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s",
                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-}]})
+}]
+
+
+def service_config(load_balancing: str = "pick_first") -> str:
+    """The channel's service config: retries, and for round_robin client-side health checks
+    (a replica whose `asr.v1.Recognizer` health is not SERVING gets no calls)."""
+    if load_balancing not in LOAD_BALANCING:
+        raise ValueError(f"load balancing {load_balancing!r}: expected one of "
+                         f"{', '.join(LOAD_BALANCING)}")
+    config: dict[str, object] = {"methodConfig": _METHOD_CONFIG}
+    if load_balancing == "round_robin":
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": "asr.v1.Recognizer"}
+    return json.dumps(config)
 
 
 @dataclass
@@ -55,9 +75,11 @@ class AsrClient:
     """Connection to one service endpoint."""
 
     def __init__(self, server: str, token: str = "", tls_ca: str = "", tls_cert: str = "",
-                 tls_key: str = "") -> None:
-        """`tls_ca` turns TLS on; `tls_cert`/`tls_key` add a client certificate (mTLS)."""
-        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+                 tls_key: str = "", load_balancing: str = "pick_first") -> None:
+        """`tls_ca` turns TLS on; `tls_cert`/`tls_key` add a client certificate (mTLS);
+        `load_balancing="round_robin"` spreads calls over every address `server` resolves to."""
+        options = [("grpc.service_config", service_config(load_balancing)),
+                   ("grpc.enable_retries", 1),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if tls_ca:
             creds = grpc.ssl_channel_credentials(
