@@ -5,6 +5,7 @@ valid for current Kubernetes, values outside the schema refused, and the parts t
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 from scheduler.config import ServeConfig
 from scheduler.metrics import Metrics
 from tests.deploy_tools import (
+    BIN,
     CHART,
     KUBERNETES_VERSION,
     OLDEST_KUBERNETES,
@@ -38,8 +40,12 @@ def serve_settings() -> set[str]:
     return set(fields) if fields else {f.name for f in dataclasses.fields(ServeConfig)}
 
 
-def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return by_kind(docs)["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+def deployment(docs: list[dict[str, Any]], name: str = "rel-asr-scheduler") -> dict[str, Any]:
+    return next(d for d in by_kind(docs)["Deployment"] if d["metadata"]["name"] == name)
+
+
+def container(docs: list[dict[str, Any]], name: str = "rel-asr-scheduler") -> dict[str, Any]:
+    return deployment(docs, name)["spec"]["template"]["spec"]["containers"][0]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -68,7 +74,7 @@ def test_default_render() -> None:
     kinds = by_kind(docs)
     assert set(kinds) == {"ServiceAccount", "ConfigMap", "Service", "Deployment",
                           "PodDisruptionBudget", "NetworkPolicy"}
-    deploy = kinds["Deployment"][0]
+    deploy = deployment(docs)
     pod = deploy["spec"]["template"]["spec"]
     c = container(docs)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -102,11 +108,12 @@ def test_selectors_ports_and_names_agree() -> None:
     for variant in VARIANTS.values():
         docs = render(*variant)
         kinds = by_kind(docs)
-        pod_labels = kinds["Deployment"][0]["spec"]["template"]["metadata"]["labels"]
+        pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
         c = container(docs)
         container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert set(container_ports) == {"grpc", "metrics"}
-        services = {s["metadata"]["name"]: s for s in kinds["Service"]}
+        services = {s["metadata"]["name"]: s for s in kinds["Service"]
+                    if not s["metadata"]["name"].endswith("-envoy")}
         headless = services["rel-asr-scheduler-headless"]
         assert headless["spec"]["clusterIP"] == "None"
         for svc in services.values():
@@ -127,10 +134,8 @@ def test_selectors_ports_and_names_agree() -> None:
             assert {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]} == \
                 set(container_ports)
         for scaler in (*kinds.get("HorizontalPodAutoscaler", []), *kinds.get("ScaledObject", [])):
-            assert scaler["spec"]["scaleTargetRef"]["name"] == \
-                kinds["Deployment"][0]["metadata"]["name"]
-        volumes = {v["name"] for v in kinds["Deployment"][0]["spec"]["template"]["spec"]
-                   ["volumes"]}
+            assert scaler["spec"]["scaleTargetRef"]["name"] == "rel-asr-scheduler"
+        volumes = {v["name"] for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
         assert {m["name"] for m in c["volumeMounts"]} <= volumes
 
 
@@ -150,10 +155,10 @@ def test_full_values_render() -> None:
     docs = render("-f", str(FULL))
     kinds = by_kind(docs)
     c = container(docs)
-    pod = kinds["Deployment"][0]["spec"]["template"]["spec"]
+    pod = deployment(docs)["spec"]["template"]["spec"]
     assert c["image"] == "registry.example.com/speech/asr-scheduler:0.1.0-cuda13"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert "replicas" not in kinds["Deployment"][0]["spec"], "the autoscaler owns replicas"
+    assert "replicas" not in deployment(docs)["spec"], "the autoscaler owns replicas"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # TLS: no native gRPC
         assert c[probe]["exec"]["command"] == ["python3", "/opt/asr/healthcheck.py"]
     env = {e["name"]: e.get("value") for e in c["env"]}
@@ -182,7 +187,7 @@ def test_full_values_render() -> None:
 def test_cpu_only_pod_requests_no_gpu() -> None:
     docs = render(*VARIANTS["adapter-inflight-cpu"])
     c = container(docs)
-    pod = by_kind(docs)["Deployment"][0]["spec"]["template"]["spec"]
+    pod = deployment(docs)["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
     assert "nodeSelector" not in pod and "tolerations" not in pod
     config = yaml.safe_load(by_kind(docs)["ConfigMap"][0]["data"]["config.yaml"])
@@ -233,3 +238,38 @@ def test_values_outside_the_schema_are_refused(bad: str) -> None:
 def test_inconsistent_values_are_refused(bad: tuple[str, ...], message: str) -> None:
     out = helm("template", "rel", str(CHART), *bad, check=False)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_chart_envoy_is_the_shipped_config_pointed_at_the_release(tmp_path: Path) -> None:
+    shipped = ROOT / "deploy" / "envoy" / "envoy.yaml"
+    assert (CHART / "files" / "envoy.yaml").read_bytes() == shipped.read_bytes(), \
+        "copy deploy/envoy/envoy.yaml to the chart's files/"
+    docs = render("-f", str(FULL))
+    kinds = by_kind(docs)
+    text = next(c for c in kinds["ConfigMap"] if c["metadata"]["name"].endswith("-envoy")
+                )["data"]["envoy.yaml"]
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    out = subprocess.run([str(BIN / "envoy"), "--mode", "validate", "-c", str(path),
+                          "--disable-hot-restart"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Deprecated" not in out.stdout + out.stderr, out.stderr
+    config = yaml.safe_load(text)
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener["port_value"] == 8443
+    upstream = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0][
+        "lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert upstream == {"address": "rel-asr-scheduler-headless.asr.svc.cluster.local",
+                        "port_value": 50051}
+    names = {s["metadata"]["name"] for s in kinds["Service"]}
+    assert "rel-asr-scheduler-headless" in names
+    proxy = deployment(docs, "rel-asr-scheduler-envoy")
+    labels = proxy["spec"]["template"]["metadata"]["labels"]
+    service = next(s for s in kinds["Service"] if s["metadata"]["name"].endswith("-envoy"))
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["port"] == 8443
+    assert not labels.items() >= deployment(docs)["spec"]["selector"]["matchLabels"].items(), \
+        "the scheduler's selectors must not pick Envoy pods"
+    policy = kinds["NetworkPolicy"][0]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": labels}} in policy, "Envoy may call the pods"
+    assert proxy["spec"]["template"]["spec"]["containers"][0]["securityContext"][
+        "readOnlyRootFilesystem"] is True

@@ -67,3 +67,8 @@ timeoutSeconds: 3
 periodSeconds: {{ .probe.periodSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
 {{- end -}}
+
+{{- define "asr.envoySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "asr.name" . }}-envoy
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
