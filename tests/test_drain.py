@@ -4,6 +4,7 @@ deadline or a second SIGTERM cuts what is left (recognised segments already sent
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -19,11 +20,12 @@ import soundfile as sf
 
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
+from scheduler.drain import Drain, DrainInterceptor
+from scheduler.errors import Unavailable
+from scheduler.interceptor import ErrorInterceptor
 from tests.long_audio import speech_clips, write_recording
 from tests.serve_proc import NOT_SERVING, ServeProcess
 from tests.test_multi_gpu import wait_for
-
-pytestmark = pytest.mark.integration
 
 NO_RETRY = [("grpc.enable_retries", 0)]  # the raw status codes, not a retried success
 CHUNK = 16 * 1024
@@ -38,6 +40,65 @@ def slow_upload(audio: bytes, pause_s: float, config: pb.RecognitionConfig | Non
         yield pb.StreamingRecognizeRequest(audio_content=audio[i:i + CHUNK])
 
 
+async def test_drain_admits_then_refuses_and_reports_idle() -> None:
+    drain = Drain()
+    with drain.admit():
+        assert drain.active == 1
+        drain.begin()
+        with pytest.raises(Unavailable, match="shutting down"), drain.admit():
+            pass
+        assert not await drain.wait_idle(0.05)
+    assert drain.active == 0 and drain.refused == 1 and await drain.wait_idle(0.05)
+
+
+class _Hanging(pb_grpc.RecognizerServicer):
+    """Recognize never finishes; a stream sends one result, then waits for more audio."""
+
+    async def Recognize(self, request, context):  # type: ignore[no-untyped-def]
+        await asyncio.Event().wait()
+
+    async def StreamingRecognize(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        yield pb.StreamingRecognizeResponse(is_final=True, audio_processed_s=12.5)
+        async for _ in request_iterator:
+            pass
+
+
+async def test_interceptor_refuses_new_calls_and_cuts_running_ones() -> None:
+    drain = Drain()
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), DrainInterceptor(drain)])
+    pb_grpc.add_RecognizerServicer_to_server(_Hanging(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=NO_RETRY) as ch:
+            stub = pb_grpc.RecognizerStub(ch)
+            unary = asyncio.ensure_future(stub.Recognize(pb.RecognizeRequest(), timeout=30))
+            stream = stub.StreamingRecognize(timeout=30)
+            await stream.write(pb.StreamingRecognizeRequest())
+            first = await stream.read()
+            assert first.audio_processed_s == 12.5
+            while drain.active < 2:
+                await asyncio.sleep(0.01)
+            drain.begin()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Recognize(pb.RecognizeRequest(), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert not unary.done() and drain.active == 2, "accepted calls keep running"
+            drain.cut()
+            with pytest.raises(grpc.aio.AioRpcError) as cut_unary:
+                await unary
+            with pytest.raises(grpc.aio.AioRpcError) as cut_stream:
+                await stream.read()
+        assert cut_unary.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "before the result was ready" in cut_unary.value.details()
+        assert cut_stream.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "1 result(s) covering 12.50 s of audio" in cut_stream.value.details()
+        assert await drain.wait_idle(5)
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.integration
 def test_sigterm_under_load_finishes_accepted_work(models_dir: Path, speech: dict[str, Path],
                                                     tmp_path: Path) -> None:
     grace = 30.0
@@ -109,6 +170,7 @@ def long_pcm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return np.asarray(sf.read(wav, dtype="int16")[0]).tobytes()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["deadline", "second-sigterm"])
 def test_cut_stream_gets_recognised_segments_then_unavailable(
         models_dir: Path, long_pcm: bytes, tmp_path: Path, how: str) -> None:
