@@ -5,6 +5,7 @@ kill -9 while calls are in flight: every call is answered exactly once, with the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -26,8 +27,6 @@ from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from tests.serve_proc import ServeProcess
 from tests.test_cli import free_port
 from tests.test_multi_gpu import wait_for
-
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
@@ -162,6 +161,7 @@ def check_run(results: list[pb.RecognitionResult], expected: str, per_instance: 
     assert instances[1].proc.wait(10) == -signal.SIGKILL
 
 
+@pytest.mark.integration
 def test_envoy_spreads_load_and_survives_drain_and_kill9(instances: list[ServeProcess],
                                                          speech: dict[str, Path],
                                                          tmp_path: Path) -> None:
@@ -202,6 +202,7 @@ def test_envoy_spreads_load_and_survives_drain_and_kill9(instances: list[ServePr
     assert hosts[instances[2].port]["healthy"]
 
 
+@pytest.mark.integration
 def test_client_round_robin_spreads_load_and_survives_drain_and_kill9(
         instances: list[ServeProcess], speech: dict[str, Path]) -> None:
     audio = speech["wav16k"].read_bytes()
@@ -228,3 +229,51 @@ def test_client_round_robin_spreads_load_and_survives_drain_and_kill9(
         results, per_instance = run_with_failures(instances, call, served)
     print(f"round_robin: served per instance at drain/kill/end {per_instance}")
     check_run(results, expected, per_instance, instances)
+
+
+async def test_round_robin_skips_a_replica_whose_health_is_not_serving() -> None:
+    """Client-side health checking: a draining replica (NOT_SERVING) gets no calls at all,
+    even though its connection stays open."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from client.library import service_config
+
+    calls = {0: 0, 1: 0}
+
+    class Counting(pb_grpc.RecognizerServicer):
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        async def Recognize(self, request, context):  # type: ignore[no-untyped-def]
+            calls[self.index] += 1
+            return pb.RecognizeResponse(result=pb.RecognitionResult(text=str(self.index)))
+
+    servers, healths, ports = [], [], []
+    for i in range(2):
+        server = grpc.aio.server()
+        pb_grpc.add_RecognizerServicer_to_server(Counting(i), server)
+        h = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(h, server)
+        await h.set("asr.v1.Recognizer", health_pb2.HealthCheckResponse.SERVING)
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        servers.append(server)
+        healths.append(h)
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        async with grpc.aio.insecure_channel(target, options=[
+                ("grpc.service_config", service_config("round_robin")),
+                ("grpc.enable_retries", 1)]) as channel:
+            stub = pb_grpc.RecognizerStub(channel)
+            for _ in range(20):
+                await stub.Recognize(pb.RecognizeRequest(), timeout=10, wait_for_ready=True)
+            assert calls[0] >= 5 and calls[1] >= 5, calls
+            await healths[0].enter_graceful_shutdown()
+            await asyncio.sleep(0.5)  # the Watch stream delivers NOT_SERVING
+            before = dict(calls)
+            for _ in range(20):
+                await stub.Recognize(pb.RecognizeRequest(), timeout=10)
+            assert calls[0] == before[0] and calls[1] == before[1] + 20, calls
+    finally:
+        for server in servers:
+            await server.stop(0)
