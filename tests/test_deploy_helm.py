@@ -221,7 +221,8 @@ def test_autoscaler_metrics_come_from_the_adapter_rules_and_the_service() -> Non
     "gpusPerPod=-1", "fallback.cpuFallback=sometimes", "unknownKey=1",
     "batching.maxBatchSize=0", "devices=gpu0", "drain.graceSeconds=0",
     "fallback.memoryFloorFraction=1.5", "autoscaling.mode=hpa", "models=null",
-    "image.pullPolicy=Sometimes", "batching.extra=1",
+    "image.pullPolicy=Sometimes", "batching.extra=1", "config.model=/elsewhere",
+    "config.shutdown_grace_s=1",
 ])
 def test_values_outside_the_schema_are_refused(bad: str) -> None:
     out = helm("template", "rel", str(CHART), "--set", bad, check=False)
