@@ -210,8 +210,9 @@ class AsrService:
                 self.drain.cut()  # the deadline, or a second signal
                 await self.drain.wait_idle(min(0.5, max(0.0, deadline - time.monotonic())))
             await self._server.stop(min(0.5, max(0.0, deadline - time.monotonic())))
-            log.info("drain %s; %d call(s) refused while draining",
-                     "complete" if drained else "cut at the deadline", self.drain.refused)
+            how = ("complete" if drained else "cut by a second signal"
+                   if abort is not None and abort.is_set() else "cut at the deadline")
+            log.info("drain %s; %d call(s) refused while draining", how, self.drain.refused)
         self.metrics.close()
         worker_grace = max(0.2, deadline - EXIT_MARGIN_S - time.monotonic())
         if self.drain.is_cut:  # nothing left to finish: SIGKILL soon after SIGTERM
