@@ -7,6 +7,8 @@ Examples:
   asr-client stream meeting.wav --realtime --format json
   asr-client status
   asr-client clear-cache --device cuda:0
+  asr-client --server dns:///asr-scheduler-headless.asr.svc.cluster.local:50051 \\
+      --load-balancing round_robin transcribe recordings/ --concurrency 32
 
 Connection options (--server, --token, --tls-*) may come before or after the command.
 """
@@ -26,7 +28,7 @@ from client import batch, status_view
 from client.errors import AsrError
 from client.formats import FORMATS
 from client.library import AsrClient, default_server
-from client.options import ChannelOptions, RetryPolicy, TranscribeOptions
+from client.options import LOAD_BALANCING, ChannelOptions, RetryPolicy, TranscribeOptions
 from client.streaming import stream_command
 
 
@@ -44,6 +46,10 @@ def _connection_options() -> argparse.ArgumentParser:
     g.add_argument("--tls-key", default=s, help="its private key (env ASR_TLS_KEY)")
     g.add_argument("--tls-server-name", default=s,
                    help="name expected in the server certificate")
+    g.add_argument("--load-balancing", choices=LOAD_BALANCING, default=s,
+                   help="round_robin: spread calls over every replica --server resolves to, "
+                   "e.g. dns:///asr-scheduler-headless.NAMESPACE.svc.cluster.local:50051, "
+                   "skipping draining ones (env ASR_LOAD_BALANCING; default pick_first)")
     g.add_argument("--keepalive", type=float, default=s, metavar="SECONDS",
                    help="HTTP/2 keepalive ping interval (default off)")
     g.add_argument("--retries", type=int, default=s,
@@ -111,7 +117,8 @@ def channel_options(args: argparse.Namespace) -> ChannelOptions:
         tls_ca=pick("tls_ca", "ASR_TLS_CA"), tls_cert=pick("tls_cert", "ASR_TLS_CERT"),
         tls_key=pick("tls_key", "ASR_TLS_KEY"),
         tls_server_name=str(getattr(args, "tls_server_name", "")),
-        keepalive_s=float(getattr(args, "keepalive", 0.0)))
+        keepalive_s=float(getattr(args, "keepalive", 0.0)),
+        load_balancing=pick("load_balancing", "ASR_LOAD_BALANCING") or "pick_first")
 
 
 def recognition_options(args: argparse.Namespace) -> TranscribeOptions:

@@ -28,16 +28,19 @@ import grpc
 from client.errors import AsrError, from_rpc_error
 from client.options import (
     CHUNK_BYTES,
+    LOAD_BALANCING,
     ChannelOptions,
     RetryPolicy,
     TranscribeOptions,
+    service_config,
 )
 from client.sources import AudioSource, Chunked, chunked
 from client.types import CacheClearReport, ServiceStatus, StreamResult, Transcript
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 
-__all__ = ["CHUNK_BYTES", "AsrClient", "BatchItem", "TranscribeOptions", "default_server"]
+__all__ = ["CHUNK_BYTES", "LOAD_BALANCING", "AsrClient", "BatchItem", "TranscribeOptions",
+           "default_server", "service_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -117,6 +117,22 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+LOAD_BALANCING = ("pick_first", "round_robin")
+
+
+def service_config(load_balancing: str = "pick_first") -> str:
+    """The channel's service config: the balancing policy, and for round_robin client-side
+    health checks (a replica whose `asr.v1.Recognizer` health is not SERVING, e.g. one that
+    is draining, gets no calls)."""
+    if load_balancing not in LOAD_BALANCING:
+        raise ValueError(f"load balancing {load_balancing!r}: expected one of "
+                         f"{', '.join(LOAD_BALANCING)}")
+    config: dict[str, object] = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if load_balancing == "round_robin":
+        config["healthCheckConfig"] = {"serviceName": "asr.v1.Recognizer"}
+    return json.dumps(config)
+
+
 @dataclass(frozen=True)
 class ChannelOptions:
     """How to reach the service.
@@ -154,8 +170,7 @@ class ChannelOptions:
             ("grpc.max_send_message_length", self.max_message_bytes),
             # Retries are ours (they honour retry-after-s and re-send whole files).
             ("grpc.enable_retries", 0),
-            ("grpc.service_config",
-             json.dumps({"loadBalancingConfig": [{self.load_balancing: {}}]})),
+            ("grpc.service_config", service_config(self.load_balancing)),
         ]
         if self.keepalive_s > 0:
             opts += [("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),

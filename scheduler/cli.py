@@ -18,17 +18,28 @@ log = logging.getLogger("scheduler")
 
 
 async def _serve(config: ServeConfig) -> None:
+    """Serve until SIGTERM/SIGINT, then drain within `shutdown_grace_s`; a second signal
+    ends the drain at once."""
     service = AsrService(config)
-    stop = asyncio.Event()
+    stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(name: str) -> None:
+        if stop.is_set():
+            log.warning("%s again: stopping at once", name)
+            abort.set()
+        else:
+            log.info("%s: draining (grace %.1f s)", name, config.shutdown_grace_s)
+            stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         await service.start()
         await stop.wait()
-        log.info("shutting down")
     finally:
-        await service.stop()
+        await service.stop(abort=abort)
+        log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

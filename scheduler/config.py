@@ -133,6 +133,10 @@ class ServeConfig(BaseSettings):
                                  "calls must carry")
     admin_token_file: str = Field("", description="File holding the bearer token Admin calls "
                                   "must carry (default: the auth token)")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM: seconds to finish "
+                                    "accepted requests and streams (health NOT_SERVING, new "
+                                    "calls UNAVAILABLE) before the rest is cut and the process "
+                                    "exits; a second signal stops at once")
     log_level: str = Field("INFO", description="Logging level: " + " | ".join(_LEVELS)
                            + " (any case)")
     log_format: Literal[LOG_FORMATS] = Field(  # type: ignore[valid-type]

@@ -1,7 +1,8 @@
 """Assembles the scheduler: model check, GPU monitor, workers, dispatcher, gRPC server.
 
 Health (`grpc.health.v1`) says SERVING for the overall service and `asr.v1.Recognizer` only
-while at least one worker is ready; reflection lists every service.
+while at least one worker is ready, and NOT_SERVING for good once `stop()` begins the drain
+(see `scheduler.drain`); reflection lists every service.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import grpc
@@ -24,6 +26,7 @@ from scheduler.auth import TokenInterceptor, read_token, server_credentials
 from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
+from scheduler.drain import Drain, DrainInterceptor
 from scheduler.interceptor import ErrorInterceptor
 from scheduler.metrics import Metrics
 from scheduler.models import (
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (asr_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,
                  asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
 CPU_SPEC = WorkerSpec("cpu#0", "cpu", "cpu", is_cpu=True)
+EXIT_MARGIN_S = 1.0  # of the shutdown grace, left for the process to exit after its workers
 
 
 def cpu_specs(count: int) -> list[WorkerSpec]:
@@ -94,6 +98,7 @@ class AsrService:
         self._runtime_dir = ""
         self._ready = asyncio.Event()
         self.metrics = Metrics()
+        self.drain = Drain()
 
     def _on_change(self) -> None:
         ready = any(w.ready for w in self.workers)
@@ -190,7 +195,8 @@ class AsrService:
         # gets a message pointing to StreamingRecognize.
         limit = max(2 * cfg.max_unary_bytes, cfg.max_unary_bytes + 16 * 1024 * 1024)
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.metrics)]
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.metrics),
+                                                          DrainInterceptor(self.drain)]
         if cfg.auth_token_file or cfg.admin_token_file:  # inside: refusals are counted too
             interceptors.append(TokenInterceptor(read_token(cfg.auth_token_file),
                                                  read_token(cfg.admin_token_file)))
@@ -233,14 +239,46 @@ class AsrService:
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(all_ready(), timeout_s)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float | None = None,
+                   abort: asyncio.Event | None = None) -> None:
+        """Drain, then stop: health NOT_SERVING and new calls UNAVAILABLE at once; accepted
+        calls run on until done, until `grace_s` (default `shutdown_grace_s`) nearly passes,
+        or until `abort` is set; what is left is cut; workers stop within the grace."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        # Kept for the server and the workers to exit (a worker takes up to ~2 s on SIGTERM),
+        # and the last EXIT_MARGIN_S for this process itself.
+        teardown_s = min(3.0, grace * 0.3)
+        await self._health.enter_graceful_shutdown()
+        self.drain.begin()
         if self._server is not None:
-            await self._server.stop(grace_s)
+            drained = await self._wait_drained(deadline - teardown_s, abort)
+            if not drained:
+                self.drain.cut()  # the deadline, or a second signal
+                await self.drain.wait_idle(min(0.5, max(0.0, deadline - time.monotonic())))
+            await self._server.stop(min(0.5, max(0.0, deadline - time.monotonic())))
+            how = ("complete" if drained else "cut by a second signal"
+                   if abort is not None and abort.is_set() else "cut at the deadline")
+            log.info("drain %s; %d call(s) refused while draining", how, self.drain.refused)
         self.metrics.close()
-        await asyncio.gather(*(w.stop() for w in (*self.workers, *self.vad_workers)),
+        worker_grace = max(0.2, deadline - EXIT_MARGIN_S - time.monotonic())
+        if self.drain.is_cut:  # nothing left to finish: SIGKILL soon after SIGTERM
+            worker_grace = min(worker_grace, 1.0)
+        await asyncio.gather(*(w.stop(worker_grace) for w in (*self.workers, *self.vad_workers)),
                              return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runtime_dir and not self.config.runtime_dir:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def _wait_drained(self, until: float, abort: asyncio.Event | None) -> bool:
+        """True when every accepted call ended before `until` (and `abort` stayed unset)."""
+        idle = asyncio.ensure_future(self.drain.wait_idle(until - time.monotonic()))
+        waits: set[asyncio.Future[bool]] = {idle}
+        if abort is not None:
+            waits.add(asyncio.ensure_future(abort.wait()))
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for p in pending:
+            p.cancel()
+        return idle in done and idle.result() and not (abort is not None and abort.is_set())

@@ -1,0 +1,158 @@
+"""Graceful drain: refuse new recognition calls, let accepted ones finish, cut the rest late.
+
+On the first SIGTERM the service enters the drain: health turns NOT_SERVING (so balancers and
+Kubernetes stop sending), new `asr.v1.Recognizer` calls are answered UNAVAILABLE (retryable: a
+client or Envoy moves them to another replica), and every call already accepted runs to its end
+while the port stays open (a stream still uploading may finish its upload). When the drain
+deadline passes, or a second signal arrives, `Drain.cut` ends what is left: each remaining call
+is answered UNAVAILABLE at once; a stream has already received every result recognised so far,
+and the status message says how far it got.
+
+`DrainInterceptor` is the gRPC side (one wrapper per recognition call); `Drain` is the state,
+testable without gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from scheduler.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+DRAINED_PREFIX = "/asr.v1.Recognizer/"  # calls that are drained; health, admin pass through
+REFUSED = "the server is shutting down; retry on another replica"
+
+
+class Drain:
+    """Counts accepted calls; after `begin()` refuses new ones; `cut()` ends the rest."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        self.refused = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cut = asyncio.Event()
+
+    def begin(self) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("draining: %d call(s) in progress, new calls are refused", self.active)
+
+    def cut(self) -> None:
+        """End every call still running (each answers UNAVAILABLE)."""
+        if not self._cut.is_set() and self.active:
+            log.warning("drain deadline: cutting %d call(s) still running", self.active)
+        self._cut.set()
+
+    @property
+    def is_cut(self) -> bool:
+        return self._cut.is_set()
+
+    async def wait_cut(self) -> None:
+        await self._cut.wait()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True when no accepted call is left within `timeout_s`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Admit one call (raises `Unavailable` while draining) and count it until it ends."""
+        if self.draining or self.is_cut:
+            self.refused += 1
+            raise Unavailable(REFUSED)
+        self.active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+
+async def _until_cut(drain: Drain, work: Awaitable[Any]) -> tuple[bool, Any]:
+    """(True, result) when `work` ends first; (False, None) when the drain is cut first."""
+    task = asyncio.ensure_future(work)
+    cut = asyncio.ensure_future(drain.wait_cut())
+    try:
+        await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cut.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+
+
+class DrainInterceptor(grpc.aio.ServerInterceptor):
+    """Admits `asr.v1.Recognizer` calls through a `Drain`; place it inside `ErrorInterceptor`
+    so that its `Unavailable` becomes the UNAVAILABLE status and is counted."""
+
+    def __init__(self, drain: Drain) -> None:
+        self.drain = drain
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(DRAINED_PREFIX):
+            return handler
+        drain = self.drain
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                with drain.admit():
+                    finished, result = await _until_cut(drain, inner_uu(request, context))
+                    if not finished:
+                        raise Unavailable("the server shut down before the result was ready; "
+                                          "retry on another replica")
+                    return result
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: AsyncIterator[Any],
+                                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                with drain.admit():
+                    responses = inner_ss(requests, context).__aiter__()
+                    sent, processed_s, started = 0, 0.0, time.monotonic()
+                    while True:
+                        try:
+                            finished, item = await _until_cut(drain, responses.__anext__())
+                        except StopAsyncIteration:
+                            return
+                        if not finished:
+                            raise Unavailable(
+                                f"the server shut down {time.monotonic() - started:.1f} s into "
+                                f"the stream; {sent} result(s) covering {processed_s:.2f} s of "
+                                "audio were sent; send the rest to another replica")
+                        sent += 1
+                        processed_s = max(processed_s,
+                                          float(getattr(item, "audio_processed_s", 0.0)))
+                        yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
