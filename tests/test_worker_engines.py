@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
+from gpu_worker.device import TorchDevice, is_oom, is_sticky_error
 from gpu_worker.engines.base import (
     Engine,
     EngineStats,
@@ -252,3 +253,29 @@ async def test_unhealthy_worker_answers_unavailable_then_exits(tmp_path: Path) -
     assert await asyncio.wait_for(served, 30) == EXIT_UNHEALTHY
     assert time.monotonic() - started >= 0.4
 
+
+
+def test_error_classes() -> None:
+    class AcceleratorError(RuntimeError):
+        pass
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    assert is_sticky_error(STICKY) and is_sticky_error(AcceleratorError("launch failed"))
+    assert is_sticky_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_sticky_error(OutOfMemoryError("CUDA out of memory"))
+    assert not is_sticky_error(ValueError("bad input")) and is_oom(OutOfMemoryError("x"))
+
+
+def test_torch_device_on_cpu() -> None:
+    import torch
+
+    device = TorchDevice("cpu", "bf16", threads=1)
+    assert device.dtype == "fp32", "autocast applies on CUDA only"
+    assert device.memory() == (0, 0) and not device.has_cache
+    assert device.audio_capacity_s() is None
+    with device.inference(16000):
+        assert torch.is_inference_mode_enabled()
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        TorchDevice("cpu", "int8")
