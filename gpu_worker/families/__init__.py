@@ -6,12 +6,12 @@ more with `register_family`.
 
 from gpu_worker.families import fsmn_vad, paraformer, paraformer_streaming, sensevoice
 from gpu_worker.families.base import (
-                                      Family,
-                                      family_for,
-                                      family_for_class,
-                                      known_model_classes,
-                                      model_class_of,
-                                      register_family,
+    Family,
+    family_for,
+    family_for_class,
+    known_model_classes,
+    model_class_of,
+    register_family,
 )
 
 __all__ = ["Family", "family_for", "family_for_class", "fsmn_vad", "known_model_classes",
