@@ -194,7 +194,8 @@ async def test_admin_clear_under_load_fails_nothing() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("model", ["sensevoice-tiny", "paraformer-tiny"])
+@pytest.mark.parametrize("model", ["sensevoice-tiny", "paraformer-tiny",
+                                   "paraformer-streaming-tiny"])
 async def test_batch_invariance_on_real_models(model: str, models_dir: Path,
                                                speech: dict[str, Path]) -> None:
     """A clip's text alone equals its text in any batch the batcher forms."""
