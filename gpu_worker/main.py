@@ -1,8 +1,13 @@
-"""Worker process entry point: load the model once, then serve on a Unix domain socket.
+"""Worker process entry point: build the engine (loading its model) once, then serve on a Unix
+domain socket.
 
 Started by the scheduler as ``python -m gpu_worker '<WorkerConfig JSON>'``. The socket starts
 listening only after the model has loaded, so a successful `GetInfo` is the ready handshake.
 The worker exits when its parent dies (PR_SET_PDEATHSIG plus a parent-pid watch): no orphans.
+
+Exit codes: 0 stopped; 2 usage; 3 cannot start (unknown engine, model family the engine
+cannot run, model that does not load; the reason is on stderr); 4 became unhealthy while
+serving (e.g. a poisoned CUDA context), so the supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -17,10 +22,9 @@ import sys
 
 import grpc
 
-from gpu_worker.batcher import Batcher
-from gpu_worker.runner import FunasrRunner, Runner
+from gpu_worker.engines.base import Engine, StartupError, create_engine
+from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
-from gpu_worker.vad import VadRunner
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.logs import setup_logging
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
@@ -28,6 +32,11 @@ from protos.common.worker_auth import SECRET_ENV, server_interceptors
 from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger("gpu_worker")
+
+EXIT_USAGE = 2
+EXIT_STARTUP = 3
+EXIT_UNHEALTHY = 4
+UNHEALTHY_EXIT_DELAY_S = 0.5  # time to answer waiting calls (and GetInfo) before exiting
 
 
 def _die_with_parent() -> None:
@@ -45,49 +54,61 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
-async def serve(cfg: WorkerConfig, runner: Runner | None, vad: VadRunner | None = None) -> None:
-    batcher = None if runner is None else Batcher(
-        runner, cfg.max_batch_size, cfg.max_batch_audio_s, cfg.max_queue_delay_ms / 1000.0,
-        cfg.cache_clear_every, cfg.cache_clear_margin_bytes)
+async def serve(cfg: WorkerConfig, engine: Engine) -> int:
+    """Serve `engine` until stopped; the process exit code."""
     server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS),
                              interceptors=server_interceptors(os.environ.pop(SECRET_ENV, "")))
-    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(batcher, cfg.device_name, vad), server)
+    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, cfg.device_name), server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket_path)
     server.add_insecure_port(f"unix://{cfg.socket_path}")
     stop = asyncio.Event()
+    exit_code = 0
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if batcher is not None:
-        batcher.start()
+
+    def unhealthy(reason: str) -> None:
+        nonlocal exit_code
+        exit_code = EXIT_UNHEALTHY
+        log.error("worker %s on %s is unhealthy (%s); exiting with code %d in %.1f s so it is "
+                  "restarted", cfg.worker_id, cfg.device_name, reason, EXIT_UNHEALTHY,
+                  UNHEALTHY_EXIT_DELAY_S, extra={"reason": reason})
+        loop.call_later(UNHEALTHY_EXIT_DELAY_S, stop.set)
+
+    engine.on_unhealthy = unhealthy
+    engine.start()
     await server.start()
-    log.info("worker %s ready on %s (device %s, pid %d)", cfg.worker_id, cfg.socket_path,
-             cfg.device_name, os.getpid())
+    caps = engine.capabilities
+    log.info("worker %s ready on %s (device %s, pid %d, engine %s, family %s)", cfg.worker_id,
+             cfg.socket_path, cfg.device_name, os.getpid(), caps.engine, caps.family)
     watcher = loop.create_task(_watch_parent(cfg.parent_pid, stop))
     await stop.wait()
     watcher.cancel()
     await server.stop(2.0)
-    if batcher is not None:
-        await batcher.stop()
+    await engine.stop()
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m gpu_worker '<WorkerConfig JSON>'", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     cfg = WorkerConfig.from_json(argv[0])
     _die_with_parent()
     setup_logging(cfg.log_level, cfg.log_format, cfg.worker_id)
     try:
-        if cfg.engine == "vad":
-            runner, vad = None, VadRunner(cfg.model, cfg.threads)
-        else:
-            runner, vad = FunasrRunner(cfg.model, cfg.torch_device, cfg.threads, cfg.dtype), None
-    except Exception:
+        load_plugins()
+        engine = create_engine(cfg)
+    except StartupError as exc:
+        log.error("worker %s cannot start: %s", cfg.worker_id, exc)
+        print(f"gpu_worker: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except Exception as exc:
         log.exception("worker %s could not load model %s on %s", cfg.worker_id, cfg.model,
                       cfg.torch_device)
-        return 3
-    asyncio.run(serve(cfg, runner, vad))
-    return 0
+        print(f"gpu_worker: could not load model {cfg.model} with engine {cfg.engine!r} on "
+              f"{cfg.torch_device}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    return asyncio.run(serve(cfg, engine))

@@ -1,4 +1,11 @@
-"""The worker's internal gRPC servicer: thin translation between protos and the batcher."""
+"""The worker's internal gRPC servicer: thin translation between protos and its engine.
+
+Every RPC goes to the engine's method of the same shape; an engine that lacks it raises
+`Unsupported` (UNIMPLEMENTED). Error mapping: a request that ran out of GPU memory alone gets
+RESOURCE_EXHAUSTED "gpu_oom" (the scheduler reroutes it, possibly to the CPU); an unhealthy
+worker answers UNAVAILABLE "worker_unhealthy: <why>" (the scheduler requeues the request on
+another worker); any other failure of one request is INTERNAL for that request only.
+"""
 
 from __future__ import annotations
 
@@ -8,65 +15,39 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from gpu_worker.batcher import Batcher, is_oom
-from gpu_worker.runner import Utterance, decode_pcm
-from gpu_worker.vad import VadRunner
+from gpu_worker.device import is_oom
+from gpu_worker.engines.base import Engine, SessionChunk, Unsupported, Utterance, WorkerUnhealthy
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from protos.common.wire import decode_pcm
 
 log = logging.getLogger(__name__)
 
 # Detail string the scheduler reads to reroute a request that ran out of GPU memory alone.
 GPU_OOM_DETAIL = "gpu_oom"
+# Prefix of the UNAVAILABLE detail of a worker that can no longer serve.
+UNHEALTHY_DETAIL = "worker_unhealthy"
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
-    """Recognition (`batcher`) for ASR workers, segmentation (`vad`) for VAD workers."""
+    """Routes the Worker RPCs to one engine."""
 
-    def __init__(self, batcher: Batcher | None, device_name: str,
-                 vad: VadRunner | None = None) -> None:
-        self._batcher = batcher
+    def __init__(self, engine: Engine, device_name: str) -> None:
+        self.engine = engine
         self.device_name = device_name
-        self.vad = vad
         self.served = 0
-
-    @property
-    def batcher(self) -> Batcher:
-        if self._batcher is None:
-            raise RuntimeError("this is a VAD worker: it does not transcribe")
-        return self._batcher
-
-    async def Segment(self, request_iterator: AsyncIterator[pb.VadRequest],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VadResponse]:
-        if self.vad is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a VAD worker")
-            return
-        async for response in self.vad.segment(request_iterator):
-            self.served += 1
-            yield response
 
     async def GetInfo(self, request: pb.InfoRequest,
                       context: grpc.aio.ServicerContext) -> pb.InfoResponse:
-        if self._batcher is None:
-            return pb.InfoResponse(device=self.device_name, model=getattr(self.vad, "model_dir",
-                                                                          ""),
-                                   pid=os.getpid(), served=self.served)
-        runner = self.batcher.runner
-        allocated, reserved = runner.memory()
-        return pb.InfoResponse(device=self.device_name, model=runner.model_name, pid=os.getpid(),
-                               allocated_bytes=allocated, reserved_bytes=reserved,
-                               supports_hotwords=runner.supports_hotwords, served=self.served,
-                               batches=self.batcher.counters.batches,
-                               oom_events=self.batcher.counters.oom_events,
-                               cache_clears=self.batcher.counters.cache_clears,
-                               capabilities=pb.Capabilities(
-                                   kind="recognize", engine="generate",
-                                   family=getattr(runner, "model_class", ""),
-                                   languages=(["zh", "en", "yue", "ja", "ko", "nospeech"]
-                                              if getattr(runner, "model_class", "")
-                                              .startswith("SenseVoice") else []),
-                                   hotwords=runner.supports_hotwords,
-                                   padding_invariant=runner.padding_invariant))
+        stats = self.engine.stats()
+        caps = self.engine.capabilities
+        return pb.InfoResponse(
+            device=self.device_name, model=stats.model, pid=os.getpid(),
+            allocated_bytes=stats.allocated_bytes, reserved_bytes=stats.reserved_bytes,
+            supports_hotwords=caps.hotwords, served=self.served, batches=stats.batches,
+            oom_events=stats.oom_events, cache_clears=stats.cache_clears,
+            capabilities=caps.to_proto(),
+            consecutive_failed_batches=stats.consecutive_failed_batches)
 
     async def Transcribe(self, request: pb.TranscribeRequest,
                          context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
@@ -77,11 +58,16 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                         use_itn=request.enable_itn, hotwords=tuple(request.hotwords),
                         request_id=request.request_id)
         try:
-            transcript, stats = await self.batcher.submit(utt)
+            transcript, stats = await self.engine.transcribe(utt)
+        except Unsupported as exc:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except WorkerUnhealthy as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{UNHEALTHY_DETAIL}: {exc.reason}")
         except Exception as exc:  # one utterance failed alone: report it, keep serving
             if is_oom(exc):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL)
-            log.exception("request %s failed", request.request_id)
+            log.exception("request %s failed", request.request_id,
+                          extra={"request_id": request.request_id})
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         self.served += 1
         return pb.TranscribeResponse(
@@ -90,10 +76,26 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             batch_size=stats.batch_size, hotwords_ignored=transcript.hotwords_ignored,
             batch_id=stats.batch_id)
 
+    async def Segment(self, request_iterator: AsyncIterator[pb.VadRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VadResponse]:
+        async def chunks() -> AsyncIterator[SessionChunk]:
+            async for req in request_iterator:
+                yield SessionChunk(audio=decode_pcm(req.pcm, req.sample_format),
+                                   is_final=req.is_final, max_segment_ms=req.max_segment_ms)
+
+        try:
+            async for segments in self.engine.segment(chunks()):
+                self.served += 1
+                yield pb.VadResponse(segments=[pb.VadSegment(start_ms=s, end_ms=e)
+                                               for s, e in segments])
+        except Unsupported as exc:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+
     async def ClearCache(self, request: pb.WorkerClearCacheRequest,
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:
-        runner = self.batcher.runner
-        before = runner.memory()[1]
-        await self.batcher.run_in_model_thread(lambda: self.batcher.clear_cache("admin"))
+        try:
+            before, after = await self.engine.clear_cache()
+        except Unsupported as exc:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
         return pb.WorkerClearCacheResponse(reserved_before_bytes=before,
-                                           reserved_after_bytes=runner.memory()[1])
+                                           reserved_after_bytes=after)

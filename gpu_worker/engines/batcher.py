@@ -1,13 +1,17 @@
 """Dynamic batcher: groups concurrent requests into one model call (Triton-style).
 
 A batch forms from the oldest waiting utterance plus others with the same options, bounded by
-`max_batch_size` and `max_batch_audio_s`; it is sent as soon as it is full, or once its oldest
-member has waited `max_queue_delay_s`. The model runs in one dedicated thread (FunASR models are
-not thread-safe), so the event loop keeps answering RPCs while a batch runs.
+`max_batch_size` and `max_batch_audio_s` (and by what free device memory allows); it is sent as
+soon as it is full, or once its oldest member has waited `max_queue_delay_s`. The oldest
+utterance is always in the batch (no starvation); the caps still hold with it (only an
+utterance alone may exceed them). The model runs in one dedicated thread (FunASR models are not
+thread-safe), so the event loop keeps answering RPCs while a batch runs.
 
 Failure isolation: when a batch raises, it is split in halves and retried (after freeing the
 allocator cache on OOM), down to single utterances; only the utterance that fails alone gets
-the error. No request fails because of another request in its batch.
+the error. No request fails because of another request in its batch. An error that poisons the
+device is not retried: the `FailureTracker` marks the worker unhealthy, and every waiting and
+new utterance gets `WorkerUnhealthy`.
 """
 
 from __future__ import annotations
@@ -18,27 +22,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from gpu_worker.runner import Runner, Transcript, Utterance
+from gpu_worker.device import Device, is_oom, is_sticky_error
+from gpu_worker.engines.base import BatchStats, Transcript, Utterance, WorkerUnhealthy
+from gpu_worker.engines.health import DEFAULT_THRESHOLD, FailureTracker
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
+Outcome = Transcript | BaseException
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA out-of-memory errors (torch's type or its message)."""
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+class Runner(Protocol):
+    """Runs batches of utterances through one model (the batcher's view of a model)."""
 
+    # True when a clip's text does not depend on the other clips' lengths in its batch;
+    # otherwise the batcher only batches clips of equal length.
+    padding_invariant: bool
 
-@dataclass(frozen=True)
-class BatchStats:
-    """How one utterance was run."""
-
-    batch_size: int
-    wait_s: float
-    inference_s: float
-    batch_id: int = 0
+    def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
+        """Transcripts in the order of `batch`; all utterances share one `options`."""
+        ...
 
 
 @dataclass
@@ -49,7 +53,7 @@ class _Pending:
 
     @property
     def audio_s(self) -> float:
-        return len(self.utt.audio) / SAMPLE_RATE
+        return self.utt.audio_s
 
 
 @dataclass
@@ -65,15 +69,19 @@ class BatcherCounters:
 
 
 class Batcher:
-    """Collects utterances and runs them through `runner` in batches."""
+    """Collects utterances and runs them through `runner` on `device` in batches."""
 
-    def __init__(self, runner: Runner, max_batch_size: int = 32, max_batch_audio_s: float = 600.0,
-                 max_queue_delay_s: float = 0.005, cache_clear_every: int = 0,
-                 cache_clear_margin_bytes: int = 0,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, runner: Runner, device: Device, max_batch_size: int = 32,
+                 max_batch_audio_s: float = 600.0, max_queue_delay_s: float = 0.005,
+                 cache_clear_every: int = 0, cache_clear_margin_bytes: int = 0,
+                 on_batch: Callable[[int, float], None] | None = None,
+                 failure_threshold: int = DEFAULT_THRESHOLD,
+                 on_unhealthy: Callable[[str], None] | None = None) -> None:
         """`cache_clear_every`: clear the allocator cache after this many utterances (0: never);
-        `cache_clear_margin_bytes`: clear when reserved exceeds allocated by more (0: never)."""
+        `cache_clear_margin_bytes`: clear when reserved exceeds allocated by more (0: never);
+        `on_unhealthy(reason)`: called once when the worker can no longer serve."""
         self.runner = runner
+        self.device = device
         self.max_batch_size = max_batch_size
         self.max_batch_audio_s = max_batch_audio_s
         self.max_queue_delay_s = max_queue_delay_s
@@ -81,7 +89,9 @@ class Batcher:
         self.cache_clear_margin_bytes = cache_clear_margin_bytes
         self._since_clear = 0
         self.counters = BatcherCounters()
+        self.health = FailureTracker(failure_threshold)
         self._on_batch = on_batch
+        self._on_unhealthy = on_unhealthy
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -90,11 +100,7 @@ class Batcher:
     def start(self) -> None:
         # torch's intra-op thread count is per calling thread under OpenMP: set it on the
         # model thread itself, where every batch runs.
-        threads = getattr(self.runner, "threads", 0)
-        if threads:
-            import torch
-
-            self._executor.submit(torch.set_num_threads, threads)
+        self._executor.submit(self.device.set_threads)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:
@@ -108,6 +114,8 @@ class Batcher:
 
     async def submit(self, utt: Utterance) -> tuple[Transcript, BatchStats]:
         """Queue one utterance; resolves with its transcript once its batch has run."""
+        if self.health.unhealthy is not None:
+            raise WorkerUnhealthy(self.health.unhealthy)
         fut: asyncio.Future[tuple[Transcript, BatchStats]] = (
             asyncio.get_running_loop().create_future())
         self._pending.append(_Pending(utt, fut))
@@ -125,27 +133,36 @@ class Batcher:
             return p.utt.options
         return (*p.utt.options, len(p.utt.audio))
 
+    def _fill(self, first: list[_Pending], candidates: list[_Pending],
+              limit_s: float) -> list[_Pending]:
+        """`first` plus candidates in order while the size and audio caps hold."""
+        batch = list(first)
+        audio = sum(p.audio_s for p in batch)
+        for p in candidates:
+            if batch and (len(batch) >= self.max_batch_size or audio + p.audio_s > limit_s):
+                break
+            batch.append(p)
+            audio += p.audio_s
+        return batch
+
     def _take_batch(self) -> list[_Pending]:
         """The oldest live utterance and others with its key, shortest first."""
         self._pending = [p for p in self._pending if not p.future.done()]  # drop cancelled
         if not self._pending:
             return []
-        key = self._key(self._pending[0])
+        oldest = self._pending[0]
+        key = self._key(oldest)
         group = sorted((p for p in self._pending if self._key(p) == key),
                        key=lambda p: p.audio_s)
-        capacity = self.runner.audio_capacity_s()
+        capacity = self.device.audio_capacity_s()
         limit = self.max_batch_audio_s if capacity is None else min(self.max_batch_audio_s,
                                                                     capacity)
-        batch: list[_Pending] = []
-        audio = 0.0
-        for p in group:
-            if batch and (len(batch) >= self.max_batch_size or audio + p.audio_s > limit):
-                break
-            batch.append(p)
-            audio += p.audio_s
-        oldest = self._pending[0]
-        if all(p is not oldest for p in batch):  # the oldest must not starve behind short ones
-            batch[-1] = oldest
+        batch = self._fill([], group, limit)
+        if all(p is not oldest for p in batch):
+            # The oldest must not starve behind short ones: it goes first, and shorter ones
+            # join only while the caps still hold.
+            others = self._fill([oldest], [p for p in group if p is not oldest], limit)
+            batch = sorted(others, key=lambda p: p.audio_s)
         chosen = {id(p) for p in batch}
         self._pending = [p for p in self._pending if id(p) not in chosen]
         return batch
@@ -159,7 +176,7 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while self.health.unhealthy is None:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -188,6 +205,10 @@ class Batcher:
                      extra={"batch_id": batch_id, "request_ids": ids})
             if self._on_batch:
                 self._on_batch(len(batch), elapsed)
+            reason = self.health.record(utts, outcomes)
+            if reason is not None:  # the failures are the worker's, not the requests'
+                outcomes = [WorkerUnhealthy(reason) if isinstance(o, BaseException) else o
+                            for o in outcomes]
             for p, outcome in zip(batch, outcomes, strict=True):
                 if p.future.done():
                     continue
@@ -197,33 +218,48 @@ class Batcher:
                     p.future.set_result(
                         (outcome, BatchStats(len(batch), started - p.enqueued, elapsed,
                                              batch_id)))
+            if reason is not None:
+                self._become_unhealthy(reason)
 
-    def _run_batch(self, batch: list[Utterance]) -> list[Transcript | BaseException]:
+    def _become_unhealthy(self, reason: str) -> None:
+        """Hand every waiting utterance back (to run elsewhere) and tell the owner."""
+        for p in self._pending:
+            if not p.future.done():
+                p.future.set_exception(WorkerUnhealthy(reason))
+        self._pending = []
+        if self._on_unhealthy:
+            self._on_unhealthy(reason)
+
+    def _run_batch(self, batch: list[Utterance]) -> list[Outcome]:
         """On the model thread: the batch, then any cache clear it calls for."""
         outcomes = self._run_isolated(batch)
         self._since_clear += len(batch)
-        if not self.runner.has_cache:
+        if not self.device.has_cache:
             return outcomes
         if self.cache_clear_every and self._since_clear >= self.cache_clear_every:
             self.clear_cache("periodic")
         elif self.cache_clear_margin_bytes:
-            allocated, reserved = self.runner.memory()
+            allocated, reserved = self.device.memory()
             if reserved - allocated > self.cache_clear_margin_bytes:
                 self.clear_cache("fragmentation")
         return outcomes
 
     def clear_cache(self, trigger: str) -> None:
         """Clear the allocator cache (call on the model thread, between batches)."""
-        self.runner.clear_cache()
+        self.device.clear_cache()
         self.counters.count_clear(trigger)
         self._since_clear = 0
         log.info("cleared the allocator cache (%s)", trigger)
 
-    def _run_isolated(self, batch: list[Utterance]) -> list[Transcript | BaseException]:
+    def _run_isolated(self, batch: list[Utterance]) -> list[Outcome]:
         """Run a batch; on failure split it so only the failing utterance gets the error."""
         try:
             return list(self.runner.transcribe(batch))
         except Exception as exc:
+            if is_sticky_error(exc):  # every later call fails too: do not retry
+                log.error("batch of %d hit a device error: %s: %s", len(batch),
+                          type(exc).__name__, exc)
+                return [exc] * len(batch)
             if is_oom(exc):
                 self.counters.oom_events += 1
                 self.clear_cache("oom")

@@ -1,0 +1,125 @@
+"""Device matters for every engine: memory figures, cache clears, OOM and sticky-error
+detection, the inference context (inference_mode plus autocast) and the thread count.
+
+`TorchDevice` is the only place in the worker that calls `torch.cuda`. Engines and the batcher
+take any object with the `Device` shape, so tests inject a fake one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from protos.common.wire import DTYPES, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+MEMORY_HEADROOM = 0.8  # share of free memory a batch may plan to use
+# Messages of CUDA errors after which the context is poisoned: every later call fails too.
+_STICKY_MARKERS = ("cuda error", "device-side assert", "illegal memory access",
+                   "cublas_status", "cudnn_status", "unspecified launch failure")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (torch's type or its message)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def is_sticky_error(exc: BaseException) -> bool:
+    """True for device errors that poison the CUDA context (only a new process recovers)."""
+    if is_oom(exc):
+        return False
+    if type(exc).__name__ == "AcceleratorError":  # torch >= 2.8 raises this for CUDA errors
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _STICKY_MARKERS)
+
+
+class Device(Protocol):
+    """What engines need of the device their model runs on."""
+
+    name: str  # torch device, e.g. "cuda:1" or "cpu"
+    # True when the device has an allocator cache worth clearing (CUDA).
+    has_cache: bool
+
+    def memory(self) -> tuple[int, int]:
+        """(allocated, reserved) allocator bytes; (0, 0) without an allocator cache."""
+        ...
+
+    def clear_cache(self) -> None:
+        """Return cached allocator blocks to the driver."""
+        ...
+
+    def audio_capacity_s(self) -> float | None:
+        """Most audio seconds one batch may hold given free device memory (None: no limit)."""
+        ...
+
+    def set_threads(self) -> None:
+        """Set the intra-op thread count on the calling thread (call it on the model thread)."""
+        ...
+
+
+class TorchDevice:
+    """One torch device: CUDA memory bookkeeping, precision and threads."""
+
+    def __init__(self, name: str = "cpu", dtype: str = "fp32", threads: int = 1) -> None:
+        import torch
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        if dtype != "fp32" and not name.startswith("cuda"):
+            log.warning("dtype %s applies on CUDA only; running fp32 on %s", dtype, name)
+            dtype = "fp32"
+        self._torch = torch
+        self.name = name
+        self.dtype = dtype
+        self.threads = max(1, threads)
+        self.has_cache = name.startswith("cuda")
+        self._bytes_per_audio_s = 0.0  # peak allocator growth per audio second, learnt
+        self.set_threads()
+
+    def set_threads(self) -> None:
+        self._torch.set_num_threads(self.threads)
+
+    def memory(self) -> tuple[int, int]:
+        if not self.has_cache:
+            return (0, 0)
+        cuda = self._torch.cuda
+        return (cuda.memory_allocated(self.name), cuda.memory_reserved(self.name))
+
+    def clear_cache(self) -> None:
+        if self.has_cache:
+            self._torch.cuda.empty_cache()
+
+    def audio_capacity_s(self) -> float | None:
+        if not self.has_cache or self._bytes_per_audio_s <= 0:
+            return None
+        free, _ = self._torch.cuda.mem_get_info(self.name)
+        allocated, reserved = self.memory()
+        return MEMORY_HEADROOM * (free + reserved - allocated) / self._bytes_per_audio_s
+
+    def _autocast(self) -> Any:
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        torch = self._torch
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.dtype == "bf16"
+                              else torch.float16)
+
+    @contextlib.contextmanager
+    def inference(self, num_samples: int) -> Iterator[None]:
+        """Run model code under inference_mode and the configured autocast; on CUDA, learn
+        the peak memory growth per audio second of `num_samples` samples (for batch caps)."""
+        torch = self._torch
+        cuda = torch.cuda if self.has_cache else None
+        base = 0
+        if cuda is not None:
+            cuda.reset_peak_memory_stats(self.name)
+            base = cuda.memory_allocated(self.name)
+        with torch.inference_mode(), self._autocast():
+            yield
+        if cuda is not None and num_samples > 0:
+            grown = cuda.max_memory_allocated(self.name) - base
+            audio_s = num_samples / SAMPLE_RATE
+            self._bytes_per_audio_s = max(self._bytes_per_audio_s, grown / audio_s)

@@ -1,0 +1,193 @@
+"""The engine interface, its plain data types, and the registry of engine names.
+
+An engine owns one loaded model on one device and serves one or more request shapes:
+
+- batched utterances (`transcribe`): whole pieces of audio, batched across requests;
+- sessions (`segment`): per-stream state fed chunk by chunk (FSMN-VAD today, live
+  recognition next);
+- step-wise decoding (LLM models) fits behind `transcribe` too: such an engine runs its own
+  decode loop instead of the dynamic batcher.
+
+An engine states what it can do in `Capabilities`; the servicer routes each RPC to the
+engine's method, and a method an engine lacks raises `Unsupported` (gRPC UNIMPLEMENTED).
+Engines register a factory under their name; `WorkerConfig.engine` selects one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protos.asr.worker.v1 import worker_pb2 as wpb
+from protos.common.wire import SAMPLE_RATE
+from protos.common.worker_config import WorkerConfig
+
+RECOGNIZE = "recognize"
+SEGMENT = "segment"
+# Modules that register the engines shipped with the worker (imported on first lookup).
+BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session")
+
+
+class StartupError(Exception):
+    """The worker cannot serve this config (unknown engine, family the engine cannot run)."""
+
+
+class Unsupported(Exception):
+    """The engine lacks what an RPC needs (answered UNIMPLEMENTED)."""
+
+
+class WorkerUnhealthy(Exception):
+    """The worker can no longer serve (e.g. a poisoned CUDA context); answered UNAVAILABLE so
+    the scheduler runs the request elsewhere, and the process exits to be restarted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One piece of 16 kHz mono float32 audio with the options that shape its batch."""
+
+    audio: np.ndarray
+    language: str = "auto"
+    use_itn: bool = False
+    hotwords: tuple[str, ...] = ()
+    request_id: str = ""  # for logs only
+
+    @property
+    def options(self) -> tuple[str, bool, tuple[str, ...]]:
+        """Utterances batch together only when these are equal."""
+        return (self.language, self.use_itn, self.hotwords)
+
+    @property
+    def audio_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str = ""
+    hotwords_ignored: bool = False
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """How one utterance was run."""
+
+    batch_size: int
+    wait_s: float
+    inference_s: float
+    batch_id: int = 0
+
+
+@dataclass(frozen=True)
+class SessionChunk:
+    """One chunk of a session's audio stream."""
+
+    audio: np.ndarray
+    is_final: bool = False
+    max_segment_ms: int = 0  # read from the first chunk; 0: the default
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one engine with its model can do (worker.proto `Capabilities`)."""
+
+    kind: str  # RECOGNIZE or SEGMENT
+    family: str
+    engine: str
+    languages: tuple[str, ...] = ()
+    hotwords: bool = False
+    itn: bool = False
+    streaming: bool = False
+    timestamps: bool = False
+    padding_invariant: bool = False
+
+    def to_proto(self) -> wpb.Capabilities:
+        return wpb.Capabilities(
+            kind=self.kind, family=self.family, engine=self.engine,
+            languages=list(self.languages), hotwords=self.hotwords, itn=self.itn,
+            streaming=self.streaming, timestamps=self.timestamps,
+            padding_invariant=self.padding_invariant)
+
+
+@dataclass
+class EngineStats:
+    """Figures GetInfo reports."""
+
+    model: str
+    allocated_bytes: int = 0
+    reserved_bytes: int = 0
+    batches: int = 0
+    oom_events: int = 0
+    cache_clears: dict[str, int] = field(default_factory=dict)
+    consecutive_failed_batches: int = 0
+
+
+class Engine:
+    """Base of every engine: lifecycle, figures, and the request shapes it may serve."""
+
+    name: str = ""
+    capabilities: Capabilities
+
+    def __init__(self) -> None:
+        # Called once with the reason when the engine can no longer serve.
+        self.on_unhealthy: Callable[[str], None] = lambda reason: None
+
+    def start(self) -> None:
+        """Start background work; called once on the running event loop."""
+
+    async def stop(self) -> None:
+        """Stop background work."""
+
+    def stats(self) -> EngineStats:
+        raise NotImplementedError
+
+    async def transcribe(self, utt: Utterance) -> tuple[Transcript, BatchStats]:
+        """Recognise one utterance (batched with others as the engine sees fit)."""
+        raise Unsupported(f"engine {self.name!r} ({self.capabilities.kind}) does not "
+                          "transcribe utterances")
+
+    def segment(self, chunks: AsyncIterator[SessionChunk]
+                ) -> AsyncIterator[list[tuple[int, int]]]:
+        """Speech segments (start_ms, end_ms) completed by each chunk of one stream."""
+        raise Unsupported(f"engine {self.name!r} ({self.capabilities.kind}) does not segment "
+                          "audio streams")
+
+    async def clear_cache(self) -> tuple[int, int]:
+        """Free the allocator cache; (reserved before, reserved after) bytes."""
+        raise Unsupported(f"engine {self.name!r} has no device cache to clear")
+
+
+EngineFactory = Callable[[WorkerConfig], Engine]
+_ENGINES: dict[str, EngineFactory] = {}
+
+
+def register_engine(name: str, factory: EngineFactory) -> None:
+    """Make `factory` the engine selected by `WorkerConfig.engine == name`."""
+    _ENGINES[name] = factory
+
+
+def engine_names() -> list[str]:
+    _load_builtin_engines()
+    return sorted(_ENGINES)
+
+
+def create_engine(cfg: WorkerConfig) -> Engine:
+    """Build (and load the model of) the engine `cfg.engine` names."""
+    _load_builtin_engines()
+    factory = _ENGINES.get(cfg.engine)
+    if factory is None:
+        raise StartupError(f"unknown engine {cfg.engine!r}; known engines: "
+                           f"{', '.join(sorted(_ENGINES))}")
+    return factory(cfg)
+
+
+def _load_builtin_engines() -> None:
+    for module in BUILTIN_ENGINE_MODULES:
+        importlib.import_module(module)

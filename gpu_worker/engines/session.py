@@ -1,0 +1,83 @@
+"""The session engine ("vad"): per-stream state fed chunk by chunk; FSMN-VAD today.
+
+A VAD worker keeps one model per maximum segment length and one state cache per stream, so
+many streams share the worker. Fed 60 s chunks (FSMN-VAD's own internal chunk size) with
+`is_final` on the last, the segments equal FunASR's offline VAD over the whole file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from gpu_worker.engines.base import Engine, EngineStats, SessionChunk, register_engine
+from gpu_worker.families import family_for
+from protos.common.wire import DEFAULT_MAX_SEGMENT_MS, VAD_CHUNK_MS
+from protos.common.worker_config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+ENGINE = "vad"
+
+
+class VadSessionEngine(Engine):
+    """FSMN-VAD models by max segment length, run on one CPU thread."""
+
+    name = ENGINE
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        super().__init__()
+        family = family_for(cfg.model, ENGINE)
+        self.capabilities = family.capabilities(ENGINE)
+        self.model_dir = cfg.model
+        self.threads = cfg.threads
+        self._extra = family.model_kwargs(cfg)
+        self._models: dict[int, Any] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self.model(DEFAULT_MAX_SEGMENT_MS)  # load now: readiness means the model loads
+
+    def model(self, max_segment_ms: int) -> Any:
+        if max_segment_ms not in self._models:
+            from funasr import AutoModel
+
+            self._models[max_segment_ms] = AutoModel(
+                model=self.model_dir, device="cpu", disable_update=True, disable_pbar=True,
+                disable_log=True, ncpu=self.threads, max_single_segment_time=max_segment_ms,
+                **self._extra)
+        return self._models[max_segment_ms]
+
+    def stats(self) -> EngineStats:
+        return EngineStats(model=self.model_dir)
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, model: Any, cache: dict[str, Any], audio: np.ndarray,
+             is_final: bool) -> list[tuple[int, int]]:
+        import torch
+
+        with torch.inference_mode():
+            out = model.generate(input=audio, cache=cache, is_final=is_final,
+                                 chunk_size=VAD_CHUNK_MS)
+        return [(int(s), int(e)) for s, e in out[0]["value"]] if out else []
+
+    async def segment(self, chunks: AsyncIterator[SessionChunk]
+                      ) -> AsyncIterator[list[tuple[int, int]]]:
+        loop = asyncio.get_running_loop()
+        cache: dict[str, Any] = {}
+        model = None
+        async for chunk in chunks:
+            if model is None:
+                model = self.model(chunk.max_segment_ms or DEFAULT_MAX_SEGMENT_MS)
+            yield await loop.run_in_executor(self._executor, self._run, model, cache,
+                                             chunk.audio, chunk.is_final)
+            if chunk.is_final:
+                cache = {}
+
+
+register_engine(ENGINE, VadSessionEngine)

@@ -1,0 +1,281 @@
+"""Worker engines, families and health: unit tests (no FunASR model, seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from gpu_worker.device import TorchDevice, is_oom, is_sticky_error
+from gpu_worker.engines.base import (
+    Engine,
+    EngineStats,
+    StartupError,
+    Transcript,
+    Utterance,
+    WorkerUnhealthy,
+    create_engine,
+    engine_names,
+)
+from gpu_worker.engines.health import FailureTracker
+from gpu_worker.families import family_for, family_for_class
+from gpu_worker.main import EXIT_STARTUP, EXIT_UNHEALTHY, serve
+from gpu_worker.plugins import load_plugins
+from gpu_worker.service import UNHEALTHY_DETAIL, WorkerServicer
+from protos.asr.worker.v1 import worker_pb2 as wpb
+from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.worker_config import WorkerConfig
+from tests.test_batching import FakeRunner, fake_engine, make_batcher, run_all, utt
+
+ROOT = Path(__file__).resolve().parent.parent
+STICKY = RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+class FailingRunner(FakeRunner):
+    """Every batch raises `error` (a broken device)."""
+
+    def __init__(self, error: Exception, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.error = error
+        self.calls = 0
+
+    def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
+        self.calls += 1
+        raise self.error
+
+
+def req(n: int, rid: str) -> Utterance:
+    return Utterance(audio=np.zeros(n, dtype=np.float32), request_id=rid)
+
+
+def test_tracker_sticky_error_is_unhealthy_at_once() -> None:
+    t = FailureTracker(threshold=3)
+    assert t.record([req(10, "a")], [STICKY]) is not None
+    assert t.unhealthy and "illegal memory access" in t.unhealthy
+    assert t.consecutive_failed == 1
+
+
+def test_tracker_counts_all_failed_batches_of_distinct_requests() -> None:
+    t = FailureTracker(threshold=3)
+    bad = ValueError("boom")
+    assert t.record([req(10, "a")], [bad]) is None
+    assert t.record([req(10, "b/1"), req(10, "b/2")], [bad, bad]) is None
+    assert t.consecutive_failed == 2
+    assert t.record([req(10, "a")], [Transcript("ok")]) is None, "a success resets"
+    assert t.consecutive_failed == 0
+    for rid in ("a", "b", "c"):
+        reason = t.record([req(10, rid)], [bad])
+    assert reason is not None and "3 batches in a row" in reason and t.consecutive_failed == 3
+
+
+def test_tracker_one_bad_request_or_oom_never_trips_it() -> None:
+    t = FailureTracker(threshold=2)
+    for i in range(5):  # the segments of one request, each failing alone
+        assert t.record([req(10, f"same/{i}")], [ValueError("bad input")]) is None
+    t = FailureTracker(threshold=2)
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    for rid in "abcd":
+        assert t.record([req(10, rid)], [oom]) is None
+    assert t.consecutive_failed == 0 and t.unhealthy is None
+
+
+async def test_sticky_error_fails_waiting_and_new_requests_unavailable() -> None:
+    runner = FailingRunner(STICKY)
+    reasons: list[str] = []
+    b = make_batcher(runner, max_batch_size=4, max_queue_delay_s=0.05,
+                     on_unhealthy=reasons.append)
+    out = await run_all(b, [req(1000 + i, f"r{i}") for i in range(10)])
+    assert all(isinstance(o, WorkerUnhealthy) for o in out), out
+    assert runner.calls == 1, "no split, no retry after a sticky device error"
+    assert len(reasons) == 1 and "illegal memory access" in reasons[0]
+    with pytest.raises(WorkerUnhealthy):
+        await b.submit(req(1000, "late"))
+
+
+async def test_repeated_all_failed_batches_make_the_worker_unhealthy() -> None:
+    runner = FailingRunner(ValueError("model broken"))
+    reasons: list[str] = []
+    b = make_batcher(runner, max_batch_size=1, max_queue_delay_s=0.0,
+                     on_unhealthy=reasons.append)
+    out = await run_all(b, [req(1000, f"r{i}") for i in range(6)])
+    assert [type(o).__name__ for o in out] == ["ValueError", "ValueError"] + [
+        "WorkerUnhealthy"] * 4, "the third failed batch and everything after run elsewhere"
+    assert len(reasons) == 1 and b.health.consecutive_failed == 3
+
+
+async def test_isolated_failures_keep_the_worker_healthy() -> None:
+    runner = FakeRunner(bad_length=1234)
+    b = make_batcher(runner, max_batch_size=1, max_queue_delay_s=0.0)
+    out = await run_all(b, [utt(1234), utt(1234), utt(1000), utt(1234), utt(1234)])
+    assert [type(o).__name__ for o in out] == ["ValueError", "ValueError", "tuple",
+                                               "ValueError", "ValueError"]
+    assert b.health.unhealthy is None
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+async def test_servicer_routes_by_capability() -> None:
+    engine = fake_engine(FailingRunner(STICKY), max_queue_delay_ms=0.0)
+    engine.start()
+    try:
+        servicer = WorkerServicer(engine, "cuda:0")
+        with pytest.raises(Aborted) as info:
+            await servicer.Transcribe(wpb.TranscribeRequest(pcm=b"\0\0" * 800), Context())
+        code, details = info.value.args
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert details.startswith(f"{UNHEALTHY_DETAIL}: device error: RuntimeError: CUDA error")
+        got = await servicer.GetInfo(wpb.InfoRequest(), Context())
+        assert got.consecutive_failed_batches == 1 and got.batches == 1
+        assert got.capabilities.kind == "recognize" and got.capabilities.family == "fake"
+        with pytest.raises(Aborted) as info:
+            async for _ in servicer.Segment(_no_requests(), Context()):
+                pass
+        assert info.value.args[0] == grpc.StatusCode.UNIMPLEMENTED
+        assert "does not segment" in info.value.args[1]
+    finally:
+        await engine.stop()
+
+
+async def _no_requests() -> Any:
+    for r in ():
+        yield r
+
+
+class SegmentOnly(Engine):
+    name = "segment-only"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from gpu_worker.families.fsmn_vad import FSMN_VAD
+
+        self.capabilities = FSMN_VAD.capabilities(self.name)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(model="vad-model")
+
+
+async def test_engine_without_transcribe_or_cache_answers_unimplemented() -> None:
+    servicer = WorkerServicer(SegmentOnly(), "cpu")
+    for call in (servicer.Transcribe(wpb.TranscribeRequest(pcm=b"\0\0" * 80), Context()),
+                 servicer.ClearCache(wpb.WorkerClearCacheRequest(), Context())):
+        with pytest.raises(Aborted) as info:
+            await call
+        assert info.value.args[0] == grpc.StatusCode.UNIMPLEMENTED, info.value.args
+    got = await servicer.GetInfo(wpb.InfoRequest(), Context())
+    caps = got.capabilities
+    assert (got.model, caps.kind, caps.family, caps.engine) == (
+        "vad-model", "segment", "fsmn-vad", "segment-only")
+    assert caps.timestamps and caps.streaming and not got.supports_hotwords
+
+
+def test_family_capabilities() -> None:
+    sv = family_for_class("SenseVoiceSmall").capabilities("generate")
+    assert sv.languages == ("zh", "en", "yue", "ja", "ko", "nospeech")
+    assert sv.itn and sv.padding_invariant and not sv.hotwords and sv.kind == "recognize"
+    para = family_for_class("Paraformer").capabilities("generate")
+    assert para.languages == () and not para.itn and not para.padding_invariant
+    assert not para.hotwords
+    for cls in ("SeacoParaformer", "ContextualParaformer"):
+        assert family_for_class(cls).name == "seaco" and family_for_class(cls).hotwords
+    assert family_for_class("ParaformerStreaming").streaming
+
+
+def _model_dir(tmp_path: Path, model_class: str) -> str:
+    (tmp_path / "config.yaml").write_text(f"model: {model_class}\n", encoding="utf-8")
+    return str(tmp_path)
+
+
+def test_family_for_checks_engine_and_class(tmp_path: Path) -> None:
+    assert family_for(_model_dir(tmp_path, "SenseVoiceSmall"), "generate").name == "sensevoice"
+    with pytest.raises(StartupError, match="engine 'vad' cannot run model family 'sensevoice'"):
+        family_for(str(tmp_path), "vad")
+    with pytest.raises(StartupError, match="no model family for FunASR model class 'Whisper'"):
+        family_for(_model_dir(tmp_path, "Whisper"), "generate")
+    with pytest.raises(StartupError, match=r"unknown engine 'warp'.*generate, vad"):
+        create_engine(WorkerConfig(model=str(tmp_path), engine="warp"))
+    assert {"generate", "vad"} <= set(engine_names())
+
+
+def test_plugins_register_a_family() -> None:
+    assert load_plugins({"ASR_WORKER_PLUGINS": " tests.fake_family , "}) == ["tests.fake_family"]
+    assert family_for_class("FakeLengthModel").name == "fake-length"
+    with pytest.raises(StartupError, match=r"cannot import plugin 'tests\.no_such_plugin'"):
+        load_plugins({"ASR_WORKER_PLUGINS": "tests.no_such_plugin"})
+
+
+@pytest.mark.parametrize(("engine", "model_class", "message"), [
+    ("warp", "SenseVoiceSmall", "unknown engine 'warp'; known engines: generate, vad"),
+    ("vad", "SenseVoiceSmall", "engine 'vad' cannot run model family 'sensevoice'"),
+    ("generate", "NotAModel", "no model family for FunASR model class 'NotAModel'"),
+])
+def test_worker_process_startup_errors(tmp_path: Path, engine: str, model_class: str,
+                                       message: str) -> None:
+    cfg = WorkerConfig(model=_model_dir(tmp_path, model_class), engine=engine,
+                       socket_path=str(tmp_path / "w.sock"))
+    proc = subprocess.run([sys.executable, "-m", "gpu_worker", cfg.to_json()], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == EXIT_STARTUP, proc.stderr
+    assert message in proc.stderr
+
+
+async def test_unhealthy_worker_answers_unavailable_then_exits(tmp_path: Path) -> None:
+    """Through a real gRPC server on a Unix socket: UNAVAILABLE, GetInfo still answers, and
+    serve() ends with the distinct exit code shortly after."""
+    cfg = WorkerConfig(model="fake-model", socket_path=str(tmp_path / "w.sock"),
+                       device_name="sim:0", max_queue_delay_ms=0.0)
+    engine = fake_engine(FailingRunner(STICKY), max_queue_delay_ms=0.0)
+    served = asyncio.create_task(serve(cfg, engine))
+    async with grpc.aio.insecure_channel(f"unix://{cfg.socket_path}") as channel:
+        stub = wpb_grpc.WorkerStub(channel)
+        info = await stub.GetInfo(wpb.InfoRequest(), wait_for_ready=True, timeout=30)
+        assert info.consecutive_failed_batches == 0 and info.device == "sim:0"
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Transcribe(wpb.TranscribeRequest(pcm=b"\0\0" * 800), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (err.value.details() or "").startswith("worker_unhealthy: device error")
+        info = await stub.GetInfo(wpb.InfoRequest(), timeout=5)
+        assert info.consecutive_failed_batches == 1
+    assert await asyncio.wait_for(served, 30) == EXIT_UNHEALTHY
+    assert time.monotonic() - started >= 0.4
+
+
+
+def test_error_classes() -> None:
+    class AcceleratorError(RuntimeError):
+        pass
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    assert is_sticky_error(STICKY) and is_sticky_error(AcceleratorError("launch failed"))
+    assert is_sticky_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_sticky_error(OutOfMemoryError("CUDA out of memory"))
+    assert not is_sticky_error(ValueError("bad input")) and is_oom(OutOfMemoryError("x"))
+
+
+def test_torch_device_on_cpu() -> None:
+    import torch
+
+    device = TorchDevice("cpu", "bf16", threads=1)
+    assert device.dtype == "fp32", "autocast applies on CUDA only"
+    assert device.memory() == (0, 0) and not device.has_cache
+    assert device.audio_capacity_s() is None
+    with device.inference(16000):
+        assert torch.is_inference_mode_enabled()
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        TorchDevice("cpu", "int8")
