@@ -76,9 +76,16 @@ def _check_layout(rate: int, channels: int) -> None:
         raise InvalidAudio(f"channel count {channels} is out of range (1-{MAX_CHANNELS} expected)")
 
 
-def _check_length(frames: int, rate: int) -> None:
+class LongerThanWholeLimit(Exception):
+    """The audio decodes to more than the caller's whole-decode limit: decode it as a stream
+    instead (memory then follows what is kept, not the decoded length)."""
+
+
+def _check_length(frames: int, rate: int, whole_limit_s: float | None = None) -> None:
     if frames > MAX_DURATION_S * rate:
         raise InvalidAudio(f"the audio is longer than the {MAX_DURATION_S / 3600:g} h limit")
+    if whole_limit_s is not None and frames > whole_limit_s * rate:
+        raise LongerThanWholeLimit(f"over {whole_limit_s:g} s")
 
 
 def _mono(x: np.ndarray) -> np.ndarray:
@@ -118,7 +125,7 @@ def _decode_raw(data: bytes, rate: int, channels: int) -> DecodedAudio:
     return _finish(_mono(x), rate, channels, "raw")
 
 
-def _decode_sndfile(data: bytes) -> DecodedAudio | None:
+def _decode_sndfile(data: bytes, whole_limit_s: float | None = None) -> DecodedAudio | None:
     """Decode with libsndfile; None when it does not recognise the container."""
     try:
         f = sf.SoundFile(io.BytesIO(data))
@@ -139,7 +146,7 @@ def _decode_sndfile(data: bytes) -> DecodedAudio | None:
                 if len(x) == 0:
                     break
                 total += len(x)
-                _check_length(total, rate)
+                _check_length(total, rate, whole_limit_s)
                 blocks.append(x[:, 0].copy() if passthrough else _mono(x))
         except (sf.SoundFileError, RuntimeError) as exc:
             raise InvalidAudio(f"could not decode the {container} audio: {exc}") from exc
@@ -171,7 +178,8 @@ def _sniff_ffmpeg(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def _decode_pyav(data: bytes, demuxer: str, container: str) -> DecodedAudio:
+def _decode_pyav(data: bytes, demuxer: str, container: str,
+                 whole_limit_s: float | None = None) -> DecodedAudio:
     blocks: list[np.ndarray] = []
     rate = channels = total = 0
     try:
@@ -187,7 +195,7 @@ def _decode_pyav(data: bytes, demuxer: str, container: str) -> DecodedAudio:
                 for out in resampler.resample(frame):
                     x = out.to_ndarray().reshape(-1, channels)
                     total += len(x)
-                    _check_length(total, rate)
+                    _check_length(total, rate, whole_limit_s)
                     blocks.append(_mono(x.astype(np.float32, copy=False)))
             if resampler is not None:
                 for out in resampler.resample(None):
@@ -200,14 +208,17 @@ def _decode_pyav(data: bytes, demuxer: str, container: str) -> DecodedAudio:
 
 
 def decode_audio(data: bytes, encoding: Encoding = Encoding.CONTAINER,
-                 sample_rate: int = 0, channels: int = 1) -> DecodedAudio:
-    """Decode ``data`` to 16 kHz mono; ``sample_rate``/``channels`` describe raw LINEAR16 only."""
+                 sample_rate: int = 0, channels: int = 1,
+                 whole_limit_s: float | None = None) -> DecodedAudio:
+    """Decode ``data`` to 16 kHz mono; ``sample_rate``/``channels`` describe raw LINEAR16 only.
+    A compressed container that decodes to more than ``whole_limit_s`` raises
+    `LongerThanWholeLimit` (raw PCM is never larger decoded than received)."""
     if not data:
         raise InvalidAudio("audio is empty")
     if encoding is Encoding.LINEAR16:
         return _decode_raw(bytes(data), sample_rate, channels)
     data = bytes(data)
-    decoded = _decode_sndfile(data)
+    decoded = _decode_sndfile(data, whole_limit_s)
     if decoded is not None:
         return decoded
     sniffed = _sniff_ffmpeg(data)
@@ -215,4 +226,4 @@ def decode_audio(data: bytes, encoding: Encoding = Encoding.CONTAINER,
         raise InvalidAudio("could not decode the audio: not a recognised audio container "
                            "(tried WAV/FLAC/OGG/MP3 via libsndfile and FFmpeg)")
     log.debug("libsndfile declined; decoding as %s with FFmpeg", sniffed[1])
-    return _decode_pyav(data, *sniffed)
+    return _decode_pyav(data, *sniffed, whole_limit_s=whole_limit_s)

@@ -109,6 +109,21 @@ class ServeConfig(BaseSettings):
                                  "files must use StreamingRecognize")
     max_stream_bytes: int = Field(2 * 1024**3, gt=0, description="Largest audio accepted on "
                                   "one stream")
+    max_streams: int = Field(1000, ge=1, description="Open StreamingRecognize streams in "
+                             "total; more get RESOURCE_EXHAUSTED")
+    max_streams_per_client: int = Field(100, ge=1, description="Open streams per client (its "
+                                        "bearer token, else its address); more get "
+                                        "RESOURCE_EXHAUSTED")
+    stream_idle_timeout_s: float = Field(60.0, gt=0, le=3600, description="A stream that sends "
+                                         "no message for this long is closed "
+                                         "(DEADLINE_EXCEEDED)")
+    max_stream_buffers_mib: int = Field(512, ge=0, description="Bytes all stream buffers may "
+                                        "hold in memory together; beyond, streams spool to "
+                                        "disk at once")
+    max_decoded_audio_mib: int = Field(1024, ge=1, description="Decoded audio the scheduler "
+                                       "holds for recognition units in flight, all requests "
+                                       "together; beyond, new units wait (then "
+                                       "RESOURCE_EXHAUSTED)")
     worker_start_timeout_s: float = Field(600.0, gt=0, description="Time a worker may take to "
                                           "load its model")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Seconds between worker "

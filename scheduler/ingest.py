@@ -19,6 +19,7 @@ import numpy as np
 
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio
+from scheduler.limits import ByteBudget
 from scheduler.stream_decode import StreamDecoder
 
 _END = object()
@@ -69,7 +70,8 @@ async def _decoded_blocks(decoder: StreamDecoder) -> AsyncIterator[np.ndarray]:
 @contextlib.asynccontextmanager
 async def open_stream(chunks: AsyncIterator[bytes], encoding: Encoding, sample_rate: int,
                       channels: int, *, buffer_bytes: int, max_bytes: int,
-                      spool_dir: str | None = None) -> AsyncIterator[StreamInput]:
+                      spool_dir: str | None = None,
+                      buffers: ByteBudget | None = None) -> AsyncIterator[StreamInput]:
     """Read a stream of byte chunks into a `StreamInput`. Leaving the context after consuming
     `blocks` surfaces input errors (e.g. over `max_bytes`); the input's own error wins over the
     decoder's "aborted" error it causes."""
@@ -82,18 +84,34 @@ async def open_stream(chunks: AsyncIterator[bytes], encoding: Encoding, sample_r
             raise InvalidAudio(f"stream is over the {max_bytes}-byte limit")
 
     head: list[bytes] = []
+    held = 0  # bytes of `head` counted in `buffers`
+
+    def release() -> None:
+        nonlocal held
+        if buffers is not None:
+            buffers.give_back(held)
+        held = 0
+
     it = chunks.__aiter__()
-    async for chunk in it:
-        count(chunk)
-        head.append(chunk)
-        if received > buffer_bytes:
-            break
-    else:
-        audio = b"".join(head)
-        if not audio:
-            raise InvalidAudio("audio is empty")
-        yield StreamInput(whole=audio)
-        return
+    try:
+        async for chunk in it:
+            count(chunk)
+            head.append(chunk)
+            if received > buffer_bytes:
+                break
+            if buffers is not None:
+                if not buffers.try_take(len(chunk)):
+                    break  # all buffers together are full: spool this stream to disk now
+                held += len(chunk)
+        else:
+            audio = b"".join(head)
+            if not audio:
+                raise InvalidAudio("audio is empty")
+            release()
+            yield StreamInput(whole=audio)
+            return
+    finally:
+        release()
 
     decoder = StreamDecoder(encoding, sample_rate, channels, spool_dir=spool_dir)
     for chunk in head:
@@ -120,4 +138,17 @@ async def open_stream(chunks: AsyncIterator[bytes], encoding: Encoding, sample_r
         raise
     finally:
         feeder.cancel()
+        decoder.abort()
+
+
+async def decoded_stream(data: bytes, encoding: Encoding, sample_rate: int, channels: int,
+                         spool_dir: str | None = None) -> AsyncIterator[np.ndarray]:
+    """Bytes already received, decoded incrementally (for input too long to decode whole)."""
+    decoder = StreamDecoder(encoding, sample_rate, channels, spool_dir=spool_dir)
+    try:
+        decoder.feed(data)
+        decoder.finish()
+        async for block in _decoded_blocks(decoder):
+            yield block
+    finally:
         decoder.abort()

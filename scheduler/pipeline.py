@@ -15,11 +15,12 @@ from typing import cast
 import numpy as np
 
 from protos.common.wire import MIN_AUDIO_S, SAMPLE_RATE
-from scheduler.audio import DecodedAudio, Encoding, decode_audio
+from scheduler.audio import DecodedAudio, Encoding, LongerThanWholeLimit, decode_audio
 from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import InvalidAudio
-from scheduler.ingest import open_stream
+from scheduler.ingest import decoded_stream, open_stream
+from scheduler.limits import AudioBudget, ByteBudget
 from scheduler.longform import Cut, Segmenter
 from scheduler.metrics import Metrics
 from scheduler.results import RecognitionOutcome, Segment, assemble
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_SAMPLES = SAMPLE_RATE  # 1 s blocks when long audio already in memory goes through VAD
 MAX_IN_FLIGHT = 32  # segments of one request in flight at once (then reading input waits)
+WHOLE_DECODE_LIMIT_S = 300.0  # longer input that VAD may cut is decoded as a stream
 
 OnSegment = Callable[[Segment], Awaitable[None]]
 
@@ -61,6 +63,7 @@ class StreamSettings:
     buffer_bytes: int = 8 * 1024 * 1024
     max_bytes: int = 2 * 1024**3
     spool_dir: str | None = None
+    buffers: ByteBudget | None = None  # memory all stream buffers may hold together
 
 
 async def _ignore(_: Segment) -> None:
@@ -73,13 +76,15 @@ class Pipeline:
     def __init__(self, dispatcher: Dispatcher, catalog: ModelCatalog,
                  metrics: Metrics | None = None, vad: VadPool | None = None,
                  default_max_segment_ms: int = 30000,
-                 stream: StreamSettings | None = None) -> None:
+                 stream: StreamSettings | None = None,
+                 budget: AudioBudget | None = None) -> None:
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.metrics = metrics or Metrics()
         self.vad = vad or VadPool([])
         self.default_max_segment_ms = default_max_segment_ms
         self.stream = stream or StreamSettings()
+        self.budget = budget or AudioBudget(4 * 1024**3)
 
     # -- decisions, each made in one place --------------------------------------------------
 
@@ -118,22 +123,29 @@ class Pipeline:
             s = self.stream
             async with open_stream(chunks, req.encoding, req.sample_rate, req.channels,
                                    buffer_bytes=s.buffer_bytes, max_bytes=s.max_bytes,
-                                   spool_dir=s.spool_dir) as source:
+                                   spool_dir=s.spool_dir, buffers=s.buffers) as source:
                 if source.whole is not None:
                     return await self._recognize_bytes(req, model, source.whole, on_segment)
                 assert source.blocks is not None
                 if self.wants_vad(req, None):
                     return await self._recognize_blocks(req, model, source.blocks, on_segment)
-                parts = [b async for b in source.blocks]
-                if not parts:
-                    raise InvalidAudio("the audio decodes to zero samples")
-                return await self._recognize_samples(req, model, np.concatenate(parts))
+                samples = await self._gather(source.blocks)
+                return await self._recognize_samples(req, model, samples)
 
     # -- the paths ----------------------------------------------------------------------------
 
     async def _recognize_bytes(self, req: RecognitionRequest, model: ServedModel, data: bytes,
                                on_segment: OnSegment) -> RecognitionOutcome:
-        audio = await self._decode(req, data)
+        # Decoded whole only up to a limit when VAD may cut it: a small compressed file can
+        # hold hours (of silence): that is decoded as a stream, so memory follows what VAD
+        # keeps, not the decoded length.
+        limit = WHOLE_DECODE_LIMIT_S if self.wants_vad(req, None) else None
+        try:
+            audio = await self._decode(req, data, limit)
+        except LongerThanWholeLimit:
+            blocks = decoded_stream(data, req.encoding, req.sample_rate, req.channels,
+                                    self.stream.spool_dir)
+            return await self._recognize_blocks(req, model, blocks, on_segment)
         if not self.wants_vad(req, audio.duration_s):
             return await self._recognize_samples(req, model, audio.samples)
         samples = audio.as_float32()
@@ -143,9 +155,26 @@ class Pipeline:
                 yield samples[i:i + BLOCK_SAMPLES]
         return await self._recognize_blocks(req, model, blocks(), on_segment)
 
-    async def _decode(self, req: RecognitionRequest, data: bytes) -> DecodedAudio:
+    async def _gather(self, blocks: AsyncIterator[np.ndarray]) -> np.ndarray:
+        """A whole stream's decoded audio as one array (no VAD to cut it), its growth
+        counted in the decoded-audio budget."""
+        parts: list[np.ndarray] = []
+        taken = 0
+        try:
+            async for block in blocks:
+                await self.budget.take(block.nbytes)
+                taken += block.nbytes
+                parts.append(block)
+            if not parts:
+                raise InvalidAudio("the audio decodes to zero samples")
+            return np.concatenate(parts)
+        finally:
+            self.budget.give(taken)
+
+    async def _decode(self, req: RecognitionRequest, data: bytes,
+                      whole_limit_s: float | None = None) -> DecodedAudio:
         audio = await asyncio.to_thread(decode_audio, data, req.encoding, req.sample_rate,
-                                        req.channels)
+                                        req.channels, whole_limit_s)
         if audio.duration_s < MIN_AUDIO_S:
             raise InvalidAudio(f"the audio is {audio.duration_s * 1000:.1f} ms long; at least "
                                f"{MIN_AUDIO_S * 1000:.0f} ms is needed")
@@ -167,7 +196,7 @@ class Pipeline:
         """Long audio as it arrives: VAD cuts, each run as soon as it is cut (at most
         MAX_IN_FLIGHT at once), reported as each finishes, assembled in time order."""
         accepted = time.monotonic()
-        segmenter = Segmenter(self.vad, self.max_segment_ms(req))
+        segmenter = Segmenter(self.vad, self.max_segment_ms(req), self.budget)
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: list[asyncio.Task[Segment]] = []
@@ -228,7 +257,8 @@ class Pipeline:
                                        r.batch_size, r.inference_time_s)
             return r, sent - started
 
-        outcome, placement = await self.dispatcher.run(audio_s, call, model.name)
+        async with self.budget.hold(cut.samples.nbytes):
+            outcome, placement = await self.dispatcher.run(audio_s, call, model.name)
         r, waited = cast(tuple[UnitResult, float], outcome)
         queue_s = waited + r.batch_wait_s
         self.metrics.observe_result(r.device, model.name, audio_s, queue_s,

@@ -28,6 +28,7 @@ from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.drain import Drain, DrainInterceptor
 from scheduler.interceptor import ErrorInterceptor
+from scheduler.limits import AudioBudget, ByteBudget, StreamLimits
 from scheduler.metrics import Metrics
 from scheduler.models import (
     ModelSpec,
@@ -92,6 +93,7 @@ class AsrService:
         self.vad_workers: list[WorkerHandle] = []
         self.dispatcher: Dispatcher | None = None
         self.catalog: ModelCatalog | None = None
+        self.pipeline: Pipeline | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,10 +180,14 @@ class AsrService:
             for m in models])
         reporter = StatusReporter(self.dispatcher, self.catalog, cfg.cpu_fallback,
                                   self.vad_workers)
-        pipeline = Pipeline(self.dispatcher, self.catalog, self.metrics,
-                            VadPool(self.vad_workers), cfg.max_segment_ms, StreamSettings(
-                                buffer_bytes=cfg.stream_buffer_mib * 1024 * 1024,
-                                max_bytes=cfg.max_stream_bytes, spool_dir=self._runtime_dir))
+        pipeline = Pipeline(
+            self.dispatcher, self.catalog, self.metrics, VadPool(self.vad_workers),
+            cfg.max_segment_ms, StreamSettings(
+                buffer_bytes=cfg.stream_buffer_mib * 1024 * 1024,
+                max_bytes=cfg.max_stream_bytes, spool_dir=self._runtime_dir,
+                buffers=ByteBudget(cfg.max_stream_buffers_mib * 1024 * 1024)),
+            AudioBudget(cfg.max_decoded_audio_mib * 1024 * 1024, cfg.queue_timeout_s))
+        self.pipeline = pipeline
         self.metrics.attach(self.dispatcher, self.vad_workers)
         if cfg.metrics_port:
             try:
@@ -203,7 +209,9 @@ class AsrService:
         server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
         asr_pb2_grpc.add_RecognizerServicer_to_server(
-            RecognizerServicer(pipeline, cfg.max_unary_bytes), server)
+            RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(
+                cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s)),
+            server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):

@@ -16,6 +16,7 @@ from protos.common.wire import MAX_SEGMENT_MS_RANGE
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID, check_request_id
+from scheduler.limits import StreamLimits, client_key
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest
 from scheduler.results import RecognitionOutcome, Segment
@@ -79,10 +80,12 @@ def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
 
 
 class RecognizerServicer(pb_grpc.RecognizerServicer):
-    def __init__(self, pipeline: Pipeline, max_unary_bytes: int) -> None:
+    def __init__(self, pipeline: Pipeline, max_unary_bytes: int,
+                 limits: StreamLimits | None = None) -> None:
         self.pipeline = pipeline
         self.metrics: Metrics = pipeline.metrics
         self.max_unary_bytes = max_unary_bytes
+        self.limits = limits or StreamLimits(1000, 100, 60.0)
 
     async def Recognize(self, request: pb.RecognizeRequest,
                         context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
@@ -97,12 +100,15 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
-        self.metrics.live_streams.inc()
-        try:
-            async for response in self._stream(request_iterator, context):
-                yield response
-        finally:
-            self.metrics.live_streams.dec()
+        meta = dict(context.invocation_metadata() or ())
+        client = client_key(context.peer() or "", str(meta.get("authorization", "")))
+        with self.limits.admit(client):
+            self.metrics.live_streams.inc()
+            try:
+                async for response in self._stream(request_iterator, context):
+                    yield response
+            finally:
+                self.metrics.live_streams.dec()
 
     async def _stream(
         self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
@@ -110,7 +116,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
         messages = request_iterator.__aiter__()
         try:
-            first = await messages.__anext__()
+            first = await self.limits.next_message(messages)
         except StopAsyncIteration:
             raise InvalidRequest("the stream ended without a streaming_config message") from None
         kind = first.WhichOneof("streaming_request")
@@ -122,7 +128,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         input_ended: list[float] = []
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for message in messages:
+            while True:
+                try:
+                    message = await self.limits.next_message(messages)
+                except StopAsyncIteration:
+                    break
                 if message.WhichOneof("streaming_request") == "streaming_config":
                     raise InvalidRequest("streaming_config may only be sent once, first")
                 yield message.audio_content

@@ -108,7 +108,8 @@ def test_sync_library_sources_and_types(service: RunningService, corpus: Path) -
             assert last.transcript.text == " ".join(r.transcript.text for r in finals)
 
         status = client.status()
-        assert [w.worker_id for d in status.devices for w in d.workers] == ["cpu#0", "vad#0"]
+        ids = [w.worker_id for d in status.devices for w in d.workers]
+        assert ids[0] == "cpu#0" and ids[1:] and all(i.startswith("vad#") for i in ids[1:])
         assert status.queue_capacity > 0 and isinstance(status.models, list)
         assert [r.worker_id for r in client.clear_cache().results] == ["cpu#0"]
 
@@ -306,7 +307,9 @@ def test_cli_status_fits_80_columns(service: RunningService) -> None:
     assert "…" not in "".join(line.split()[0] for line in lines if line.strip())
     as_json = asr_client("--server", service.address, "status", "--format", "json")
     data = json.loads(as_json.stdout)
-    assert {w["worker_id"] for d in data["devices"] for w in d["workers"]} == {"cpu#0", "vad#0"}
+    ids = {w["worker_id"] for d in data["devices"] for w in d["workers"]}
+    assert "cpu#0" in ids and "vad#0" in ids and all(i == "cpu#0" or i.startswith("vad#")
+                                                     for i in ids)
     assert "models" in data
 
 

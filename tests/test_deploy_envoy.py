@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -192,7 +193,14 @@ def test_envoy_spreads_load_and_survives_drain_and_kill9(instances: list[ServePr
                 print(envoy.admin("/stats?filter=asr_scheduler.*(retry|rq_|health|outlier)"))
                 raise
         retries = envoy.stat("cluster.asr_scheduler.upstream_rq_retry")
-        hosts = envoy.hosts()
+        # Active health checks run every 2 s: give them time to see the two stopped instances.
+        deadline = time.monotonic() + 20
+        while True:
+            hosts = envoy.hosts()
+            down = [not hosts[instances[i].port]["healthy"] for i in (0, 1)]
+            if all(down) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     finally:
         envoy.stop()
     print(f"envoy: served per instance at drain/kill/end {per_instance}, retries {retries}")
