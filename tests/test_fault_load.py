@@ -1,0 +1,110 @@
+"""Load with faults (slow tier): mixed lengths (1 s to 5 min, so VAD runs) from many
+concurrent clients on `--devices sim:4` while every recognition worker and every VAD worker is
+kill -9'd in turn. Every request is answered exactly once with its idle-server text; the
+scheduler's memory, file descriptors and threads return to within 10 % of their baseline.
+ASR_FAULT_REQUESTS and ASR_FAULT_CLIENTS scale it (defaults 2000 and 48)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.asr.v1 import asr_pb2 as pb
+from protos.asr.v1 import asr_pb2_grpc as pb_grpc
+from tests.long_audio import speech_clips, write_recording
+from tests.rss import tree_rss
+from tests.serve_proc import ServeProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.skipif(
+    os.environ.get("ASR_SLOW_TESTS") != "1", reason="slow tier: set ASR_SLOW_TESTS=1")]
+
+REQUESTS = int(os.environ.get("ASR_FAULT_REQUESTS", "2000"))
+CLIENTS = int(os.environ.get("ASR_FAULT_CLIENTS", "48"))
+LENGTHS = {1.0: 40, 5.0: 30, 20.0: 15, 60.0: 10, 300.0: 5}  # seconds: weight
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _worker_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children
+
+
+def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Path) -> None:
+    clips = speech_clips(tmp_path)
+    files = {s: write_recording(tmp_path / f"{s:g}s.wav", s, clips, seed=int(s)).read_bytes()
+             for s in LENGTHS}
+    svc = ServeProcess(models_dir / "sensevoice-tiny", "--devices", "sim:4",
+                       "--vad-model", str(models_dir / "fsmn-vad"), "--vad-workers", "2",
+                       "--max-queue", "4096", "--queue-timeout-s", "120",
+                       "--max-attempts", "8")
+    try:
+        svc.wait_serving()
+        with grpc.insecure_channel(svc.address) as channel:
+            rec = pb_grpc.RecognizerStub(channel)
+
+            def run(seconds: float) -> str:
+                return rec.Recognize(pb.RecognizeRequest(audio_content=files[seconds]),
+                                     timeout=1800).result.text
+
+            idle = {s: run(s) for s in LENGTHS}
+            time.sleep(2)
+            base = (tree_rss([svc.proc.pid])[svc.proc.pid], _fds(svc.proc.pid),
+                    _threads(svc.proc.pid))
+            rng = random.Random(7)
+            plan = rng.choices(list(LENGTHS), weights=list(LENGTHS.values()), k=REQUESTS)
+            stop, kills = threading.Event(), []
+
+            def killer() -> None:
+                while not stop.wait(4.0):
+                    pids = _worker_pids(svc.proc.pid)
+                    if pids:
+                        victim = pids[len(kills) % len(pids)]
+                        try:
+                            os.kill(victim, signal.SIGKILL)
+                            kills.append(victim)
+                        except ProcessLookupError:
+                            pass
+
+            thread = threading.Thread(target=killer, daemon=True)
+            thread.start()
+            started = time.monotonic()
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                texts = list(pool.map(run, plan))
+            stop.set()
+            thread.join()
+            wall = time.monotonic() - started
+            wrong = [(s, t) for s, t in zip(plan, texts, strict=True) if t != idle[s]]
+            assert not wrong, wrong[:3]
+            time.sleep(5)
+            after = (tree_rss([svc.proc.pid])[svc.proc.pid], _fds(svc.proc.pid),
+                     _threads(svc.proc.pid))
+        audio_h = sum(plan) / 3600
+        print(f"{REQUESTS} requests ({audio_h:.1f} h audio) from {CLIENTS} clients in "
+              f"{wall:.0f} s with {len(kills)} worker kills; scheduler rss/fds/threads "
+              f"{base} -> {after}")
+        assert len(kills) >= 6, "every kind of worker should have been killed"
+        assert after[0] <= base[0] * 1.10 + 20 * 1024 * 1024
+        assert after[1] <= base[1] * 1.10 + 2 and after[2] <= base[2] * 1.10 + 2
+    finally:
+        svc.proc.kill()
+        svc.proc.wait(30)
