@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid`."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -32,7 +33,7 @@ def tree_rss(pids: list[int]) -> dict[int, int]:
                     break
         except OSError:
             continue
-        stack += _children(pid)
+        stack += children(pid)
     return seen
 
 

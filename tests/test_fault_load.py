@@ -20,7 +20,7 @@ import pytest
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from tests.long_audio import speech_clips, write_recording
-from tests.rss import tree_rss
+from tests.rss import children, tree_rss
 from tests.serve_proc import ServeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.skipif(
@@ -37,16 +37,6 @@ def _fds(pid: int) -> int:
 
 def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _worker_pids(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return children
 
 
 def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Path) -> None:
@@ -76,7 +66,7 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
 
             def killer() -> None:
                 while not stop.wait(4.0):
-                    pids = _worker_pids(svc.proc.pid)
+                    pids = children(svc.proc.pid)
                     if pids:
                         victim = pids[len(kills) % len(pids)]
                         try:
