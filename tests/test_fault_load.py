@@ -64,8 +64,21 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
             plan = rng.choices(list(LENGTHS), weights=list(LENGTHS.values()), k=REQUESTS)
             stop, kills = threading.Event(), []
 
+            admin = pb_grpc.AdminStub(channel)
+
+            def all_ready() -> bool:
+                try:
+                    status = admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+                except grpc.RpcError:
+                    return False
+                return all(w.state == "ready" for d in status.devices for w in d.workers)
+
             def killer() -> None:
-                while not stop.wait(4.0):
+                """Kill the workers in turn, each once the previous victim is back."""
+                while not stop.wait(3.0):
+                    while not all_ready():
+                        if stop.wait(0.5):
+                            return
                     pids = children(svc.proc.pid)
                     if pids:
                         victim = pids[len(kills) % len(pids)]
