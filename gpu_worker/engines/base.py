@@ -28,7 +28,8 @@ from protos.common.worker_config import WorkerConfig
 RECOGNIZE = "recognize"
 SEGMENT = "segment"
 # Modules that register the engines shipped with the worker (imported on first lookup).
-BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session")
+BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session",
+                          "gpu_worker.engines.direct")
 
 
 class StartupError(Exception):
