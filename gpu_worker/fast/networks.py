@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import torch
 
+from gpu_worker.fast.cif import cif_predict
+
 
 class TokenNet(Protocol):
     """A family's network on the direct path."""
@@ -72,8 +74,8 @@ def ctc_collapse(best: torch.Tensor, lens: torch.Tensor, blank: int) -> list[lis
 
 class ParaformerNet:
     """Paraformer (offline): encoder, encoder output zeroed past each clip's end (the CIF
-    predictor's convolution would otherwise read the padding), predictor, decoder, argmax over
-    each clip's predicted token count; sos/eos/blank dropped."""
+    predictor's convolution would otherwise read the padding), our batched CIF (`cif`),
+    decoder, argmax over each clip's predicted token count; sos/eos/blank dropped."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -86,7 +88,10 @@ class ParaformerNet:
         if isinstance(enc, tuple):
             enc = enc[0]
         enc = enc * _lengths_mask(enc_lens, enc.size(1))[..., None].to(enc.dtype)
-        embeds, token_num, _, _ = model.calc_predictor(enc, enc_lens)
+        if type(model.predictor).__name__ == "CifPredictorV2":
+            embeds, token_num = cif_predict(model.predictor, enc, enc_lens)
+        else:  # other predictors: FunASR's own (masked input, so per clip as alone)
+            embeds, token_num, _, _ = model.calc_predictor(enc, enc_lens)
         token_len = token_num.round().long()
         if int(token_len.max()) < 1:
             return [[] for _ in range(feats.size(0))]
