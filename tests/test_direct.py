@@ -192,3 +192,17 @@ def test_batched_cif_equals_funasr_per_clip_where_funasr_batched_fails() -> None
         assert int(counts[i]) <= n
         torch.testing.assert_close(ours[i, :n], alone[0], atol=1e-5, rtol=1e-5)
         assert not ours[i, n:].any()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_audio_funasr_refuses_is_refused(runners: dict[str, tuple[Any, Any]],
+                                         model: str) -> None:
+    """Empty and non-finite audio fail like under `generate` (the batcher then isolates the
+    bad utterance); silence and clipping give generate's text."""
+    generate, direct = runners[model]
+    for bad in (np.zeros(0, np.float32), np.full(8000, np.nan, np.float32)):
+        for runner in (generate, direct):
+            with pytest.raises((ValueError, RuntimeError)):
+                runner.transcribe([Utterance(bad)])
+    for odd in (np.zeros(16000, np.float32), np.ones(8000, np.float32)):
+        assert direct.transcribe([Utterance(odd)]) == generate.transcribe([Utterance(odd)])

@@ -54,6 +54,11 @@ class DirectRunner:
 
     def features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad the clips into one host buffer, copy it to the device, compute features."""
+        for a in audios:  # FunASR refuses these too ("n must be > 0", "mel energy is nan")
+            if len(a) == 0:
+                raise ValueError("empty audio")
+            if not np.isfinite(a).all():
+                raise ValueError("audio has NaN or infinite samples")
         longest = max(len(a) for a in audios)
         host = torch.zeros((len(audios), max(longest, 1)), dtype=torch.float32,
                            pin_memory=self._pin)
