@@ -31,6 +31,8 @@ class DirectRunner:
     # Masks are correct for every supported family: a clip's text does not depend on the
     # lengths of its neighbours, so the batcher mixes lengths.
     padding_invariant = True
+    # The device computes padded frames: the batcher's audio cap counts size x longest clip.
+    padded_budget = True
 
     def __init__(self, model_dir: str, family: Family, device: TorchDevice,
                  cfg: WorkerConfig | None = None) -> None:
