@@ -94,11 +94,12 @@ class BatchFbank:
 
     def __call__(self, wave: torch.Tensor, lengths: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) float waveforms in [-1, 1] padded with anything, (B,) sample counts ->
-        (B, T, D) features zero-padded past each clip's end, (B,) feature frame counts."""
+        """(B, N) float waveforms in [-1, 1] padded with anything, (B,) sample counts (best on
+        the host) -> (B, T, D) features zero-padded past each clip's end, (B,) frame counts."""
+        # From host lengths: no device sync.
+        short = [i for i, n in enumerate(lengths.tolist()) if n < self.win]
         wave = wave.to(self.device, torch.float32)
         lengths = lengths.to(self.device, torch.long)
-        short = (lengths < self.win).nonzero().flatten().tolist()
         if wave.size(1) < self.win:
             wave = torch.nn.functional.pad(wave, (0, self.win - wave.size(1)))
         mel = self._log_mel(wave * self.scale)  # (B, F, n_mels)

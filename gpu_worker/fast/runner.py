@@ -68,7 +68,7 @@ class DirectRunner:
             host[i, :len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
         lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
         wave = host.to(self.fbank.device, non_blocking=True)
-        return self.fbank(wave, lengths.to(self.fbank.device, non_blocking=True))
+        return self.fbank(wave, lengths)
 
     def token_ids(self, batch: list[Utterance]) -> list[list[int]]:
         """Token ids per utterance (all share one `options`), computed batched."""
