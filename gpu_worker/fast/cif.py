@@ -70,7 +70,14 @@ def integrate(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float
 def cif_predict(predictor: Any, hidden: torch.Tensor, lens: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Acoustic embeddings (B, L, D) and token counts (B,) for each clip of the batch, as
-    `CifPredictorV2` gives each clip alone."""
+    `CifPredictorV2` gives each clip alone. Always fp32, autocast off (as FunASR's predictor:
+    token counts come from sums of weights)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _cif_predict(predictor, hidden.float(), lens)
+
+
+def _cif_predict(predictor: Any, hidden: torch.Tensor, lens: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.arange(hidden.size(1), device=hidden.device)[None, :] < lens[:, None]
     alphas = predictor_weights(predictor, hidden, mask)
     if predictor.tail_threshold > 0.0:
