@@ -87,7 +87,9 @@ def make_clips(count: int, seconds: float, directory: Path) -> list[Clip]:
 class Measurement:
     """One timed variant at one concurrency: what ran, how long, and each request's latency."""
 
-    variant: str  # "a" plain loop, "b" list batch, "c" our service, "d" funasr-server
+    # "a" plain loop, "b" list batch, "c" our service (generate), "d" funasr-server,
+    # "e" our service (direct)
+    variant: str
     label: str
     concurrency: int = 1
     workers: int = 0  # worker processes of our service; 0 for the others

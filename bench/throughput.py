@@ -5,12 +5,16 @@ the same thread budget:
 
   (a) a plain `AutoModel.generate` loop, one clip per call: the reference;
   (b) FunASR's list-input `generate(input=[...], batch_size=B)`;
-  (c) our service (`asr-scheduler serve`) at each concurrency, once per --workers-per-device;
+  (c) our service (`asr-scheduler serve --engine generate`) at each concurrency, once per
+      --workers-per-device;
   (d) FunASR's own FastAPI server (`funasr-server`) at the same concurrencies;
+  (e) our service with the `direct` engine (our batched device pipeline), like (c), once per
+      --dtypes entry (bf16/fp16 apply on CUDA only);
 
 and prints a Markdown table of RTFx (audio seconds per wall second), p50/p95 per-request
 latency and each row's ratio to (a), then the CPU targets (ours at concurrency 8 >= 1.3x (a);
-at concurrency 1 >= 0.95x (a)).
+at concurrency 1 >= 0.95x (a); direct at concurrency 8 >= (b) and at concurrency 1 >= 0.95x
+(a)). On CUDA, with bf16 in --dtypes, (b) also runs under bf16 autocast.
 
 Fairness: (a) and (b) run in a spawned subprocess with `AutoModel(..., ncpu=T)`; our workers get
 `--worker-threads T/W` (W workers per device), so every variant uses T torch threads (T = cores
@@ -94,6 +98,7 @@ log = logging.getLogger("bench")
 
 TARGET_C8 = 1.3
 TARGET_C1 = 0.95
+ENGINE_VARIANTS = {"generate": "c", "direct": "e"}
 START_TIMEOUT_S = 600.0
 GENERATE_OPTIONS: dict[str, Any] = {"language": "auto", "use_itn": False}
 NOISY_SHARE = 0.05
@@ -117,6 +122,8 @@ class Settings:
     work_dir: Path
     json: Path | None = None
     repeat: int = 1  # rounds of the whole bench in fresh processes; the median is reported
+    engines: tuple[str, ...] = ("generate", "direct")  # service rows: (c) and (e)
+    dtypes: tuple[str, ...] = ("fp32",)  # service dtypes of (e); bf16 also adds a bf16 (b)
 
     @property
     def warmup_concurrency(self) -> int:
@@ -154,6 +161,10 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds of the whole bench, each in fresh processes; every row reports "
                         "its upper-median round (filters out stalls and per-process speed luck)")
+    p.add_argument("--engines", default="generate,direct",
+                   help="service engines to measure: generate (c), direct (e)")
+    p.add_argument("--dtypes", default="fp32",
+                   help="precisions of the direct rows, e.g. fp32,bf16 (CUDA only)")
     p.add_argument("--quick", action="store_true", help="few clips, concurrency 1 and 8")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--skip-funasr-server", action="store_true", help="leave out variant (d)")
@@ -162,6 +173,12 @@ def parse_args(argv: list[str] | None) -> Settings:
     if not Path(a.model).is_dir():
         p.error(f"--model {a.model}: not a directory (run: asr-scheduler make-models models "
                 "--only sensevoice-small)")
+    engines = tuple(e for e in a.engines.split(",") if e)
+    if not engines or set(engines) - set(ENGINE_VARIANTS):
+        p.error(f"--engines {a.engines!r}: expected a list of generate, direct")
+    dtypes = tuple(d for d in a.dtypes.split(",") if d)
+    if not dtypes or set(dtypes) - {"fp32", "bf16", "fp16"}:
+        p.error(f"--dtypes {a.dtypes!r}: expected a list of fp32, bf16, fp16")
     work = a.work_dir or Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     return Settings(
         model=str(Path(a.model).resolve()), clips=a.clips or (6 if a.quick else 16),
@@ -170,7 +187,8 @@ def parse_args(argv: list[str] | None) -> Settings:
         workers=a.workers_per_device, devices=a.devices, threads=max(1, a.threads),
         batch_size=a.batch_size, requests=a.requests, max_batch_size=a.max_batch_size,
         max_queue_delay_ms=a.max_queue_delay_ms, skip_funasr_server=a.skip_funasr_server,
-        work_dir=work.resolve(), json=a.json, repeat=max(1, a.repeat))
+        work_dir=work.resolve(), json=a.json, repeat=max(1, a.repeat), engines=engines,
+        dtypes=dtypes)
 
 
 # --- (a) and (b): plain FunASR, in a spawned subprocess -------------------------------------
@@ -212,17 +230,29 @@ def _plain_loop(model: Any, audio: list[Any], seconds: list[float], root: int) -
 
 
 def _list_batch(model: Any, audio: list[Any], seconds: list[float], batch_size: int,
-                root: int) -> Measurement:
+                root: int, autocast: str = "") -> Measurement:
+    """(b): list input; `autocast` "bf16"/"fp16" runs it under CUDA autocast."""
+    import torch
+
     chunks = [audio[i:i + batch_size] for i in range(0, len(audio), batch_size)]
-    calls = [(functools.partial(model.generate, input=c, batch_size=len(c), **GENERATE_OPTIONS),
-              len(c)) for c in chunks]
+
+    def generate(c: list[Any]) -> object:
+        if not autocast:
+            return model.generate(input=c, batch_size=len(c), **GENERATE_OPTIONS)
+        dtype = torch.bfloat16 if autocast == "bf16" else torch.float16
+        with torch.autocast("cuda", dtype=dtype):
+            return model.generate(input=c, batch_size=len(c), **GENERATE_OPTIONS)
+
+    calls = [(functools.partial(generate, c), len(c)) for c in chunks]
     calls[0][0]()  # warm-up
-    label = f"(b) generate list, batch_size={batch_size}"
+    label = f"(b) generate list, batch_size={batch_size}" + (f", {autocast} autocast"
+                                                            if autocast else "")
     return _timed_calls("b", label, batch_size, calls, sum(seconds), root)
 
 
 def run_baselines(model_dir: str, devices: str, threads: int, wavs: list[bytes],
-                  batch_size: int, root: int) -> tuple[list[Measurement], dict[str, str]]:
+                  batch_size: int, root: int, autocasts: tuple[str, ...] = ()
+                  ) -> tuple[list[Measurement], dict[str, str]]:
     """(a) and (b) on one device with `threads` torch threads. Runs in a child process of the
     bench (pid `root`, whose process tree `CpuMeter` counts as ours)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -239,6 +269,8 @@ def run_baselines(model_dir: str, devices: str, threads: int, wavs: list[bytes],
                           disable_pbar=True, disable_log=True)
         rows = [_plain_loop(model, audio, seconds, root),
                 _list_batch(model, audio, seconds, batch_size, root)]
+        if device.startswith("cuda"):
+            rows += [_list_batch(model, audio, seconds, batch_size, root, a) for a in autocasts]
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
     info = {"device": device, "device_name": name, "torch": torch.__version__,
             "funasr": funasr.__version__}
@@ -258,8 +290,10 @@ def _cpu_name() -> str:
 def measure_baselines(s: Settings, clips: list[Clip]) -> tuple[list[Measurement], dict[str, str]]:
     ctx = multiprocessing.get_context("spawn")  # a fresh process: no torch in ours
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        autocasts = tuple(d for d in s.dtypes if d != "fp32")
         return pool.submit(run_baselines, s.model, s.devices, s.threads,
-                           [c.wav for c in clips], s.batch_size, os.getpid()).result()
+                           [c.wav for c in clips], s.batch_size, os.getpid(),
+                           autocasts).result()
 
 
 def measure_level(s: Settings, variant: str, label: str, call: Callable[[Clip], object],
@@ -287,31 +321,37 @@ def service_device_args(devices: str, workers: int, cpu_only: bool) -> list[str]
 
 
 @contextmanager
-def running_service(s: Settings, workers: int, cpu_only: bool) -> Iterator[AsrClient]:
+def running_service(s: Settings, workers: int, cpu_only: bool, engine: str = "generate",
+                    dtype: str = "fp32") -> Iterator[AsrClient]:
     """`asr-scheduler serve` on a free loopback port with every worker ready."""
     per_worker = max(1, s.threads // workers)
-    args = ["--model", s.model, "--worker-threads", str(per_worker),
-            *service_device_args(s.devices, workers, cpu_only)]
+    args = ["--model", s.model, "--worker-threads", str(per_worker), "--engine", engine,
+            "--dtype", dtype, *service_device_args(s.devices, workers, cpu_only)]
     if s.max_batch_size:
         args += ["--max-batch-size", str(s.max_batch_size)]
     if s.max_queue_delay_ms is not None:
         args += ["--max-queue-delay-ms", str(s.max_queue_delay_ms)]
-    with service_process(args, s.work_dir / f"service-w{workers}.log",
+    with service_process(args, s.work_dir / f"service-{engine}-{dtype}-w{workers}.log",
                          START_TIMEOUT_S) as client:
         yield client
 
 
-def measure_service(s: Settings, clips: list[Clip], workers: int,
-                    cpu_only: bool) -> list[Measurement]:
+def measure_service(s: Settings, clips: list[Clip], workers: int, cpu_only: bool,
+                    engine: str = "generate", dtype: str = "fp32") -> list[Measurement]:
+    """(c) (engine generate) or (e) (engine direct) at every concurrency."""
+    variant = ENGINE_VARIANTS[engine]
     rows = []
-    with running_service(s, workers, cpu_only) as client:
+    with running_service(s, workers, cpu_only, engine, dtype) as client:
         def call(clip: Clip) -> None:
             client.recognize_bytes(clip.wav, timeout=600)
 
         warm = max(2 * workers, s.warmup_concurrency)
-        drive(call, clips, WARMUP_CALLS * warm // 2, warm, f"(c) warm-up, {workers} worker(s)")
-        label = f"(c) ours, {workers} worker(s)/device"
-        rows += [measure_level(s, "c", label, call, clips, c, workers) for c in s.concurrency]
+        drive(call, clips, WARMUP_CALLS * warm // 2, warm,
+              f"({variant}) warm-up, {workers} worker(s)")
+        label = (f"(c) ours, {workers} worker(s)/device" if variant == "c" else
+                 f"(e) ours direct {dtype}, {workers} worker(s)/device")
+        rows += [measure_level(s, variant, label, call, clips, c, workers)
+                 for c in s.concurrency]
     return rows
 
 
@@ -450,6 +490,27 @@ def target_lines(rows: list[Measurement], reference: Measurement) -> list[str]:
         verdict = "met" if r >= TARGET_C8 else f"MISSED by {TARGET_C8 - r:.2f}x"
         lines.append(f"target: ours at concurrency 8 >= {TARGET_C8:.2f}x (a): best {r:.2f}x "
                      f"({best.workers} worker(s)/device) -> {verdict}")
+    return lines + direct_target_lines(rows, reference)
+
+
+def direct_target_lines(rows: list[Measurement], reference: Measurement) -> list[str]:
+    """Direct (e) at concurrency 8 >= list batching (b); at concurrency 1 >= 0.95x (a)."""
+    direct = [m for m in rows if m.variant == "e" and not m.unavailable]
+    lists = [m for m in rows if m.variant == "b" and not m.unavailable]
+    lines = []
+    c1 = [m for m in direct if m.concurrency == 1 and m.workers == 1]
+    if c1:
+        r = ratio(c1[0], reference)
+        verdict = "met" if r >= TARGET_C1 else f"MISSED by {TARGET_C1 - r:.2f}x"
+        lines.append(f"target: direct at concurrency 1 (1 worker) >= {TARGET_C1:.2f}x (a): "
+                     f"{r:.2f}x -> {verdict}")
+    c8 = [m for m in direct if m.concurrency == 8]
+    if c8 and lists:
+        best, fastest_list = max(c8, key=lambda m: m.rtfx), max(lists, key=lambda m: m.rtfx)
+        r = best.rtfx / fastest_list.rtfx if fastest_list.rtfx > 0 else 0.0
+        verdict = "met" if r >= 1.0 else f"MISSED by {1.0 - r:.2f}x"
+        lines.append(f"target: direct at concurrency 8 >= (b) list batching: best {r:.2f}x of "
+                     f"{fastest_list.label} ({best.workers} worker(s)/device) -> {verdict}")
     return lines
 
 
@@ -481,9 +542,14 @@ def run_once(s: Settings, clips: list[Clip]) -> tuple[list[Measurement], dict[st
     """Every variant once, each in fresh processes, one after another."""
     rows, info = measure_baselines(s, clips)
     cpu_only = info["device"] == "cpu"
-    for workers in s.workers:
-        rows += measure_service(s, clips, workers, cpu_only)
+    if "generate" in s.engines:
+        for workers in s.workers:
+            rows += measure_service(s, clips, workers, cpu_only)
     rows += measure_funasr_server(s, clips, info["device"])
+    if "direct" in s.engines:
+        for dtype in s.dtypes:
+            for workers in s.workers:
+                rows += measure_service(s, clips, workers, cpu_only, "direct", dtype)
     return rows, info
 
 

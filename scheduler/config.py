@@ -91,6 +91,10 @@ class ServeConfig(BaseSettings):
                                    "5 files)")
     cache_clear_margin_mib: int = Field(2048, ge=0, description="Clear when reserved exceeds "
                                         "allocated GPU memory by more than this (0: never)")
+    engine: str = Field("auto", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Recognition "
+                        "engine: auto (direct for SenseVoice and offline Paraformer, generate "
+                        "for every other model) | generate (FunASR AutoModel.generate) | direct "
+                        "(our batched device pipeline); per model: --model NAME=DIR?engine=E")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
         "fp32", description="Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)")
     vad_model: str = Field("auto", min_length=1, description="FSMN-VAD model directory for "

@@ -34,10 +34,27 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One `--model` value: `DIR` (named after the directory) or `NAME=DIR`."""
+    """One `--model` value: `DIR` (named after the directory) or `NAME=DIR`, either with an
+    optional `?engine=ENGINE` suffix (e.g. `sv=/models/sv?engine=generate`)."""
 
     source: str  # a local directory, a hub id, or "demo"
     name: str = ""  # "" until resolved: then the directory's name
+    engine: str = ""  # "" : the --engine setting
+
+
+_ENGINE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _split_engine(part: str) -> tuple[str, str]:
+    """`X?engine=E` -> (X, E); `X` -> (X, "")."""
+    body, sep, query = part.partition("?")
+    if not sep:
+        return part, ""
+    key, eq, engine = query.partition("=")
+    if key != "engine" or not eq or not _ENGINE.match(engine):
+        raise ModelError(f"--model {part!r}: the only option after '?' is engine=ENGINE "
+                         "(e.g. NAME=DIR?engine=direct)")
+    return body, engine
 
 
 def parse_model_specs(values: Sequence[str] | str) -> list[ModelSpec]:
@@ -48,21 +65,22 @@ def parse_model_specs(values: Sequence[str] | str) -> list[ModelSpec]:
         raise ModelError("--model: no model given")
     specs = []
     for part in parts:
-        name, sep, source = part.partition("=")
+        body, engine = _split_engine(part)
+        name, sep, source = body.partition("=")
         if not sep:
-            specs.append(ModelSpec(part))
+            specs.append(ModelSpec(body, engine=engine))
             continue
         if not _NAME.match(name) or not source:
             raise ModelError(f"--model {part!r}: expected NAME=DIR with a NAME of letters, "
                              "digits, '.', '_' or '-' (at most 64)")
-        specs.append(ModelSpec(source, name))
+        specs.append(ModelSpec(source, name, engine))
     return specs
 
 
 def name_models(specs: list[ModelSpec], paths: list[str]) -> list[ModelSpec]:
     """Give each spec its name (the directory's own name when none was given); names are
     unique."""
-    named = [ModelSpec(path, spec.name or Path(path).name or path)
+    named = [ModelSpec(path, spec.name or Path(path).name or path, spec.engine)
              for spec, path in zip(specs, paths, strict=True)]
     seen: set[str] = set()
     for spec in named:

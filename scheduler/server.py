@@ -145,8 +145,9 @@ class AsrService:
 
         self.workers = []
         for m in models:
-            gpu = launch(model=m.source, model_name=m.name)
-            cpu = launch(model=m.source, model_name=m.name,
+            engine = m.engine or cfg.engine
+            gpu = launch(model=m.source, model_name=m.name, engine=engine)
+            cpu = launch(model=m.source, model_name=m.name, engine=engine,
                          max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size))
             prefix = f"{m.name}@" if len(models) > 1 else ""
             for p in placements:

@@ -259,3 +259,18 @@ def test_clear_cache_under_load_through_the_service(start_service, models_dir: P
         texts = [f.result().text for f in futures]
     assert texts == [expected] * 48
     assert [len(c.results) for c in clears] == [2, 1, 1, 2]
+
+
+async def test_padded_budget_counts_size_times_longest() -> None:
+    """A runner that pads its batches (the direct engine) has its audio cap applied to
+    size x longest clip: 1 s + 2 s + 2 s is 5 s of audio but 6 s padded."""
+    second = 16000
+    runner = FakeRunner()
+    b = make_batcher(runner, max_batch_size=32, max_batch_audio_s=5.0, max_queue_delay_s=0.05)
+    await run_all(b, [utt(second), utt(2 * second), utt(2 * second)])
+    assert runner.batches == [[second, 2 * second, 2 * second]]
+    runner = FakeRunner()
+    runner.padded_budget = True  # type: ignore[attr-defined]
+    b = make_batcher(runner, max_batch_size=32, max_batch_audio_s=5.0, max_queue_delay_s=0.05)
+    await run_all(b, [utt(second), utt(2 * second), utt(2 * second)])
+    assert runner.batches == [[second, 2 * second], [2 * second]]

@@ -27,11 +27,12 @@ def test_quick_bench_reports_every_variant(models_dir: Path, tmp_path: Path) -> 
            "--model", str(models_dir / "sensevoice-tiny"), "--clips", "4", "--clip-seconds", "3",
            "--concurrency", "1,2", "--workers-per-device", "1,2", "--devices", "cpu",
            "--work-dir", str(tmp_path / "work"), "--json", str(out_json)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=360, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for prefix, count in (("(a)", 1), ("(b)", 1), ("(c) ours, 1 worker", 2),
-                          ("(c) ours, 2 worker", 2)):
+                          ("(c) ours, 2 worker", 2), ("(e) ours direct fp32, 1 worker", 2),
+                          ("(e) ours direct fp32, 2 worker", 2)):
         rows = _rows(out, prefix)
         assert len(rows) == count, out
         for row in rows:
@@ -42,6 +43,7 @@ def test_quick_bench_reports_every_variant(models_dir: Path, tmp_path: Path) -> 
     assert len(funasr_rows) == 2, out  # measured where it can run, else "n/a (why)"
     assert all(RATIO.search(r) or "n/a (" in r for r in funasr_rows), funasr_rows
     assert "target: ours at concurrency 1" in out
+    assert "target: direct at concurrency 1" in out and "target: direct at concurrency 8" not in out
     data = json.loads(out_json.read_text())
     assert data["meta"]["device"] == "cpu"
-    assert {r["variant"] for r in data["results"]} == {"a", "b", "c", "d"}
+    assert {r["variant"] for r in data["results"]} == {"a", "b", "c", "d", "e"}

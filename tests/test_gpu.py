@@ -71,3 +71,43 @@ def test_bf16_keeps_the_text_on_the_test_set(start_service, models_dir: Path,  #
         for path in speech.values():
             assert b.recognize_bytes(path.read_bytes(), cfg).text == \
                 a.recognize_bytes(path.read_bytes(), cfg).text
+
+
+def _gpu_clips(speech: dict[str, Path]) -> list:  # type: ignore[type-arg]
+    """The speech files plus cuts of them: mixed lengths."""
+    from tests.audio_fixtures import reference_16k_mono
+
+    whole = [reference_16k_mono(p) for p in speech.values()]
+    return whole + [w[:len(w) // (k + 2)] for k, w in enumerate(whole)]
+
+
+@pytest.mark.parametrize("model", ["sensevoice-tiny", "paraformer-tiny"])
+def test_direct_text_equals_generate_on_cuda(models_dir: Path, speech: dict[str, Path],
+                                             model: str) -> None:
+    from gpu_worker.engines.base import Utterance
+    from gpu_worker.engines.generate import load_runner
+    from gpu_worker.fast.runner import load_direct_runner
+
+    path = str(models_dir / model)
+    generate, direct = load_runner(path, "cuda:0"), load_direct_runner(path, "cuda:0")
+    utts = [Utterance(c) for c in _gpu_clips(speech)]
+    expected = [generate.transcribe([u])[0].text for u in utts]
+    assert [direct.transcribe([u])[0].text for u in utts] == expected
+    assert [t.text for t in direct.transcribe(utts)] == expected  # one mixed-length batch
+
+
+def test_direct_bf16_token_agreement(models_dir: Path, speech: dict[str, Path]) -> None:
+    """bf16 (autocast) tokens agree with fp32 tokens on >= 99.5 % (edit distance)."""
+    import rapidfuzz.distance.Levenshtein as lev
+
+    from gpu_worker.engines.base import Utterance
+    from gpu_worker.fast.runner import load_direct_runner
+
+    path = str(models_dir / "sensevoice-tiny")
+    fp32 = load_direct_runner(path, "cuda:0")
+    bf16 = load_direct_runner(path, "cuda:0", dtype="bf16")
+    utts = [Utterance(c) for c in _gpu_clips(speech)]
+    want, got = fp32.token_ids(utts), bf16.token_ids(utts)
+    total = sum(max(len(w), 1) for w in want)
+    errors = sum(lev.distance(w, g) for w, g in zip(want, got, strict=True))
+    assert total > 20 and 1 - errors / total >= 0.995, (errors, total)

@@ -29,7 +29,7 @@ RECOGNIZE = "recognize"
 SEGMENT = "segment"
 # Modules that register the engines shipped with the worker (imported on first lookup).
 BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session",
-                          "gpu_worker.engines.identity")
+                          "gpu_worker.engines.direct", "gpu_worker.engines.identity")
 
 
 class StartupError(Exception):
@@ -179,9 +179,32 @@ def engine_names() -> list[str]:
     return sorted(_ENGINES)
 
 
+AUTO = "auto"  # the family's preferred engine: "direct" where it can run it, else its first
+
+
+def resolve_engine(cfg: WorkerConfig) -> str:
+    """The engine name `cfg.engine` stands for ("auto" resolved by the model's family; a
+    model that is not a local directory gets "generate")."""
+    if cfg.engine != AUTO:
+        return cfg.engine
+    from pathlib import Path
+
+    from gpu_worker.families import family_for_class, model_class_of
+
+    if not Path(cfg.model).is_dir():
+        return "generate"
+    engines = family_for_class(model_class_of(cfg.model)).engines
+    return "direct" if "direct" in engines else engines[0]
+
+
 def create_engine(cfg: WorkerConfig) -> Engine:
-    """Build (and load the model of) the engine `cfg.engine` names."""
+    """Build (and load the model of) the engine `cfg.engine` names ("auto": see
+    `resolve_engine`)."""
     _load_builtin_engines()
+    if cfg.engine == AUTO:
+        from dataclasses import replace
+
+        cfg = replace(cfg, engine=resolve_engine(cfg))
     factory = _ENGINES.get(cfg.engine)
     if factory is None:
         raise StartupError(f"unknown engine {cfg.engine!r}; known engines: "

@@ -135,14 +135,20 @@ class Batcher:
 
     def _fill(self, first: list[_Pending], candidates: list[_Pending],
               limit_s: float) -> list[_Pending]:
-        """`first` plus candidates in order while the size and audio caps hold."""
+        """`first` plus candidates in order while the size and audio caps hold. A runner that
+        pads its batch (`padded_budget`) counts padded audio: size x longest clip."""
+        padded = getattr(self.runner, "padded_budget", False)
         batch = list(first)
         audio = sum(p.audio_s for p in batch)
+        longest = max((p.audio_s for p in batch), default=0.0)
         for p in candidates:
-            if batch and (len(batch) >= self.max_batch_size or audio + p.audio_s > limit_s):
+            grown = ((len(batch) + 1) * max(longest, p.audio_s) if padded
+                     else audio + p.audio_s)
+            if batch and (len(batch) >= self.max_batch_size or grown > limit_s):
                 break
             batch.append(p)
             audio += p.audio_s
+            longest = max(longest, p.audio_s)
         return batch
 
     def _take_batch(self) -> list[_Pending]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from gpu_worker.families.base import Family, register_family
 
-PARAFORMER = register_family(Family(name="paraformer", model_classes=("Paraformer",)))
+PARAFORMER = register_family(Family(name="paraformer", model_classes=("Paraformer",),
+                                    engines=("generate", "direct")))
 SEACO = register_family(Family(name="seaco",
                                model_classes=("SeacoParaformer", "ContextualParaformer"),
                                hotwords=True))

@@ -21,6 +21,6 @@ class SenseVoice(Family):
 
 
 SENSEVOICE = register_family(SenseVoice(
-    name="sensevoice", model_classes=("SenseVoiceSmall",),
+    name="sensevoice", model_classes=("SenseVoiceSmall",), engines=("generate", "direct"),
     languages=("zh", "en", "yue", "ja", "ko", "nospeech"), itn=True,
     padding_invariant=True))  # checked by tests/test_batching.py

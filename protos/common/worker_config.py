@@ -15,7 +15,8 @@ class WorkerConfig:
     worker_id: str = ""  # filled in per worker by the scheduler
     socket_path: str = ""  # filled in per worker by the scheduler
     model_name: str = ""  # the name requests select the model by
-    engine: str = "generate"  # which engine runs `model` ("vad" for segmentation workers)
+    # which engine runs `model` ("vad" for segmentation workers; "auto": the family's choice)
+    engine: str = "generate"
     torch_device: str = "cpu"  # where the model runs: "cuda:1" or "cpu"
     device_name: str = "cpu"  # what results and logs call it: "cuda:1", "sim:2", "cpu"
     threads: int = 1
