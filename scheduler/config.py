@@ -93,6 +93,13 @@ class ServeConfig(BaseSettings):
                                         "allocated GPU memory by more than this (0: never)")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
         "fp32", description="Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)")
+    engine: str = Field("generate", pattern=r"^[a-z][a-z0-9_-]*$", description="Worker engine "
+                        "for recognition: generate (FunASR generate, dynamic batches) | vllm "
+                        "(Fun-ASR-Nano's decoder on vLLM; CUDA and the vllm package needed, "
+                        "else the worker stops with a message)")
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="Most tokens an LLM decoder "
+                                "(Fun-ASR-Nano) generates per segment; requests may ask for "
+                                "fewer")
     vad_model: str = Field("auto", min_length=1, description="FSMN-VAD model directory for "
                            "long audio; 'auto' builds the real FSMN-VAD into the cache; 'none' "
                            "disables segmentation")

@@ -131,6 +131,7 @@ class AsrService:
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
+            engine=cfg.engine, max_new_tokens=cfg.max_new_tokens,
             log_level=cfg.log_level, log_format=cfg.log_format)
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
