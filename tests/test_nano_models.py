@@ -96,7 +96,7 @@ def test_vllm_engine_refuses_to_start_without_vllm_or_cuda() -> None:
 
     from gpu_worker.engines.nano_vllm import check_available
 
-    with pytest.raises(StartupError, match="vllm|CUDA"):
+    with pytest.raises(StartupError, match=r"vllm|CUDA"):
         check_available("cpu")
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(StartupError, match="pip install"):

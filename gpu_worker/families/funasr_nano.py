@@ -68,7 +68,7 @@ class FunAsrNano(Family):
         if cap and int(kwargs.get("max_length", cap)) > cap:
             kwargs = {**kwargs, "max_length": cap}
         tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in audios]
-        with _count_tokens(model.model.llm) as counts:
+        with count_tokens(model.model.llm) as counts:
             out = list(model.generate(input=tensors if len(tensors) > 1 else tensors[0],
                                       **kwargs))
         steps = max((n for _, n in counts), default=0)
@@ -88,7 +88,7 @@ def _eos_ids(llm: Any) -> set[int]:
 
 
 @contextlib.contextmanager
-def _count_tokens(llm: Any) -> Iterator[list[tuple[list[int], int]]]:
+def count_tokens(llm: Any) -> Iterator[list[tuple[list[int], int]]]:
     """While open, each `llm.generate` call FunASR makes appends (new tokens per row up to and
     including the first end-of-sequence, decoding steps) to the yielded list."""
     counts: list[tuple[list[int], int]] = []
