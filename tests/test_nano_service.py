@@ -184,3 +184,31 @@ def test_status_lists_nano_capabilities(nano) -> None:  # type: ignore[no-untype
     assert model.engine == "generate"
     assert model.languages == ["zh", "en", "ja"]
     assert model.hotwords
+
+
+def test_long_file_segments_go_through_the_batched_decoder(start_service, models_dir: Path,  # type: ignore[no-untyped-def]
+                                                           tmp_path: Path) -> None:
+    import soundfile as sf
+    import torch
+
+    from tests.long_audio import speech_clips, write_recording
+
+    wav = write_recording(tmp_path / "60s.wav", 60.0, speech_clips(tmp_path))
+    model_dir = models_dir / "funasr-nano-tiny"
+    svc = start_service(model_dir, vad_model=str(models_dir / "fsmn-vad"),
+                        max_new_tokens=SERVER_CAP, max_queue_delay_ms=300.0,
+                        cpu_max_batch_size=8)
+    with AsrClient(svc.address) as client:
+        result = client.recognize_bytes(wav.read_bytes(),
+                                        pb.RecognitionConfig(vad_mode=pb.VAD_ALWAYS),
+                                        timeout=300)
+    assert len(result.segments) > 5
+    samples = sf.read(wav, dtype="float32")[0]
+    model = _reference_model(str(model_dir))
+    for seg in result.segments:  # each segment's text is FunASR's on the same samples
+        piece = torch.from_numpy(samples[seg.start_ms * 16:seg.end_ms * 16])
+        want = model.generate(input=piece, max_length=SERVER_CAP, itn=False)[0]["text"]
+        assert seg.text == want
+    total, count = _batch_sizes(svc)
+    assert total == len(result.segments)
+    assert count < len(result.segments), "segments of one file should share batches"
