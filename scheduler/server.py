@@ -143,9 +143,13 @@ class AsrService:
                                        worker=dataclasses.replace(base, **worker))  # type: ignore[arg-type]
 
         self.workers = []
+        # vLLM needs CUDA: a CPU fallback worker beside GPU workers runs FunASR generate (with
+        # CPU workers only, the vllm worker's own error stops the start).
+        cpu_engine = "generate" if cfg.engine == "vllm" and any(
+            not p.is_cpu for p in placements) else cfg.engine
         for m in models:
             gpu = launch(model=m.source, model_name=m.name)
-            cpu = launch(model=m.source, model_name=m.name,
+            cpu = launch(model=m.source, model_name=m.name, engine=cpu_engine,
                          max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size))
             prefix = f"{m.name}@" if len(models) > 1 else ""
             for p in placements:

@@ -137,3 +137,36 @@ def test_full_size_nano(tmp_path: Path) -> None:
     clip = torch.from_numpy((np.random.default_rng(0).standard_normal(16000) * 0.1)
                             .astype(np.float32))
     assert len(model.generate(input=clip, max_length=4)) == 1
+
+
+def test_client_max_new_tokens_flag_reaches_the_config() -> None:
+    from client.cli import build_parser, recognition_options
+
+    args = build_parser().parse_args(["transcribe", "a.wav", "--max-new-tokens", "7",
+                                      "--language", "zh", "--hotword", "通义"])
+    opts = recognition_options(args)
+    assert opts.max_new_tokens == 7
+    cfg = opts.to_config("a.wav")
+    assert (cfg.max_new_tokens, cfg.language, list(cfg.hotwords)) == (7, "zh", ["通义"])
+
+
+def test_serve_max_new_tokens_and_engine_reach_the_worker_config() -> None:
+    from scheduler.config import ConfigError, ServeConfig
+    from scheduler.models import ModelSpec
+    from scheduler.server import AsrService
+    from scheduler.workers import WorkerSpec
+
+    cfg = ServeConfig.parse(["--max-new-tokens", "64", "--engine", "vllm"], environ={})
+    assert (cfg.max_new_tokens, cfg.engine) == (64, "vllm")
+    with pytest.raises(ConfigError, match="max-new-tokens"):
+        ServeConfig.parse(["--max-new-tokens", "0"], environ={})
+    svc = AsrService(cfg)
+    svc._runtime_dir = "/nonexistent"
+    placements = [WorkerSpec("cuda:0#0", "cuda:0", "cuda:0"),
+                  WorkerSpec("cpu#0", "cpu", "cpu", is_cpu=True)]
+    svc._plan([ModelSpec("/m/nano", "nano")], placements, None)
+    workers = {w.spec.worker_id: w.launch.worker for w in svc.workers}
+    assert workers["cuda:0#0"].engine == "vllm" and workers["cuda:0#0"].max_new_tokens == 64
+    assert workers["cpu#0"].engine == "generate"  # vLLM needs CUDA: the CPU fallback does not
+    svc._plan([ModelSpec("/m/nano", "nano")], placements[1:], None)
+    assert svc.workers[0].launch.worker.engine == "vllm"  # CPU only: its worker says why not
