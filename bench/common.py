@@ -100,6 +100,12 @@ class Measurement:
     unavailable: str = ""  # why it could not run ("" when it ran)
     other_cpu: float = 0.0  # share of all CPUs other processes used meanwhile (noise)
     runs: list[float] = field(default_factory=list)  # RTFx of every round
+    tokens: int = 0  # tokens an LLM decoder generated in the timed part (0: not an LLM)
+
+    @property
+    def ms_per_token(self) -> float:
+        """Wall milliseconds per generated token (LLM decoders; 0 when none were counted)."""
+        return 1000 * self.wall_s / self.tokens if self.tokens else 0.0
 
     @property
     def rtfx(self) -> float:
@@ -114,7 +120,8 @@ class Measurement:
         out.pop("latencies_s")
         out.update(rtfx=round(self.rtfx, 3), p50_s=round(self.percentile(50), 4),
                    p95_s=round(self.percentile(95), 4),
-                   ratio_vs_a=round(ratio(self, reference), 3) if not self.unavailable else None)
+                   ratio_vs_a=round(ratio(self, reference), 3) if not self.unavailable else None,
+                   ms_per_token=round(self.ms_per_token, 3))
         return out
 
 
@@ -287,19 +294,21 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def format_table(rows: Sequence[Measurement], reference: Measurement | None) -> str:
     """A Markdown table: one line per measurement with RTFx, p50/p95 and the ratio to (a)."""
+    llm = any(m.tokens for m in rows)  # LLM decoders: tokens and wall ms per token too
     head = ("| variant | concurrency | workers | requests | audio s | wall s | RTFx | p50 s "
-            "| p95 s | other CPU | vs (a) |")
-    lines = [head, "|" + "---|" * 11]
+            "| p95 s | other CPU | vs (a) |" + (" tokens | ms/token |" if llm else ""))
+    lines = [head, "|" + "---|" * (13 if llm else 11)]
     for m in rows:
         if m.unavailable:
             lines.append(f"| {m.label} | {m.concurrency} | - | - | - | - | - | - | - | - "
-                         f"| n/a ({m.unavailable}) |")
+                         f"| n/a ({m.unavailable}) |" + (" - | - |" if llm else ""))
             continue
         workers = str(m.workers) if m.workers else "-"
         lines.append(
             f"| {m.label} | {m.concurrency} | {workers} | {m.requests} | {m.audio_s:.0f} "
             f"| {m.wall_s:.2f} | {m.rtfx:.2f} | {m.percentile(50):.3f} | {m.percentile(95):.3f} "
-            f"| {m.other_cpu:.0%} | {ratio(m, reference):.2f}x |")
+            f"| {m.other_cpu:.0%} | {ratio(m, reference):.2f}x |"
+            + (f" {m.tokens} | {m.ms_per_token:.2f} |" if llm else ""))
     return "\n".join(lines)
 
 

@@ -76,6 +76,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import the proje
 import soundfile as sf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench import nano  # noqa: E402
 from bench.common import (  # noqa: E402
     Clip,
     CpuMeter,
@@ -124,6 +125,8 @@ class Settings:
     repeat: int = 1  # rounds of the whole bench in fresh processes; the median is reported
     engines: tuple[str, ...] = ("generate", "direct")  # service rows: (c) and (e)
     dtypes: tuple[str, ...] = ("fp32",)  # service dtypes of (e); bf16 also adds a bf16 (b)
+    max_new_tokens: int = 128  # Fun-ASR-Nano: the token cap of every variant
+    nano: bool = False  # the model is Fun-ASR-Nano (an LLM decoder)
 
     @property
     def warmup_concurrency(self) -> int:
@@ -169,6 +172,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--skip-funasr-server", action="store_true", help="leave out variant (d)")
     p.add_argument("--work-dir", type=Path, help="where clips and logs go (default: temp dir)")
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="Fun-ASR-Nano: token cap of every variant (FunASR max_length, the "
+                        "service's --max-new-tokens); random weights always reach it")
     a = p.parse_args(argv)
     if not Path(a.model).is_dir():
         p.error(f"--model {a.model}: not a directory (run: asr-scheduler make-models models "
@@ -188,7 +194,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         batch_size=a.batch_size, requests=a.requests, max_batch_size=a.max_batch_size,
         max_queue_delay_ms=a.max_queue_delay_ms, skip_funasr_server=a.skip_funasr_server,
         work_dir=work.resolve(), json=a.json, repeat=max(1, a.repeat), engines=engines,
-        dtypes=dtypes)
+        dtypes=dtypes, max_new_tokens=max(1, a.max_new_tokens), nano=nano.is_nano(a.model))
 
 
 # --- (a) and (b): plain FunASR, in a spawned subprocess -------------------------------------
@@ -205,9 +211,11 @@ def baseline_device(devices: str, cuda_available: bool) -> str:
 
 def _timed_calls(variant: str, label: str, concurrency: int,
                  calls: list[tuple[Callable[[], object], int]], audio_s: float,
-                 root: int) -> Measurement:
-    """Run `calls` one after another; each carries n clips, which all wait for the call."""
+                 root: int, tokens: Callable[[], int] | None = None) -> Measurement:
+    """Run `calls` one after another; each carries n clips, which all wait for the call.
+    `tokens`: a running count of generated tokens (LLM decoders), read before and after."""
     meter = CpuMeter(root)
+    tokens_before = tokens() if tokens else 0
     latencies: list[float] = []
     start = time.perf_counter()
     for fn, n in tqdm(calls, desc=label, file=sys.stderr, leave=False, disable=None):
@@ -216,45 +224,51 @@ def _timed_calls(variant: str, label: str, concurrency: int,
         latencies += [time.perf_counter() - t] * n
     wall = time.perf_counter() - start
     m = Measurement(variant, label, concurrency, 0, len(latencies), audio_s, wall, latencies,
-                    other_cpu=meter.foreign_share())
+                    other_cpu=meter.foreign_share(),
+                    tokens=tokens() - tokens_before if tokens else 0)
     log.info("%s: %.2f RTFx, p50 %.3f s (other processes used %.0f%% of the CPU)", label,
              m.rtfx, m.percentile(50), 100 * m.other_cpu)
     return m
 
 
-def _plain_loop(model: Any, audio: list[Any], seconds: list[float], root: int) -> Measurement:
-    calls = [(functools.partial(model.generate, input=a, **GENERATE_OPTIONS), 1) for a in audio]
+def _plain_loop(model: Any, audio: list[Any], seconds: list[float], root: int,
+                options: dict[str, Any],
+                tokens: Callable[[], int] | None = None) -> Measurement:
+    calls = [(functools.partial(model.generate, input=a, **options), 1) for a in audio]
     for i in range(WARMUP_CALLS):
         calls[i % len(calls)][0]()
-    return _timed_calls("a", "(a) generate loop", 1, calls, sum(seconds), root)
+    return _timed_calls("a", "(a) generate loop", 1, calls, sum(seconds), root, tokens)
 
 
 def _list_batch(model: Any, audio: list[Any], seconds: list[float], batch_size: int,
-                root: int, autocast: str = "") -> Measurement:
+                root: int, autocast: str = "", options: dict[str, Any] | None = None,
+                tokens: Callable[[], int] | None = None) -> Measurement:
     """(b): list input; `autocast` "bf16"/"fp16" runs it under CUDA autocast."""
     import torch
 
+    options = GENERATE_OPTIONS if options is None else options
     chunks = [audio[i:i + batch_size] for i in range(0, len(audio), batch_size)]
 
     def generate(c: list[Any]) -> object:
         if not autocast:
-            return model.generate(input=c, batch_size=len(c), **GENERATE_OPTIONS)
+            return model.generate(input=c, batch_size=len(c), **options)
         dtype = torch.bfloat16 if autocast == "bf16" else torch.float16
         with torch.autocast("cuda", dtype=dtype):
-            return model.generate(input=c, batch_size=len(c), **GENERATE_OPTIONS)
+            return model.generate(input=c, batch_size=len(c), **options)
 
     calls = [(functools.partial(generate, c), len(c)) for c in chunks]
     calls[0][0]()  # warm-up
     label = f"(b) generate list, batch_size={batch_size}" + (f", {autocast} autocast"
                                                             if autocast else "")
-    return _timed_calls("b", label, batch_size, calls, sum(seconds), root)
+    return _timed_calls("b", label, batch_size, calls, sum(seconds), root, tokens)
 
 
 def run_baselines(model_dir: str, devices: str, threads: int, wavs: list[bytes],
-                  batch_size: int, root: int, autocasts: tuple[str, ...] = ()
-                  ) -> tuple[list[Measurement], dict[str, str]]:
+                  batch_size: int, root: int, autocasts: tuple[str, ...] = (),
+                  max_new_tokens: int = 0) -> tuple[list[Measurement], dict[str, str]]:
     """(a) and (b) on one device with `threads` torch threads. Runs in a child process of the
-    bench (pid `root`, whose process tree `CpuMeter` counts as ours)."""
+    bench (pid `root`, whose process tree `CpuMeter` counts as ours). `max_new_tokens` > 0:
+    the model is Fun-ASR-Nano, run with that token cap and its tokens counted."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with contextlib.redirect_stdout(sys.stderr):  # FunASR prints; stdout is for the report
         import funasr
@@ -267,14 +281,30 @@ def run_baselines(model_dir: str, devices: str, threads: int, wavs: list[bytes],
         log.info("baselines: loading %s on %s with ncpu=%d", model_dir, device, threads)
         model = AutoModel(model=model_dir, device=device, ncpu=threads, disable_update=True,
                           disable_pbar=True, disable_log=True)
-        rows = [_plain_loop(model, audio, seconds, root),
-                _list_batch(model, audio, seconds, batch_size, root)]
-        if device.startswith("cuda"):
-            rows += [_list_batch(model, audio, seconds, batch_size, root, a) for a in autocasts]
+        if not max_new_tokens:
+            rows = [_plain_loop(model, audio, seconds, root, GENERATE_OPTIONS),
+                    _list_batch(model, audio, seconds, batch_size, root)]
+            if device.startswith("cuda"):
+                rows += [_list_batch(model, audio, seconds, batch_size, root, a)
+                         for a in autocasts]
+        else:
+            rows = _nano_baselines(model, audio, seconds, batch_size, root, max_new_tokens)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
     info = {"device": device, "device_name": name, "torch": torch.__version__,
             "funasr": funasr.__version__}
     return rows, info
+
+
+def _nano_baselines(model: Any, audio: list[Any], seconds: list[float], batch_size: int,
+                    root: int, max_new_tokens: int) -> list[Measurement]:
+    """(a) and (b) for Fun-ASR-Nano: tensors in, the token cap, the timed part's tokens
+    counted."""
+    options = nano.generate_options(max_new_tokens)
+    tensors = nano.as_inputs(audio)
+    with nano.counted_tokens(model) as tokens:
+        return [_plain_loop(model, tensors, seconds, root, options, tokens),
+                _list_batch(model, tensors, seconds, batch_size, root, options=options,
+                            tokens=tokens)]
 
 
 def _cpu_name() -> str:
@@ -293,18 +323,22 @@ def measure_baselines(s: Settings, clips: list[Clip]) -> tuple[list[Measurement]
         autocasts = tuple(d for d in s.dtypes if d != "fp32")
         return pool.submit(run_baselines, s.model, s.devices, s.threads,
                            [c.wav for c in clips], s.batch_size, os.getpid(),
-                           autocasts).result()
+                           autocasts, s.max_new_tokens if s.nano else 0).result()
 
 
 def measure_level(s: Settings, variant: str, label: str, call: Callable[[Clip], object],
-                  clips: list[Clip], concurrency: int, workers: int = 0) -> Measurement:
-    """One timed closed-loop run of a server variant at one concurrency."""
+                  clips: list[Clip], concurrency: int, workers: int = 0,
+                  tokens: Callable[[], float] | None = None) -> Measurement:
+    """One timed closed-loop run of a server variant at one concurrency (`tokens`: a running
+    count of the tokens it generated, for LLM decoders)."""
     requests = s.requests_at(concurrency)
+    tokens_before = tokens() if tokens else 0.0
     meter = CpuMeter(os.getpid())
     wall, latencies = drive(call, clips, requests, concurrency, f"{label}, c={concurrency}")
     audio = sum(clips[i % len(clips)].seconds for i in range(requests))
     m = Measurement(variant, label, concurrency, workers, requests, audio, wall, latencies,
-                    other_cpu=meter.foreign_share())
+                    other_cpu=meter.foreign_share(),
+                    tokens=round(tokens() - tokens_before) if tokens else 0)
     log.info("%s, c=%d: %.2f RTFx, p50 %.3f s (other processes used %.0f%% of the CPU)",
              label, concurrency, m.rtfx, m.percentile(50), 100 * m.other_cpu)
     return m
@@ -322,7 +356,8 @@ def service_device_args(devices: str, workers: int, cpu_only: bool) -> list[str]
 
 @contextmanager
 def running_service(s: Settings, workers: int, cpu_only: bool, engine: str = "generate",
-                    dtype: str = "fp32") -> Iterator[AsrClient]:
+                    dtype: str = "fp32"
+                    ) -> Iterator[tuple[AsrClient, Callable[[], float] | None]]:
     """`asr-scheduler serve` on a free loopback port with every worker ready."""
     per_worker = max(1, s.threads // workers)
     args = ["--model", s.model, "--worker-threads", str(per_worker), "--engine", engine,
@@ -331,9 +366,12 @@ def running_service(s: Settings, workers: int, cpu_only: bool, engine: str = "ge
         args += ["--max-batch-size", str(s.max_batch_size)]
     if s.max_queue_delay_ms is not None:
         args += ["--max-queue-delay-ms", str(s.max_queue_delay_ms)]
+    metrics_port = free_port() if s.nano else 0
+    if s.nano:  # the same cap as the baselines; metrics on, to count the tokens
+        args += ["--max-new-tokens", str(s.max_new_tokens), "--metrics-port", str(metrics_port)]
     with service_process(args, s.work_dir / f"service-{engine}-{dtype}-w{workers}.log",
                          START_TIMEOUT_S) as client:
-        yield client
+        yield client, (lambda: nano.service_tokens(metrics_port)) if s.nano else None
 
 
 def measure_service(s: Settings, clips: list[Clip], workers: int, cpu_only: bool,
@@ -341,7 +379,7 @@ def measure_service(s: Settings, clips: list[Clip], workers: int, cpu_only: bool
     """(c) (engine generate) or (e) (engine direct) at every concurrency."""
     variant = ENGINE_VARIANTS[engine]
     rows = []
-    with running_service(s, workers, cpu_only, engine, dtype) as client:
+    with running_service(s, workers, cpu_only, engine, dtype) as (client, tokens):
         def call(clip: Clip) -> None:
             client.recognize_bytes(clip.wav, timeout=600)
 
@@ -350,7 +388,7 @@ def measure_service(s: Settings, clips: list[Clip], workers: int, cpu_only: bool
               f"({variant}) warm-up, {workers} worker(s)")
         label = (f"(c) ours, {workers} worker(s)/device" if variant == "c" else
                  f"(e) ours direct {dtype}, {workers} worker(s)/device")
-        rows += [measure_level(s, variant, label, call, clips, c, workers)
+        rows += [measure_level(s, variant, label, call, clips, c, workers, tokens)
                  for c in s.concurrency]
     return rows
 
@@ -440,7 +478,7 @@ class HttpTranscriber:
 def measure_funasr_server(s: Settings, clips: list[Clip], device: str) -> list[Measurement]:
     label = "(d) funasr-server"
     reason = "skipped (--skip-funasr-server)" if s.skip_funasr_server else \
-        funasr_server_unavailable()
+        nano.SERVER_NOTE if s.nano else funasr_server_unavailable()
     if reason:
         log.info("%s: n/a: %s", label, reason)
         return [Measurement("d", label, c, unavailable=reason) for c in s.concurrency]

@@ -63,6 +63,9 @@ def _recognition_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default="auto")
     p.add_argument("--itn", action="store_true", help="inverse text normalisation")
     p.add_argument("--hotword", action="append", help="hotword (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=0, metavar="N",
+                   help="cap on tokens an LLM-based model (Fun-ASR-Nano) generates per segment "
+                   "(0: the server's)")
     p.add_argument("--sample-rate", type=int, default=0, help="rate of raw PCM input")
     p.add_argument("--channels", type=int, default=1, help="channels of raw PCM input")
     p.add_argument("--vad", choices=("auto", "always", "never"), default="auto",
@@ -126,7 +129,7 @@ def recognition_options(args: argparse.Namespace) -> TranscribeOptions:
     return TranscribeOptions(
         language=args.language, enable_itn=args.itn, hotwords=tuple(args.hotword or ()),
         model=args.model, sample_rate=args.sample_rate, channels=args.channels,
-        vad_mode=args.vad)
+        vad_mode=args.vad, max_new_tokens=args.max_new_tokens)
 
 
 def cmd_status(client: AsrClient, args: argparse.Namespace) -> int:

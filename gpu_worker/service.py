@@ -56,7 +56,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
         utt = Utterance(audio=audio, language=request.language or "auto",
                         use_itn=request.enable_itn, hotwords=tuple(request.hotwords),
-                        request_id=request.request_id)
+                        request_id=request.request_id,
+                        max_new_tokens=max(0, request.max_new_tokens))
         try:
             transcript, stats = await self.engine.transcribe(utt)
         except Unsupported as exc:
@@ -74,7 +75,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             text=transcript.text, language=transcript.language, device=self.device_name,
             inference_time_s=stats.inference_s, batch_wait_s=stats.wait_s,
             batch_size=stats.batch_size, hotwords_ignored=transcript.hotwords_ignored,
-            batch_id=stats.batch_id)
+            batch_id=stats.batch_id, tokens_generated=transcript.tokens_generated,
+            decode_steps=transcript.decode_steps)
 
     async def Segment(self, request_iterator: AsyncIterator[pb.VadRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VadResponse]:

@@ -94,9 +94,15 @@ class ServeConfig(BaseSettings):
     engine: str = Field("auto", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Recognition "
                         "engine: auto (direct for SenseVoice and offline Paraformer, generate "
                         "for every other model) | generate (FunASR AutoModel.generate) | direct "
-                        "(our batched device pipeline); per model: --model NAME=DIR?engine=E")
+                        "(our batched device pipeline) | vllm (Fun-ASR-Nano's decoder on vLLM; "
+                        "CUDA and the vllm package needed, else the worker stops with a "
+                        "message) | identity (no model: measures the service's own cost); per "
+                        "model: --model NAME=DIR?engine=E")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
         "fp32", description="Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)")
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="Most tokens an LLM decoder "
+                                "(Fun-ASR-Nano) generates per segment; requests may ask for "
+                                "fewer")
     vad_model: str = Field("auto", min_length=1, description="FSMN-VAD model directory for "
                            "long audio; 'auto' builds the real FSMN-VAD into the cache; 'none' "
                            "disables segmentation")

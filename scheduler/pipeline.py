@@ -54,6 +54,7 @@ class RecognitionRequest:
     vad_mode: str = "auto"  # auto | always | never
     max_segment_ms: int = 0  # 0: the service default
     model: str = ""  # "" for the default model
+    max_new_tokens: int = 0  # LLM decoders: cap on generated tokens (0: the server's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +245,7 @@ class Pipeline:
         unit = UnitRequest(
             request_id=req.request_id if not cut.index else f"{req.request_id}/{cut.index}",
             samples=cut.samples, language=req.language, enable_itn=req.enable_itn,
-            hotwords=req.hotwords)
+            hotwords=req.hotwords, max_new_tokens=req.max_new_tokens)
         deadline = None if req.timeout_s is None else accepted + req.timeout_s
         audio_s = len(cut.samples) / SAMPLE_RATE
         started = time.monotonic()
@@ -254,7 +255,8 @@ class Pipeline:
             r = await transcribe(worker.stub if worker.ready else None, worker.spec.worker_id,
                                  unit, deadline)
             self.metrics.observe_batch(worker.spec.worker_id, r.batch_id, r.device, model.name,
-                                       r.batch_size, r.inference_time_s)
+                                       r.batch_size, r.inference_time_s, r.decode_steps)
+            self.metrics.observe_tokens(r.device, model.name, r.tokens_generated)
             return r, sent - started
 
         async with self.budget.hold(cut.samples.nbytes):

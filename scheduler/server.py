@@ -133,6 +133,7 @@ class AsrService:
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
+            engine=cfg.engine, max_new_tokens=cfg.max_new_tokens,
             log_level=cfg.log_level, log_format=cfg.log_format)
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
@@ -144,10 +145,14 @@ class AsrService:
                                        worker=dataclasses.replace(base, **worker))  # type: ignore[arg-type]
 
         self.workers = []
+        has_gpu = any(not p.is_cpu for p in placements)
         for m in models:
             engine = m.engine or cfg.engine
+            # vLLM needs CUDA: a CPU fallback worker beside GPU workers runs FunASR generate
+            # (with CPU workers only, the vllm worker's own error stops the start).
+            cpu_engine = "generate" if engine == "vllm" and has_gpu else engine
             gpu = launch(model=m.source, model_name=m.name, engine=engine)
-            cpu = launch(model=m.source, model_name=m.name, engine=engine,
+            cpu = launch(model=m.source, model_name=m.name, engine=cpu_engine,
                          max_batch_size=min(cfg.max_batch_size, cfg.cpu_max_batch_size))
             prefix = f"{m.name}@" if len(models) > 1 else ""
             for p in placements:

@@ -46,6 +46,9 @@ def to_request(config: pb.RecognitionConfig, audio: bytes,
     if config.max_segment_ms and not lo <= config.max_segment_ms <= hi:
         raise InvalidRequest(f"max_segment_ms {config.max_segment_ms} is out of range "
                              f"({lo}-{hi}, or 0 for the default)")
+    if config.max_new_tokens < 0:
+        raise InvalidRequest(f"max_new_tokens {config.max_new_tokens} is negative (0: the "
+                             "server's cap)")
     return RecognitionRequest(
         audio=audio, encoding=encoding, sample_rate=config.sample_rate_hertz,
         channels=config.audio_channel_count or 1, language=config.language or "auto",
@@ -53,7 +56,8 @@ def to_request(config: pb.RecognitionConfig, audio: bytes,
         segment_timestamps=True, request_id=check_request_id(config.request_id) if config.request_id
         else REQUEST_ID.get(),
         timeout_s=context.time_remaining(), vad_mode=VAD_MODES[config.vad_mode],
-        max_segment_ms=config.max_segment_ms, model=config.model)
+        max_segment_ms=config.max_segment_ms, model=config.model,
+        max_new_tokens=config.max_new_tokens)
 
 
 def segment_result(seg: Segment, model: str, request_id: str) -> pb.RecognitionResult:

@@ -75,6 +75,7 @@ class UnitRequest:
     language: str = "auto"
     enable_itn: bool = False
     hotwords: tuple[str, ...] = ()
+    max_new_tokens: int = 0  # LLM decoders: cap on generated tokens (0: the worker's)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class UnitResult:
     batch_size: int
     batch_id: int
     hotwords_ignored: bool
+    tokens_generated: int = 0  # LLM decoders only
+    decode_steps: int = 0  # of the unit's batch; LLM decoders only
 
 
 def _stub(worker_stub: wpb_grpc.WorkerStub | None, worker_id: str) -> wpb_grpc.WorkerStub:
@@ -112,7 +115,8 @@ async def transcribe(stub: wpb_grpc.WorkerStub | None, worker_id: str, unit: Uni
     pcm, fmt = encode_pcm(unit.samples)
     wreq = wpb.TranscribeRequest(request_id=unit.request_id, pcm=pcm, sample_format=fmt,
                                  language=unit.language, enable_itn=unit.enable_itn,
-                                 hotwords=list(unit.hotwords))
+                                 hotwords=list(unit.hotwords),
+                                 max_new_tokens=unit.max_new_tokens)
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
     try:
         r = await _stub(stub, worker_id).Transcribe(wreq, timeout=timeout)
@@ -130,7 +134,8 @@ async def transcribe(stub: wpb_grpc.WorkerStub | None, worker_id: str, unit: Uni
     return UnitResult(text=r.text, language=r.language, device=r.device,
                       inference_time_s=r.inference_time_s, batch_wait_s=r.batch_wait_s,
                       batch_size=r.batch_size, batch_id=r.batch_id,
-                      hotwords_ignored=r.hotwords_ignored)
+                      hotwords_ignored=r.hotwords_ignored, tokens_generated=r.tokens_generated,
+                      decode_steps=r.decode_steps)
 
 
 async def clear_cache(stub: wpb_grpc.WorkerStub, timeout_s: float = 30.0) -> tuple[int, int]:

@@ -29,7 +29,8 @@ RECOGNIZE = "recognize"
 SEGMENT = "segment"
 # Modules that register the engines shipped with the worker (imported on first lookup).
 BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session",
-                          "gpu_worker.engines.direct", "gpu_worker.engines.identity")
+                          "gpu_worker.engines.direct", "gpu_worker.engines.identity",
+                          "gpu_worker.engines.nano_vllm")
 
 
 class StartupError(Exception):
@@ -58,11 +59,12 @@ class Utterance:
     use_itn: bool = False
     hotwords: tuple[str, ...] = ()
     request_id: str = ""  # for logs only
+    max_new_tokens: int = 0  # cap on generated tokens for LLM decoders (0: the worker's)
 
     @property
-    def options(self) -> tuple[str, bool, tuple[str, ...]]:
+    def options(self) -> tuple[str, bool, tuple[str, ...], int]:
         """Utterances batch together only when these are equal."""
-        return (self.language, self.use_itn, self.hotwords)
+        return (self.language, self.use_itn, self.hotwords, self.max_new_tokens)
 
     @property
     def audio_s(self) -> float:
@@ -74,6 +76,8 @@ class Transcript:
     text: str
     language: str = ""
     hotwords_ignored: bool = False
+    tokens_generated: int = 0  # LLM decoders: tokens generated for this utterance
+    decode_steps: int = 0  # LLM decoders: decoding steps of its batch
 
 
 @dataclass(frozen=True)

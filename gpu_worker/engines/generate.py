@@ -56,7 +56,9 @@ class GenerateRunner:
         results = []
         for item in out:  # FunASR may give list inputs one shared key: match by order
             text, lang = self.family.postprocess(str(item.get("text", "")))
-            results.append(Transcript(text=text, language=lang, hotwords_ignored=ignored))
+            results.append(Transcript(text=text, language=lang, hotwords_ignored=ignored,
+                                      tokens_generated=int(item.get("tokens_generated", 0)),
+                                      decode_steps=int(item.get("decode_steps", 0))))
         return results
 
 

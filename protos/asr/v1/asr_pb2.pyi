@@ -26,7 +26,7 @@ VAD_ALWAYS: VadMode
 VAD_NEVER: VadMode
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "language", "enable_itn", "hotwords", "enable_segment_timestamps", "max_segment_ms", "request_id", "vad_mode", "model")
+    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "language", "enable_itn", "hotwords", "enable_segment_timestamps", "max_segment_ms", "request_id", "vad_mode", "model", "max_new_tokens")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class RecognitionConfig(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VAD_MODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     encoding: AudioEncoding
     sample_rate_hertz: int
     audio_channel_count: int
@@ -49,7 +50,8 @@ class RecognitionConfig(_message.Message):
     request_id: str
     vad_mode: VadMode
     model: str
-    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., enable_segment_timestamps: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., vad_mode: _Optional[_Union[VadMode, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    max_new_tokens: int
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., enable_segment_timestamps: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., vad_mode: _Optional[_Union[VadMode, str]] = ..., model: _Optional[str] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class Segment(_message.Message):
     __slots__ = ("start_ms", "end_ms", "text", "device")

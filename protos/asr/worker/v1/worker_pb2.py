@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/asr/worker/v1/worker.proto\x12\rasr.worker.v1\"\r\n\x0bInfoRequest\"\x8a\x03\n\x0cInfoResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x17\n\x0f\x61llocated_bytes\x18\x04 \x01(\x03\x12\x16\n\x0ereserved_bytes\x18\x05 \x01(\x03\x12\x19\n\x11supports_hotwords\x18\x06 \x01(\x08\x12\x0e\n\x06served\x18\x07 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x08 \x01(\x03\x12\x12\n\noom_events\x18\t \x01(\x03\x12\x42\n\x0c\x63\x61\x63he_clears\x18\n \x03(\x0b\x32,.asr.worker.v1.InfoResponse.CacheClearsEntry\x12\x31\n\x0c\x63\x61pabilities\x18\x0b \x01(\x0b\x32\x1b.asr.worker.v1.Capabilities\x12\"\n\x1a\x63onsecutive_failed_batches\x18\x0c \x01(\x03\x1a\x32\n\x10\x43\x61\x63heClearsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb0\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\x12\x10\n\x08hotwords\x18\x05 \x01(\x08\x12\x0b\n\x03itn\x18\x06 \x01(\x08\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x12\n\ntimestamps\x18\x08 \x01(\x08\x12\x19\n\x11padding_invariant\x18\t \x01(\x08\"\xa0\x01\n\x11TranscribeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x32\n\rsample_format\x18\x03 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x12\n\nenable_itn\x18\x05 \x01(\x08\x12\x10\n\x08hotwords\x18\x06 \x03(\t\"\xb4\x01\n\x12TranscribeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x18\n\x10inference_time_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x62\x61tch_wait_s\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x18\n\x10hotwords_ignored\x18\x07 \x01(\x08\x12\x10\n\x08\x62\x61tch_id\x18\x08 \x01(\x03\"w\n\nVadRequest\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x16\n\x0emax_segment_ms\x18\x04 \x01(\x05\".\n\nVadSegment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\":\n\x0bVadResponse\x12+\n\x08segments\x18\x01 \x03(\x0b\x32\x19.asr.worker.v1.VadSegment\"\x19\n\x17WorkerClearCacheRequest\"W\n\x18WorkerClearCacheResponse\x12\x1d\n\x15reserved_before_bytes\x18\x01 \x01(\x03\x12\x1c\n\x14reserved_after_bytes\x18\x02 \x01(\x03*$\n\x0cSampleFormat\x12\t\n\x05S16LE\x10\x00\x12\t\n\x05\x46\x33\x32LE\x10\x01\x32\xc4\x02\n\x06Worker\x12\x42\n\x07GetInfo\x12\x1a.asr.worker.v1.InfoRequest\x1a\x1b.asr.worker.v1.InfoResponse\x12Q\n\nTranscribe\x12 .asr.worker.v1.TranscribeRequest\x1a!.asr.worker.v1.TranscribeResponse\x12]\n\nClearCache\x12&.asr.worker.v1.WorkerClearCacheRequest\x1a\'.asr.worker.v1.WorkerClearCacheResponse\x12\x44\n\x07Segment\x12\x19.asr.worker.v1.VadRequest\x1a\x1a.asr.worker.v1.VadResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/asr/worker/v1/worker.proto\x12\rasr.worker.v1\"\r\n\x0bInfoRequest\"\x8a\x03\n\x0cInfoResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x17\n\x0f\x61llocated_bytes\x18\x04 \x01(\x03\x12\x16\n\x0ereserved_bytes\x18\x05 \x01(\x03\x12\x19\n\x11supports_hotwords\x18\x06 \x01(\x08\x12\x0e\n\x06served\x18\x07 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x08 \x01(\x03\x12\x12\n\noom_events\x18\t \x01(\x03\x12\x42\n\x0c\x63\x61\x63he_clears\x18\n \x03(\x0b\x32,.asr.worker.v1.InfoResponse.CacheClearsEntry\x12\x31\n\x0c\x63\x61pabilities\x18\x0b \x01(\x0b\x32\x1b.asr.worker.v1.Capabilities\x12\"\n\x1a\x63onsecutive_failed_batches\x18\x0c \x01(\x03\x1a\x32\n\x10\x43\x61\x63heClearsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb0\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\x12\x10\n\x08hotwords\x18\x05 \x01(\x08\x12\x0b\n\x03itn\x18\x06 \x01(\x08\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x12\n\ntimestamps\x18\x08 \x01(\x08\x12\x19\n\x11padding_invariant\x18\t \x01(\x08\"\xb8\x01\n\x11TranscribeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x32\n\rsample_format\x18\x03 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x12\n\nenable_itn\x18\x05 \x01(\x08\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\x05\"\xe4\x01\n\x12TranscribeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x18\n\x10inference_time_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x62\x61tch_wait_s\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x18\n\x10hotwords_ignored\x18\x07 \x01(\x08\x12\x10\n\x08\x62\x61tch_id\x18\x08 \x01(\x03\x12\x18\n\x10tokens_generated\x18\t \x01(\x05\x12\x14\n\x0c\x64\x65\x63ode_steps\x18\n \x01(\x05\"w\n\nVadRequest\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x16\n\x0emax_segment_ms\x18\x04 \x01(\x05\".\n\nVadSegment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\":\n\x0bVadResponse\x12+\n\x08segments\x18\x01 \x03(\x0b\x32\x19.asr.worker.v1.VadSegment\"\x19\n\x17WorkerClearCacheRequest\"W\n\x18WorkerClearCacheResponse\x12\x1d\n\x15reserved_before_bytes\x18\x01 \x01(\x03\x12\x1c\n\x14reserved_after_bytes\x18\x02 \x01(\x03*$\n\x0cSampleFormat\x12\t\n\x05S16LE\x10\x00\x12\t\n\x05\x46\x33\x32LE\x10\x01\x32\xc4\x02\n\x06Worker\x12\x42\n\x07GetInfo\x12\x1a.asr.worker.v1.InfoRequest\x1a\x1b.asr.worker.v1.InfoResponse\x12Q\n\nTranscribe\x12 .asr.worker.v1.TranscribeRequest\x1a!.asr.worker.v1.TranscribeResponse\x12]\n\nClearCache\x12&.asr.worker.v1.WorkerClearCacheRequest\x1a\'.asr.worker.v1.WorkerClearCacheResponse\x12\x44\n\x07Segment\x12\x19.asr.worker.v1.VadRequest\x1a\x1a.asr.worker.v1.VadResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFORESPONSE_CACHECLEARSENTRY']._loaded_options = None
   _globals['_INFORESPONSE_CACHECLEARSENTRY']._serialized_options = b'8\001'
-  _globals['_SAMPLEFORMAT']._serialized_start=1334
-  _globals['_SAMPLEFORMAT']._serialized_end=1370
+  _globals['_SAMPLEFORMAT']._serialized_start=1406
+  _globals['_SAMPLEFORMAT']._serialized_end=1442
   _globals['_INFOREQUEST']._serialized_start=52
   _globals['_INFOREQUEST']._serialized_end=65
   _globals['_INFORESPONSE']._serialized_start=68
@@ -44,19 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITIES']._serialized_start=465
   _globals['_CAPABILITIES']._serialized_end=641
   _globals['_TRANSCRIBEREQUEST']._serialized_start=644
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=804
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=807
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=987
-  _globals['_VADREQUEST']._serialized_start=989
-  _globals['_VADREQUEST']._serialized_end=1108
-  _globals['_VADSEGMENT']._serialized_start=1110
-  _globals['_VADSEGMENT']._serialized_end=1156
-  _globals['_VADRESPONSE']._serialized_start=1158
-  _globals['_VADRESPONSE']._serialized_end=1216
-  _globals['_WORKERCLEARCACHEREQUEST']._serialized_start=1218
-  _globals['_WORKERCLEARCACHEREQUEST']._serialized_end=1243
-  _globals['_WORKERCLEARCACHERESPONSE']._serialized_start=1245
-  _globals['_WORKERCLEARCACHERESPONSE']._serialized_end=1332
-  _globals['_WORKER']._serialized_start=1373
-  _globals['_WORKER']._serialized_end=1697
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=828
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=831
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=1059
+  _globals['_VADREQUEST']._serialized_start=1061
+  _globals['_VADREQUEST']._serialized_end=1180
+  _globals['_VADSEGMENT']._serialized_start=1182
+  _globals['_VADSEGMENT']._serialized_end=1228
+  _globals['_VADRESPONSE']._serialized_start=1230
+  _globals['_VADRESPONSE']._serialized_end=1288
+  _globals['_WORKERCLEARCACHEREQUEST']._serialized_start=1290
+  _globals['_WORKERCLEARCACHEREQUEST']._serialized_end=1315
+  _globals['_WORKERCLEARCACHERESPONSE']._serialized_start=1317
+  _globals['_WORKERCLEARCACHERESPONSE']._serialized_end=1404
+  _globals['_WORKER']._serialized_start=1445
+  _globals['_WORKER']._serialized_end=1769
 # @@protoc_insertion_point(module_scope)

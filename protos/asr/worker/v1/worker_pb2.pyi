@@ -76,23 +76,25 @@ class Capabilities(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., family: _Optional[str] = ..., engine: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ..., hotwords: _Optional[bool] = ..., itn: _Optional[bool] = ..., streaming: _Optional[bool] = ..., timestamps: _Optional[bool] = ..., padding_invariant: _Optional[bool] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
-    __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords")
+    __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords", "max_new_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     ENABLE_ITN_FIELD_NUMBER: _ClassVar[int]
     HOTWORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pcm: bytes
     sample_format: SampleFormat
     language: str
     enable_itn: bool
     hotwords: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_new_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
-    __slots__ = ("text", "language", "device", "inference_time_s", "batch_wait_s", "batch_size", "hotwords_ignored", "batch_id")
+    __slots__ = ("text", "language", "device", "inference_time_s", "batch_wait_s", "batch_size", "hotwords_ignored", "batch_id", "tokens_generated", "decode_steps")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,8 @@ class TranscribeResponse(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     HOTWORDS_IGNORED_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEPS_FIELD_NUMBER: _ClassVar[int]
     text: str
     language: str
     device: str
@@ -109,7 +113,9 @@ class TranscribeResponse(_message.Message):
     batch_size: int
     hotwords_ignored: bool
     batch_id: int
-    def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ..., batch_id: _Optional[int] = ...) -> None: ...
+    tokens_generated: int
+    decode_steps: int
+    def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ..., batch_id: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., decode_steps: _Optional[int] = ...) -> None: ...
 
 class VadRequest(_message.Message):
     __slots__ = ("pcm", "sample_format", "is_final", "max_segment_ms")
