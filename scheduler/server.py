@@ -28,6 +28,8 @@ from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.drain import Drain, DrainInterceptor
 from scheduler.interceptor import ErrorInterceptor
+from scheduler.live import LiveRecognizer
+from scheduler.live_metrics import LiveMetrics
 from scheduler.metrics import Metrics
 from scheduler.models import (
     ModelSpec,
@@ -131,7 +133,7 @@ class AsrService:
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
-            log_level=cfg.log_level, log_format=cfg.log_format)
+            log_level=cfg.log_level, log_format=cfg.log_format, vad_model=vad_model or "")
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
@@ -202,8 +204,10 @@ class AsrService:
                                                  read_token(cfg.admin_token_file)))
         server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
+        live = LiveRecognizer(self.dispatcher, self.catalog, LiveMetrics(self.metrics.registry),
+                              cfg.max_live_streams, self._runtime_dir)
         asr_pb2_grpc.add_RecognizerServicer_to_server(
-            RecognizerServicer(pipeline, cfg.max_unary_bytes), server)
+            RecognizerServicer(pipeline, cfg.max_unary_bytes, live), server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):
