@@ -9,6 +9,7 @@ text on the same samples.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import soundfile as sf
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from tests.audio_fixtures import espeak_wav
+from tests.conftest import RunningService, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -109,21 +111,35 @@ def offline_reference(model_dir: Path, audio: np.ndarray,
     return out
 
 
+@pytest.fixture(scope="module")
+def live_service(models_dir: Path) -> Iterator[RunningService]:
+    """One service for the module: a streaming model ("live", the default), an offline model
+    ("final") beside it, two workers each (streams survive the loss of one)."""
+    svc = RunningService(make_config(
+        [f"live={models_dir / 'paraformer-streaming-tiny'}",
+         f"final={models_dir / 'sensevoice-tiny'}"], vad_model=str(models_dir / "fsmn-vad"),
+        vad_workers=1, workers_per_device=2))
+    try:
+        svc.wait_all_ready()
+        yield svc
+    finally:
+        svc.stop()
+
+
 def finals_of(responses: list[pb.StreamingRecognizeResponse]
               ) -> list[pb.StreamingRecognizeResponse]:
     return [r for r in responses if r.is_final and not r.is_last]
 
 
-def test_live_finals_equal_funasr_streaming_loop(start_service: Any, models_dir: Path,
-                                                 talk: np.ndarray) -> None:
-    svc = start_service(str(models_dir / "paraformer-streaming-tiny"),
-                        vad_model=str(models_dir / "fsmn-vad"))
+def test_live_finals_equal_funasr_streaming_loop(live_service: RunningService,
+                                                 models_dir: Path, talk: np.ndarray) -> None:
+    svc = live_service
     responses = run_stream(svc.address, talk)
     finals = finals_of(responses)
     assert responses[-1].is_last
     assert len(finals) == 3, [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
     spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
-    assert all(s < e for s, e in spans) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert all(s < e for s, e in spans) and all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     expected = funasr_reference(models_dir / "paraformer-streaming-tiny", talk, spans)
     assert [f.result.text for f in finals] == expected
     assert all(expected)
@@ -138,11 +154,10 @@ def test_live_finals_equal_funasr_streaming_loop(start_service: Any, models_dir:
         assert interims[0].audio_processed_s * 1000 < f.utterance_end_ms + 1000
 
 
-def test_live_interim_before_audio_ends_and_two_pass(start_service: Any, models_dir: Path,
+def test_live_interim_before_audio_ends_and_two_pass(live_service: RunningService,
+                                                     models_dir: Path,
                                                      talk: np.ndarray) -> None:
-    svc = start_service([f"live={models_dir / 'paraformer-streaming-tiny'}",
-                         f"final={models_dir / 'sensevoice-tiny'}"],
-                        vad_model=str(models_dir / "fsmn-vad"))
+    svc = live_service
     arrivals: list[tuple[float, pb.StreamingRecognizeResponse]] = []
     sent: list[tuple[float, float]] = []
     with grpc.insecure_channel(svc.address) as ch:
@@ -165,41 +180,94 @@ def test_live_interim_before_audio_ends_and_two_pass(start_service: Any, models_
                             for r in interims)
 
 
-def test_live_refuses_offline_model(start_service: Any, models_dir: Path,
-                                    talk: np.ndarray) -> None:
-    svc = start_service(str(models_dir / "sensevoice-tiny"),
-                        vad_model=str(models_dir / "fsmn-vad"))
+def test_live_refuses_offline_model(live_service: RunningService, talk: np.ndarray) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        run_stream(svc.address, talk[:16000])
+        run_stream(live_service.address, talk[:16000], model="final")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "streaming model" in err.value.details()
 
 
-def test_live_streams_limit(start_service: Any, models_dir: Path, talk: np.ndarray) -> None:
-    svc = start_service(str(models_dir / "paraformer-streaming-tiny"),
-                        vad_model=str(models_dir / "fsmn-vad"), max_live_streams=1)
-    release = threading.Event()
-    opened = threading.Event()
+async def test_live_placement_spreads_and_refuses_beyond_the_limit() -> None:
+    """Unit: live streams go to the worker with the fewest; a device at --max-live-streams
+    refuses new ones (RESOURCE_EXHAUSTED) but takes a resumed one."""
+    from scheduler.dispatch import Dispatcher, DispatchPolicy
+    from scheduler.errors import NoCapacity
+    from scheduler.monitor import GIB, SimMonitor
+    from tests.test_dispatch import make_workers
 
-    def slow() -> Iterator[pb.StreamingRecognizeRequest]:
-        gen = live_requests(talk[:32000])
-        yield next(gen)
-        yield next(gen)
-        opened.set()
-        release.wait(60)
-        yield from gen
+    workers = make_workers(2, per_device=2, cpu=False)
+    for w in workers:
+        w.stub = object()  # type: ignore[assignment]
+    d = Dispatcher(workers, SimMonitor(2, 16 * GIB), DispatchPolicy())
+    held = [await d.place_live("", max_per_device=2) for _ in range(4)]
+    assert sorted(w.spec.worker_id for w in held) == sorted(w.spec.worker_id for w in workers)
+    with pytest.raises(NoCapacity) as err:
+        await d.place_live("", max_per_device=2)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    extra = await d.place_live("", max_per_device=2, resumed=True)
+    assert extra in workers and d.live_on_device(extra.spec.device_name) == 3
+    d.release_live(extra)
+    d.release_live(held[0])
+    again = await d.place_live("", max_per_device=2)
+    assert again.spec.device_name == held[0].spec.device_name
 
-    with grpc.insecure_channel(svc.address) as ch:
-        stub = pb_grpc.RecognizerStub(ch)
-        first = stub.StreamingRecognize(slow(), timeout=120)
-        results: list[Any] = []
-        t = threading.Thread(target=lambda: results.extend(first))
+
+def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: RunningService,
+                                                              models_dir: Path,
+                                                              talk: np.ndarray) -> None:
+    """16 concurrent real-time streams: chunk steps share engine ticks (live batch size > 1
+    in the metrics), every stream's finals equal FunASR's streaming loop, and after kill -9 of
+    the worker holding the most streams every stream continues, losing and repeating no
+    final."""
+    svc = live_service
+    registry = svc.service.metrics.registry
+    before = registry.get_sample_value("asr_live_resumes_total") or 0.0
+    results: dict[int, list[pb.StreamingRecognizeResponse]] = {}
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        time.sleep(0.05 * k)  # staggered, as real calls are
+        try:
+            results[k] = run_stream(svc.address, talk, realtime=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(16)]
+    for t in threads:
         t.start()
-        assert opened.wait(30)
-        time.sleep(1.0)
-        with pytest.raises(grpc.RpcError) as err:
-            list(stub.StreamingRecognize(live_requests(talk[:16000]), timeout=60))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        release.set()
-        t.join(60)
-        assert results and results[-1].is_last
+    dispatcher = svc.service.dispatcher
+    deadline = time.monotonic() + 60
+    while sum(dispatcher.live_streams.values()) < 16 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4.0)  # inside the first utterance of every stream
+    victim_id, held = dispatcher.live_streams.most_common(1)[0]
+    victim = next(w for w in dispatcher.workers if w.spec.worker_id == victim_id)
+    victim.kill()  # SIGKILL
+    for t in threads:
+        t.join(240)
+    assert not errors, errors
+    assert len(results) == 16
+    assert (registry.get_sample_value("asr_live_resumes_total") or 0.0) - before >= held
+    resumed = [k for k, rs in results.items() if any(r.resumed for r in rs)]
+    assert len(resumed) >= held
+    spans_seen: set[tuple[int, int]] = set()
+    for k, responses in results.items():
+        finals = finals_of(responses)
+        assert len(finals) == 3, (k, [(f.utterance_start_ms, f.utterance_end_ms, f.result.text)
+                                      for f in finals])
+        spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+        spans_seen.update(spans)
+        assert responses[-1].is_last
+    # Every distinct utterance span of every stream equals FunASR's own loop on it.
+    spans = sorted(spans_seen)
+    expected = dict(zip(spans, funasr_reference(models_dir / "paraformer-streaming-tiny", talk,
+                                                spans), strict=True))
+    for responses in results.values():
+        for f in finals_of(responses):
+            assert f.result.text == expected[(f.utterance_start_ms, f.utterance_end_ms)]
+    # Steps of several streams shared engine ticks.
+    total = registry.get_sample_value("asr_live_batch_size_count", {"device": "cpu"}) or 0
+    alone = registry.get_sample_value("asr_live_batch_size_bucket",
+                                      {"device": "cpu", "le": "1.0"}) or 0
+    assert total > alone, (total, alone)
