@@ -271,3 +271,34 @@ def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: Runn
     alone = registry.get_sample_value("asr_live_batch_size_bucket",
                                       {"device": "cpu", "le": "1.0"}) or 0
     assert total > alone, (total, alone)
+
+
+def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.ndarray,
+                                        tmp_path: Path) -> None:
+    """`asr-client stream FILE --live --realtime --format json` (a WAV container) and raw PCM
+    from stdin (`arecord ... | asr-client stream - --live --sample-rate 16000`): one JSON line
+    per response with is_final and text; interim lines before the finals."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, np.frombuffer(pcm16(talk), dtype="<i2"), 16000, subtype="PCM_16")
+    cli = [sys.executable, "-c", "import sys; from client.cli import main; sys.exit(main())",
+           "--server", live_service.address, "stream"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([*cli, str(wav), "--live", "--realtime", "--format", "json"],
+                         capture_output=True, text=True, timeout=180, env=env, check=True)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    finals = [x for x in lines if x["is_final"] and not x["is_last"]]
+    assert len(finals) == 3 and lines[-1]["is_last"]
+    assert lines[-1]["text"] == " ".join(x["text"] for x in finals)
+    first_final = next(i for i, x in enumerate(lines) if x["is_final"])
+    assert any(not x["is_final"] and x["text"] for x in lines[:first_final])
+    raw = subprocess.run([*cli, "-", "--live", "--sample-rate", "16000", "--format", "json"],
+                         input=pcm16(talk), capture_output=True, timeout=180, env=env,
+                         check=True)
+    raw_lines = [json.loads(x) for x in raw.stdout.decode().splitlines()]
+    assert [x["text"] for x in raw_lines if x["is_final"]] == \
+        [x["text"] for x in lines if x["is_final"]]
