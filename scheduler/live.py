@@ -263,8 +263,7 @@ class LiveRecognizer:
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[LiveEvent]] = []
-        device = s.worker.spec.device_name if s.worker is not None else ""
-        self.metrics.batch_size.labels(device).observe(step.tick_streams)
+        self.metrics.batch_size.observe(step.tick_streams)
         for f in step.finals:
             if f.end_ms <= s.last_final_end:  # already reported (cannot happen after a resume)
                 continue

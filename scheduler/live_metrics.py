@@ -29,6 +29,6 @@ class LiveMetrics:
             "where it ends to its final result", buckets=LIVE_LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram(
             "asr_live_batch_size", "Per live chunk step: streams stepped in the same engine tick",
-            ["device"], buckets=LIVE_BATCH_BUCKETS, registry=registry)
+            buckets=LIVE_BATCH_BUCKETS, registry=registry)
         self.resumes = Counter("asr_live_resumes", "Live streams resumed on another worker "
                                "after a worker loss", registry=registry)
