@@ -302,3 +302,33 @@ def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.n
     raw_lines = [json.loads(x) for x in raw.stdout.decode().splitlines()]
     assert [x["text"] for x in raw_lines if x["is_final"]] == \
         [x["text"] for x in lines if x["is_final"]]
+
+
+def test_live_session_memory_stays_bounded(models_dir: Path, talk: np.ndarray) -> None:
+    """In-process: a stream of the talk repeated 8 times (~2 min) keeps only the open
+    utterance (or the silence look-back) and a bounded VAD buffer; 24 finals."""
+    from funasr import AutoModel
+
+    from gpu_worker.engines.live_session import SILENCE_LOOK_BACK_MS, LiveOptions, LiveSession
+
+    kw = {"disable_update": True, "disable_pbar": True, "disable_log": True}
+    vad = AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000, **kw)
+    asr = AutoModel(model=str(models_dir / "paraformer-streaming-tiny"), **kw)
+    session = LiveSession(vad, asr, LiveOptions())
+    audio = np.concatenate([np.concatenate([talk, np.zeros(32000, np.float32)])] * 8)
+    kept_max = vad_max = 0
+    finals = []
+    step = 3200
+    for i in range(0, len(audio), step):
+        u = session.step(audio[i:i + step], i + step >= len(audio))
+        finals += u.finals
+        kept_max = max(kept_max, session.kept_samples)
+        stats = session._vad_cache.get("stats")
+        if stats is not None and stats.data_buf_all is not None:
+            vad_max = max(vad_max, len(stats.data_buf_all))
+    longest = max(f.end_ms - f.start_ms for f in finals)
+    assert len(finals) == 24
+    bound = (longest + SILENCE_LOOK_BACK_MS + 1000) * 16
+    assert kept_max <= bound, (kept_max, bound)
+    assert vad_max <= bound, (vad_max, bound)
+    assert session._asr_cache == {}
