@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -119,15 +120,15 @@ def run_service(client: AsrClient, audio: np.ndarray, streams: int
     return firsts, finals
 
 
-def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: int
-                    ) -> tuple[list[float], list[float]]:
+def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: int,
+                    threads: int) -> tuple[list[float], list[float]]:
     from funasr import AutoModel
 
     from gpu_worker.engines.live_session import LiveOptions, LiveSession
 
-    kw = {"disable_update": True, "disable_pbar": True, "disable_log": True, "ncpu": 1}
-    asr = AutoModel(model=model_dir, **kw)
-    vad = AutoModel(model=vad_dir, max_single_segment_time=30000, **kw)
+    kw = {"disable_update": True, "disable_pbar": True, "disable_log": True}
+    asr = AutoModel(model=model_dir, ncpu=threads, **kw)  # as the service's worker
+    vad = AutoModel(model=vad_dir, max_single_segment_time=30000, ncpu=1, **kw)
     step = int(CHUNK_S * RATE)
     chunks = [(k / max(streams, 1) + i / RATE, k, i) for k in range(streams)
               for i in range(0, len(audio), step)]
@@ -161,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", default="cpu")
     p.add_argument("--work-dir", type=Path, default=Path("build/bench-streaming"))
     p.add_argument("--json", type=Path, default=None, help="write the rows here too")
+    p.add_argument("--variants", default="service,funasr-loop")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of FunASR's loop (default: the cores, as the service's "
+                   "single worker gets)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -169,15 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     serve = ["--model", f"live={args.model}", "--vad-model", args.vad_model, "--devices",
              args.devices, "--max-live-streams", str(max(counts) * 2)]
-    with service_process(serve, args.work_dir / "serve.log") as client:
-        for n in counts:
-            log.info("service, %d streams", n)
-            firsts, finals = run_service(client, audio, n)
-            rows.append(Row("service", n, len(finals), pct(firsts, 50), pct(firsts, 95),
-                            pct(finals, 50), pct(finals, 95)))
-    for n in counts:
+    variants = args.variants.split(",")
+    if "service" in variants:
+        with service_process(serve, args.work_dir / "serve.log") as client:
+            for n in counts:
+                log.info("service, %d streams", n)
+                firsts, finals = run_service(client, audio, n)
+                rows.append(Row("service", n, len(finals), pct(firsts, 50), pct(firsts, 95),
+                                pct(finals, 50), pct(finals, 95)))
+    for n in counts if "funasr-loop" in variants else []:
         log.info("funasr loop, %d streams", n)
-        firsts, finals = run_funasr_loop(args.model, args.vad_model, audio, n)
+        firsts, finals = run_funasr_loop(args.model, args.vad_model, audio, n, args.threads)
         rows.append(Row("funasr-loop", n, len(finals), pct(firsts, 50), pct(firsts, 95),
                         pct(finals, 50), pct(finals, 95)))
     print(f"{'variant':<12} {'streams':>7} {'utts':>5} {'1st interim p50':>16} {'p95':>8} "
