@@ -127,6 +127,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 self.served += len(u.finals)
         except Unsupported as exc:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except Exception as exc:  # this stream failed alone (INTERNAL, not a lost worker)
+            log.exception("live stream %s failed", cfg.request_id,
+                          extra={"request_id": cfg.request_id})
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     async def ClearCache(self, request: pb.WorkerClearCacheRequest,
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:
