@@ -5,6 +5,7 @@ Examples:
   asr-client transcribe recordings/ --output-dir out/ --format srt --concurrency 16 --resume
   asr-client transcribe recordings/ --format csv --output all.csv
   asr-client stream meeting.wav --realtime --format json
+  arecord -f S16_LE -r 16000 | asr-client stream - --live --sample-rate 16000
   asr-client status
   asr-client clear-cache --device cuda:0
   asr-client --server dns:///asr-scheduler-headless.asr.svc.cluster.local:50051 \\
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="send audio at its real-time rate (WAV or raw PCM)")
     sm.add_argument("--format", choices=("text", "json"), default="text")
     sm.add_argument("--timeout", type=float, default=None)
+    sm.add_argument("--live", action="store_true",
+                    help="live mode: a streaming model recognises as the audio arrives "
+                    "(interim lines update in place, a final line per utterance)")
+    sm.add_argument("--final-model", default="",
+                    help="live two-pass: served offline model for each utterance's final text")
     _recognition_options(sm)
 
     st = sub.add_parser("status", parents=[common], help="devices, workers, models, queue")
@@ -159,7 +165,7 @@ def cmd_transcribe(client: AsrClient, args: argparse.Namespace) -> int:
 def cmd_stream(client: AsrClient, args: argparse.Namespace) -> int:
     """Stream one file and print each result as it arrives."""
     return stream_command(client, args.file, recognition_options(args), args.realtime,
-                          args.format, args.timeout)
+                          args.format, args.timeout, args.live, args.final_model)
 
 
 COMMANDS = {"transcribe": cmd_transcribe, "stream": cmd_stream, "status": cmd_status,

@@ -67,10 +67,11 @@ class BatchItem:
 
 
 def config_requests(config: pb.RecognitionConfig, chunks: Iterable[bytes],
-                    interim_results: bool = False) -> Iterator[pb.StreamingRecognizeRequest]:
+                    interim_results: bool = False, live: bool = False,
+                    final_model: str = "") -> Iterator[pb.StreamingRecognizeRequest]:
     """The request messages of a stream: the config first, then the audio chunks."""
     yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
-        config=config, interim_results=interim_results))
+        config=config, interim_results=interim_results, live=live, final_model=final_model))
     for chunk in chunks:
         yield pb.StreamingRecognizeRequest(audio_content=chunk)
 
@@ -79,7 +80,9 @@ def stream_result(resp: pb.StreamingRecognizeResponse, file: str = "",
                   wall_time_s: float = 0.0) -> StreamResult:
     """A `StreamResult` from one stream response."""
     return StreamResult(Transcript.from_proto(resp.result, file=file, wall_time_s=wall_time_s),
-                        resp.is_final, resp.is_last, resp.audio_processed_s)
+                        resp.is_final, resp.is_last, resp.audio_processed_s,
+                        stability=resp.stability, utterance_start_ms=resp.utterance_start_ms,
+                        utterance_end_ms=resp.utterance_end_ms, resumed=resp.resumed)
 
 
 class AsrClient:
@@ -224,17 +227,22 @@ class AsrClient:
 
     def stream(self, chunks: Iterable[bytes], options: TranscribeOptions | None = None, *,
                interim_results: bool = True, timeout: float | None = None,
+               live: bool = False, final_model: str = "",
                **overrides: Any) -> Iterator[StreamResult]:
         """Stream audio chunks as they come (e.g. from a microphone) and yield results.
 
         Each `StreamResult` is interim (`is_final` false, may change) or final; the last one
         (`is_last`) holds the whole transcript. Not retried: the chunks are consumed once.
+        `live`: live mode (a streaming model recognises as the audio arrives; interim results
+        while someone speaks, a final one per utterance); `final_model`: two-pass, the served
+        offline model that writes each utterance's final text.
         """
         config = self._options(options, overrides).to_config()
         started = time.monotonic()
         try:
             for resp in self.recognizer.StreamingRecognize(
-                    config_requests(config, chunks, interim_results), timeout=timeout,
+                    config_requests(config, chunks, interim_results, live, final_model),
+                    timeout=timeout,
                     metadata=self.metadata):
                 yield stream_result(resp, wall_time_s=time.monotonic() - started)
         except grpc.RpcError as exc:

@@ -100,6 +100,10 @@ class StreamResult:
     is_final: bool
     is_last: bool
     audio_processed_s: float = 0.0
+    stability: float = 0.0  # live interim results: how likely the text is to stay
+    utterance_start_ms: int = 0  # live mode: the utterance this result belongs to
+    utterance_end_ms: int = 0  # live finals: its end
+    resumed: bool = False  # live mode: the stream moved to another worker before this result
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import grpc
 
 from gpu_worker.device import is_oom
 from gpu_worker.engines.base import Engine, SessionChunk, Unsupported, Utterance, WorkerUnhealthy
+from gpu_worker.engines.live import LiveChunk
+from gpu_worker.engines.live_session import LiveOptions
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.wire import decode_pcm
@@ -92,6 +94,45 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                                for s, e in segments])
         except Unsupported as exc:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+
+    async def Live(self, request_iterator: AsyncIterator[pb.LiveRequest],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LiveResponse]:
+        messages = request_iterator.__aiter__()
+        try:
+            first = await messages.__anext__()
+        except StopAsyncIteration:
+            return
+        cfg = first.config
+        options = LiveOptions(offset_ms=cfg.offset_ms)
+        if cfg.chunk_size:
+            if len(cfg.chunk_size) != 3 or min(cfg.chunk_size) < 0 or cfg.chunk_size[1] < 1:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "chunk_size must be 3 values [left, chunk >= 1, right]")
+            options = LiveOptions(chunk_size=tuple(cfg.chunk_size),  # type: ignore[arg-type]
+                                  encoder_look_back=cfg.encoder_chunk_look_back,
+                                  decoder_look_back=cfg.decoder_chunk_look_back,
+                                  offset_ms=cfg.offset_ms)
+
+        async def chunks() -> AsyncIterator[LiveChunk]:
+            yield LiveChunk(decode_pcm(first.pcm, first.sample_format), first.is_final)
+            async for req in messages:
+                yield LiveChunk(decode_pcm(req.pcm, req.sample_format), req.is_final)
+
+        try:
+            async for u in self.engine.live(options, chunks()):
+                yield pb.LiveResponse(
+                    finals=[pb.LiveUtterance(start_ms=f.start_ms, end_ms=f.end_ms, text=f.text)
+                            for f in u.finals],
+                    interim_text=u.interim_text, interim_start_ms=u.interim_start_ms,
+                    safe_ms=u.safe_ms, processed_ms=u.processed_ms,
+                    tick_streams=u.tick_streams, step_s=u.step_s)
+                self.served += len(u.finals)
+        except Unsupported as exc:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except Exception as exc:  # this stream failed alone (INTERNAL, not a lost worker)
+            log.exception("live stream %s failed", cfg.request_id,
+                          extra={"request_id": cfg.request_id})
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     async def ClearCache(self, request: pb.WorkerClearCacheRequest,
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:

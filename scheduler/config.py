@@ -114,6 +114,8 @@ class ServeConfig(BaseSettings):
     stream_buffer_mib: int = Field(8, ge=0, description="A stream up to this size is decoded "
                                    "whole; longer streams are decoded and segmented as they "
                                    "arrive")
+    max_live_streams: int = Field(256, ge=1, description="Live-mode streams one device holds "
+                                  "at most (more get RESOURCE_EXHAUSTED)")
     max_unary_bytes: int = Field(64 * 1024 * 1024, gt=0, le=MAX_UNARY_BYTES,
                                  description="Largest audio in one Recognize message; bigger "
                                  "files must use StreamingRecognize")

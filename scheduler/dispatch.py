@@ -73,6 +73,8 @@ class Dispatcher:
         self._snapshot: dict[str, DeviceInfo] = {}
         self._snapshot_at = -1.0
         self.no_gpu = not any(not w.spec.is_cpu for w in workers)
+        # Live streams held per worker id (a live stream's state lives on one worker).
+        self.live_streams: collections.Counter[str] = collections.Counter()
         self.cpu_only_reason = cpu_only_reason
 
     def notify(self) -> None:
@@ -181,6 +183,53 @@ class Dispatcher:
             yield
         finally:
             self.unfinished -= 1
+
+    def live_on_device(self, device_name: str) -> int:
+        return sum(n for wid, n in self.live_streams.items()
+                   if any(w.spec.worker_id == wid and w.spec.device_name == device_name
+                          for w in self.workers))
+
+    def choose_live(self, model: str, max_per_device: int, avoid: LostWorkers | None,
+                    resumed: bool) -> WorkerHandle | None:
+        """The worker of `model` for a new live stream: ready, on an accepting device (GPU
+        first; the CPU when it is the device or the policy allows), under `max_per_device`
+        streams (a resumed stream may exceed it), fewest live streams then least loaded.
+        None: no worker is ready now. Raises `NoCapacity` when every ready one is full."""
+        ready = [w for w in self.pool(model) if w.ready and w.stub is not None
+                 and (avoid is None or not avoid.avoids(w))]
+        gpus = [w for w in ready if not w.spec.is_cpu and self.accepting(w.spec.device_name)]
+        cpus = [w for w in ready if w.spec.is_cpu]
+        pool = gpus or (cpus if self.no_gpu or self.policy.cpu_fallback != "never" else [])
+        if not pool:
+            return None
+        open_ = [w for w in pool
+                 if resumed or self.live_on_device(w.spec.device_name) < max_per_device]
+        if not open_:
+            raise NoCapacity(f"every device serving {model!r} holds --max-live-streams "
+                             f"{max_per_device} live streams; retry later", retry_after_s=5.0)
+        return min(open_, key=lambda w: (self.live_streams[w.spec.worker_id], w.in_flight,
+                                         w.last_assigned))
+
+    async def place_live(self, model: str, max_per_device: int,
+                         avoid: LostWorkers | None = None, resumed: bool = False
+                         ) -> WorkerHandle:
+        """Wait (bounded) for a worker to hold a live stream; counts it until
+        `release_live`."""
+        deadline = time.monotonic() + self.policy.queue_timeout_s
+        while (w := self.choose_live(model, max_per_device, avoid, resumed)) is None:
+            if time.monotonic() > deadline:
+                raise NoCapacity(f"no worker of {model!r} could take a live stream within "
+                                 f"{self.policy.queue_timeout_s:.0f} s ({self.describe()})",
+                                 retry_after_s=5.0)
+            await asyncio.sleep(0.1)
+        self.live_streams[w.spec.worker_id] += 1
+        w.last_assigned = time.monotonic()
+        return w
+
+    def release_live(self, worker: WorkerHandle) -> None:
+        self.live_streams[worker.spec.worker_id] -= 1
+        if self.live_streams[worker.spec.worker_id] <= 0:
+            del self.live_streams[worker.spec.worker_id]
 
     def _cpu_may_take(self, model: str) -> bool:
         return self.policy.cpu_fallback != "never" and any(

@@ -29,6 +29,8 @@ from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.drain import Drain, DrainInterceptor
 from scheduler.interceptor import ErrorInterceptor
 from scheduler.limits import AudioBudget, ByteBudget, StreamLimits
+from scheduler.live import LiveRecognizer
+from scheduler.live_metrics import LiveMetrics
 from scheduler.metrics import Metrics
 from scheduler.models import (
     ModelSpec,
@@ -134,7 +136,7 @@ class AsrService:
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
             engine=cfg.engine, max_new_tokens=cfg.max_new_tokens,
-            log_level=cfg.log_level, log_format=cfg.log_format)
+            log_level=cfg.log_level, log_format=cfg.log_format, vad_model=vad_model or "")
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
@@ -214,10 +216,12 @@ class AsrService:
                                                  read_token(cfg.admin_token_file)))
         server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
+        live = LiveRecognizer(self.dispatcher, self.catalog, LiveMetrics(self.metrics.registry),
+                              cfg.max_live_streams, self._runtime_dir)
         asr_pb2_grpc.add_RecognizerServicer_to_server(
             RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(
-                cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s)),
-            server)
+                cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s),
+                live), server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):

@@ -17,10 +17,12 @@ from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID, check_request_id
 from scheduler.limits import StreamLimits, client_key
+from scheduler.live import LiveEvent, LiveRecognizer, LiveRequest
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest
 from scheduler.results import RecognitionOutcome, Segment
 from scheduler.status import StatusReporter
+from scheduler.workers_client import LiveSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +87,13 @@ def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
 
 class RecognizerServicer(pb_grpc.RecognizerServicer):
     def __init__(self, pipeline: Pipeline, max_unary_bytes: int,
-                 limits: StreamLimits | None = None) -> None:
+                 limits: StreamLimits | None = None,
+                 live: LiveRecognizer | None = None) -> None:
         self.pipeline = pipeline
         self.metrics: Metrics = pipeline.metrics
         self.max_unary_bytes = max_unary_bytes
         self.limits = limits or StreamLimits(1000, 100, 60.0)
+        self.live = live
 
     async def Recognize(self, request: pb.RecognizeRequest,
                         context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
@@ -127,6 +131,10 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         if kind != "streaming_config":
             raise InvalidRequest("the first message of a stream must carry streaming_config "
                                  f"(got {kind or 'an empty message'})")
+        if first.streaming_config.live:
+            async for response in self._live(first.streaming_config, messages, context):
+                yield response
+            return
         req = to_request(first.streaming_config.config, b"", context)
 
         input_ended: list[float] = []
@@ -171,6 +179,61 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         yield pb.StreamingRecognizeResponse(result=to_result(outcome), is_final=True,
                                             is_last=True,
                                             audio_processed_s=outcome.audio_duration_s)
+
+
+    async def _live(self, sc: pb.StreamingRecognitionConfig,
+                    messages: AsyncIterator[pb.StreamingRecognizeRequest],
+                    context: grpc.aio.ServicerContext
+                    ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+        if self.live is None:
+            raise InvalidRequest("live mode is not available on this service")
+        req = to_request(sc.config, b"", context)
+        live_req = to_live_request(sc, req)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                try:
+                    message = await self.limits.next_message(messages)
+                except StopAsyncIteration:
+                    break
+                if message.WhichOneof("streaming_request") == "streaming_config":
+                    raise InvalidRequest("streaming_config may only be sent once, first")
+                yield message.audio_content
+
+        async for ev in self.live.run(live_req, chunks()):
+            yield live_response(ev, req.request_id)
+
+
+def to_live_request(sc: pb.StreamingRecognitionConfig, req: RecognitionRequest) -> LiveRequest:
+    """A live-mode request from the stream's config (already checked by `to_request`)."""
+    if sc.chunk_size and (len(sc.chunk_size) != 3 or min(sc.chunk_size) < 0
+                          or sc.chunk_size[1] < 1):
+        raise InvalidRequest("chunk_size must be 3 values [left, chunk >= 1, right] (60 ms "
+                             "frames), e.g. [0, 10, 5]")
+    look_back = (sc.encoder_chunk_look_back, sc.decoder_chunk_look_back)
+    if min(look_back) < 0:
+        raise InvalidRequest("chunk look-back values must not be negative")
+    settings = LiveSettings(tuple(sc.chunk_size), *look_back) if sc.chunk_size else (
+        LiveSettings((0, 10, 5), look_back[0] or 4, look_back[1] or 1))
+    return LiveRequest(
+        request_id=req.request_id, model=req.model, final_model=sc.final_model,
+        settings=settings, encoding=req.encoding, sample_rate=req.sample_rate or 16000,
+        channels=req.channels, language=req.language, enable_itn=req.enable_itn,
+        hotwords=req.hotwords)
+
+
+def live_response(ev: LiveEvent, request_id: str) -> pb.StreamingRecognizeResponse:
+    end = ev.end_ms if ev.is_final else ev.processed_ms
+    result = pb.RecognitionResult(
+        text=ev.text, device=ev.device, model=ev.model, request_id=request_id,
+        segments=[] if ev.is_last else [pb.Segment(start_ms=ev.start_ms, end_ms=end,
+                                                   text=ev.text, device=ev.device)],
+        audio_duration_s=(end - ev.start_ms) / 1000)
+    return pb.StreamingRecognizeResponse(
+        result=result, is_final=ev.is_final, is_last=ev.is_last,
+        audio_processed_s=ev.processed_ms / 1000, stability=0.0 if ev.is_final else ev.stability,
+        utterance_start_ms=ev.start_ms, utterance_end_ms=ev.end_ms if ev.is_final else 0,
+        resumed=ev.resumed)
 
 
 class AdminServicer(pb_grpc.AdminServicer):

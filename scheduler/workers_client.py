@@ -27,6 +27,7 @@ from scheduler.errors import (
     GpuOutOfMemory,
     InferenceFailed,
     InvalidAudio,
+    InvalidRequest,
     WorkerLost,
 )
 
@@ -173,6 +174,102 @@ class SegmentStream:
         except (grpc.aio.AioRpcError, StopAsyncIteration) as exc:
             raise WorkerLost(f"VAD worker {self.worker_id}: {exc}") from exc
         return [(int(s.start_ms), int(s.end_ms)) for s in resp.segments]
+
+    def close(self) -> None:
+        self._outbox.put_nowait(None)
+        self._call.cancel()
+
+
+@dataclass(frozen=True)
+class LiveUtterance:
+    """An utterance a live worker finished (ms in the stream's timeline)."""
+
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LiveStep:
+    """A live worker's answer to one chunk."""
+
+    finals: tuple[LiveUtterance, ...]
+    interim_text: str
+    interim_start_ms: int
+    safe_ms: int
+    processed_ms: int
+    tick_streams: int
+    step_s: float
+    is_last: bool  # the answer to the stream's final chunk
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """Decoding settings of a live stream (empty chunk size: the worker's defaults)."""
+
+    chunk_size: tuple[int, ...] = ()
+    encoder_look_back: int = 0
+    decoder_look_back: int = 0
+
+
+class LiveCall:
+    """One `Live` stream to one worker. `send` never waits; `receive` gives the answers in
+    order and raises `WorkerLost` when the worker goes away before the last one."""
+
+    def __init__(self, stub: wpb_grpc.WorkerStub | None, worker_id: str,
+                 settings: LiveSettings, offset_ms: int, request_id: str) -> None:
+        self.worker_id = worker_id
+        self._outbox: asyncio.Queue[wpb.LiveRequest | None] = asyncio.Queue()
+        self._config: wpb.LiveConfig | None = wpb.LiveConfig(
+            chunk_size=list(settings.chunk_size),
+            encoder_chunk_look_back=settings.encoder_look_back,
+            decoder_chunk_look_back=settings.decoder_look_back, offset_ms=offset_ms,
+            request_id=request_id)
+        self._sent = 0
+        self._final_index = -1
+        self._answered = 0
+        self._call = _stub(stub, worker_id).Live(self._requests())
+        self._responses = self._call.__aiter__()
+
+    async def _requests(self) -> AsyncIterator[wpb.LiveRequest]:
+        while (req := await self._outbox.get()) is not None:
+            yield req
+
+    @property
+    def finished(self) -> bool:
+        return self._final_index >= 0 and self._answered > self._final_index
+
+    def send(self, samples: np.ndarray, is_final: bool = False) -> None:
+        """Queue one chunk (float32 16 kHz)."""
+        req = wpb.LiveRequest(pcm=samples.astype("<f4", copy=False).tobytes(),
+                              sample_format=F32LE, is_final=is_final)
+        if self._config is not None:
+            req.config.CopyFrom(self._config)
+            self._config = None
+        if is_final:
+            self._final_index = self._sent
+        self._sent += 1
+        self._outbox.put_nowait(req)
+
+    async def receive(self) -> LiveStep:
+        try:
+            r = await self._responses.__anext__()
+        except StopAsyncIteration as exc:
+            raise WorkerLost(f"live worker {self.worker_id} ended the stream early") from exc
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _LOST_CODES:
+                raise WorkerLost(f"live worker {self.worker_id}: {exc.code().name}: "
+                                 f"{exc.details()}") from exc
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise InvalidRequest(exc.details() or "live mode is not supported") from exc
+            raise InferenceFailed(f"live recognition failed: {exc.details()}") from exc
+        index = self._answered
+        self._answered += 1
+        return LiveStep(
+            finals=tuple(LiveUtterance(f.start_ms, f.end_ms, f.text) for f in r.finals),
+            interim_text=r.interim_text, interim_start_ms=r.interim_start_ms, safe_ms=r.safe_ms,
+            processed_ms=r.processed_ms, tick_streams=r.tick_streams, step_s=r.step_s,
+            is_last=index == self._final_index)
 
     def close(self) -> None:
         self._outbox.put_nowait(None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,11 @@ class Engine:
         """Speech segments (start_ms, end_ms) completed by each chunk of one stream."""
         raise Unsupported(f"engine {self.name!r} ({self.capabilities.kind}) does not segment "
                           "audio streams")
+
+    def live(self, options: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Live recognition of one stream (`engines.live`): one update per chunk."""
+        raise Unsupported(f"engine {self.name!r} ({self.capabilities.family}) does not "
+                          "recognise live streams (a streaming model is needed)")
 
     async def clear_cache(self) -> tuple[int, int]:
         """Free the allocator cache; (reserved before, reserved after) bytes."""

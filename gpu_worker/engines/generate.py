@@ -8,6 +8,7 @@ comes from the family module.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from gpu_worker.device import TorchDevice
 from gpu_worker.engines.base import Transcript, Utterance, register_engine
@@ -43,6 +44,11 @@ class GenerateRunner:
         log.info("loaded %s (%s, family %s) on %s", model_dir, self.model_class, family.name,
                  device.name)
 
+    @property
+    def automodel(self) -> Any:
+        """The loaded FunASR `AutoModel` (live sessions call it with their own caches)."""
+        return self._model
+
     def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
         if not batch:
             return []
@@ -74,6 +80,10 @@ def create(cfg: WorkerConfig) -> BatchedEngine:
     family = family_for(cfg.model, ENGINE)
     device = TorchDevice(cfg.torch_device, cfg.dtype, cfg.threads)
     runner = GenerateRunner(cfg.model, family, device, cfg)
+    if family.streaming:  # a streaming model also serves live streams
+        from gpu_worker.engines.live import LiveEngine
+
+        return LiveEngine(ENGINE, runner, device, family.capabilities(ENGINE), cfg)
     return BatchedEngine(ENGINE, runner, device, family.capabilities(ENGINE), cfg.model, cfg)
 
 

@@ -30,6 +30,7 @@ class WorkerConfig:
     parent_pid: int = 0
     log_level: str = "INFO"
     log_format: str = "text"
+    vad_model: str = ""  # FSMN-VAD directory for live streams (streaming models); "" none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

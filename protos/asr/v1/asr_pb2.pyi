@@ -114,24 +114,42 @@ class StreamingRecognizeRequest(_message.Message):
     def __init__(self, streaming_config: _Optional[_Union[StreamingRecognitionConfig, _Mapping]] = ..., audio_content: _Optional[bytes] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
-    __slots__ = ("config", "interim_results")
+    __slots__ = ("config", "interim_results", "live", "final_model", "chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
+    DECODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
     config: RecognitionConfig
     interim_results: bool
-    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ...) -> None: ...
+    live: bool
+    final_model: str
+    chunk_size: _containers.RepeatedScalarFieldContainer[int]
+    encoder_chunk_look_back: int
+    decoder_chunk_look_back: int
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., live: _Optional[bool] = ..., final_model: _Optional[str] = ..., chunk_size: _Optional[_Iterable[int]] = ..., encoder_chunk_look_back: _Optional[int] = ..., decoder_chunk_look_back: _Optional[int] = ...) -> None: ...
 
 class StreamingRecognizeResponse(_message.Message):
-    __slots__ = ("result", "is_final", "is_last", "audio_processed_s")
+    __slots__ = ("result", "is_final", "is_last", "audio_processed_s", "stability", "utterance_start_ms", "utterance_end_ms", "resumed")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     IS_LAST_FIELD_NUMBER: _ClassVar[int]
     AUDIO_PROCESSED_S_FIELD_NUMBER: _ClassVar[int]
+    STABILITY_FIELD_NUMBER: _ClassVar[int]
+    UTTERANCE_START_MS_FIELD_NUMBER: _ClassVar[int]
+    UTTERANCE_END_MS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     result: RecognitionResult
     is_final: bool
     is_last: bool
     audio_processed_s: float
-    def __init__(self, result: _Optional[_Union[RecognitionResult, _Mapping]] = ..., is_final: _Optional[bool] = ..., is_last: _Optional[bool] = ..., audio_processed_s: _Optional[float] = ...) -> None: ...
+    stability: float
+    utterance_start_ms: int
+    utterance_end_ms: int
+    resumed: bool
+    def __init__(self, result: _Optional[_Union[RecognitionResult, _Mapping]] = ..., is_final: _Optional[bool] = ..., is_last: _Optional[bool] = ..., audio_processed_s: _Optional[float] = ..., stability: _Optional[float] = ..., utterance_start_ms: _Optional[int] = ..., utterance_end_ms: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

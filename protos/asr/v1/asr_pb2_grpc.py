@@ -66,14 +66,27 @@ class RecognizerServicer:
         """Transcribes audio sent as a stream of chunks.
         Contract: the first request carries `streaming_config` only, every later
         request carries `audio_content` only. The client half-closes the stream
-        when the audio ends. Today every response is final (is_final = true,
-        never revised): one per recognised VAD segment of a long upload, and
-        the last response of a stream holds the final result for the whole
-        audio (`is_last = true`). Interim results (is_final = false) are
-        reserved for live mode and not sent by this version.
+        when the audio ends.
 
-        Example: a client streams a 3 s WAV in 4 chunks and half-closes. The
-        server answers with one final result per recognised segment
+        Upload mode (default): every response is final (is_final = true, never
+        revised): one per recognised VAD segment of a long upload, and the last
+        response of a stream holds the final result for the whole audio
+        (`is_last = true`).
+
+        Live mode (`StreamingRecognitionConfig.live`, streaming models only): the
+        client sends audio as it is captured (60-200 ms chunks). While someone
+        speaks the server sends interim results (is_final = false, with
+        `stability`), each replacing the previous interim one; when the
+        streaming VAD sees an utterance end it sends that utterance's final
+        result (is_final = true, `utterance_start_ms`/`utterance_end_ms`). After
+        the client half-closes, the open utterance is finished and a last
+        response (is_last = true) holds the whole transcript. A stream may stay
+        open for hours. If the worker holding the stream is lost, the stream
+        continues on another from the last final result and the next response
+        has `resumed = true`; no final result is lost or repeated.
+
+        Example (upload): a client streams a 3 s WAV in 4 chunks and half-closes.
+        The server answers with one final result per recognised segment
         ("hello world", 0-1400 ms; "how are you", 1600-2900 ms), then one last
         response with is_last = true and the text "hello world how are you".
         """

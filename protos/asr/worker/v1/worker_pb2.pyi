@@ -154,3 +154,57 @@ class WorkerClearCacheResponse(_message.Message):
     reserved_before_bytes: int
     reserved_after_bytes: int
     def __init__(self, reserved_before_bytes: _Optional[int] = ..., reserved_after_bytes: _Optional[int] = ...) -> None: ...
+
+class LiveConfig(_message.Message):
+    __slots__ = ("chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back", "offset_ms", "request_id")
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
+    DECODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    chunk_size: _containers.RepeatedScalarFieldContainer[int]
+    encoder_chunk_look_back: int
+    decoder_chunk_look_back: int
+    offset_ms: int
+    request_id: str
+    def __init__(self, chunk_size: _Optional[_Iterable[int]] = ..., encoder_chunk_look_back: _Optional[int] = ..., decoder_chunk_look_back: _Optional[int] = ..., offset_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LiveRequest(_message.Message):
+    __slots__ = ("pcm", "sample_format", "is_final", "config")
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    pcm: bytes
+    sample_format: SampleFormat
+    is_final: bool
+    config: LiveConfig
+    def __init__(self, pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., is_final: _Optional[bool] = ..., config: _Optional[_Union[LiveConfig, _Mapping]] = ...) -> None: ...
+
+class LiveUtterance(_message.Message):
+    __slots__ = ("start_ms", "end_ms", "text")
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    start_ms: int
+    end_ms: int
+    text: str
+    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class LiveResponse(_message.Message):
+    __slots__ = ("finals", "interim_text", "interim_start_ms", "safe_ms", "processed_ms", "tick_streams", "step_s")
+    FINALS_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_START_MS_FIELD_NUMBER: _ClassVar[int]
+    SAFE_MS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_MS_FIELD_NUMBER: _ClassVar[int]
+    TICK_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    finals: _containers.RepeatedCompositeFieldContainer[LiveUtterance]
+    interim_text: str
+    interim_start_ms: int
+    safe_ms: int
+    processed_ms: int
+    tick_streams: int
+    step_s: float
+    def __init__(self, finals: _Optional[_Iterable[_Union[LiveUtterance, _Mapping]]] = ..., interim_text: _Optional[str] = ..., interim_start_ms: _Optional[int] = ..., safe_ms: _Optional[int] = ..., processed_ms: _Optional[int] = ..., tick_streams: _Optional[int] = ..., step_s: _Optional[float] = ...) -> None: ...

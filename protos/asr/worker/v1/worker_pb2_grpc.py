@@ -55,6 +55,11 @@ class WorkerStub:
                 request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadRequest.SerializeToString,
                 response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadResponse.FromString,
                 _registered_method=True)
+        self.Live = channel.stream_stream(
+                '/asr.worker.v1.Worker/Live',
+                request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveRequest.SerializeToString,
+                response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -91,6 +96,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Live(self, request_iterator, context):
+        """Live recognition of one audio stream (streaming models only): online FSMN-VAD plus
+        incremental decoding with per-stream caches. One response per request, in order, holding
+        what that chunk changed (finished utterances, the current interim text).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +127,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Segment,
                     request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadRequest.FromString,
                     response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadResponse.SerializeToString,
+            ),
+            'Live': grpc.stream_stream_rpc_method_handler(
+                    servicer.Live,
+                    request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveRequest.FromString,
+                    response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +243,33 @@ class Worker:
             '/asr.worker.v1.Worker/Segment',
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadRequest.SerializeToString,
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.VadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Live(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/asr.worker.v1.Worker/Live',
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveRequest.SerializeToString,
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

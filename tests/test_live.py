@@ -1,0 +1,334 @@
+"""Live mode of StreamingRecognize, end to end: real scheduler, real worker processes, real
+gRPC on loopback, paraformer-streaming-tiny with the real FSMN-VAD.
+
+The reference is FunASR's own streaming loop: for each utterance the service reports, the
+utterance's samples fed to `generate(input=chunk, cache=cache, is_final=...)` in the model's
+600 ms chunks; the joined finals must equal it. Two-pass finals must equal the offline model's
+text on the same samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+
+from protos.asr.v1 import asr_pb2 as pb
+from protos.asr.v1 import asr_pb2_grpc as pb_grpc
+from tests.audio_fixtures import espeak_wav
+from tests.conftest import RunningService, make_config
+
+pytestmark = pytest.mark.integration
+
+CHUNK_S = 0.1
+STREAM_KWARGS = {"chunk_size": [0, 10, 5], "encoder_chunk_look_back": 4,
+                 "decoder_chunk_look_back": 1}
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """Three utterances separated by 2 s of silence, 16 kHz float32."""
+    d = tmp_path_factory.mktemp("live")
+    parts = []
+    for i, text in enumerate(["hello world, this is the first sentence of a live test",
+                              "and here comes the second one",
+                              "finally the third sentence closes the stream"]):
+        a, _ = sf.read(espeak_wav(text, d / f"u{i}.wav"), dtype="float32")
+        parts += [np.zeros(8000 if i == 0 else 32000, np.float32), a]
+    parts.append(np.zeros(16000, np.float32))
+    return np.concatenate(parts)
+
+
+def pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def live_requests(audio: np.ndarray, realtime: bool = False, model: str = "",
+                  final_model: str = "", sent: list[tuple[float, float]] | None = None
+                  ) -> Iterator[pb.StreamingRecognizeRequest]:
+    cfg = pb.RecognitionConfig(encoding=pb.LINEAR16, sample_rate_hertz=16000, model=model)
+    yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
+        config=cfg, live=True, final_model=final_model))
+    step = int(CHUNK_S * 16000)
+    started = time.monotonic()
+    for i in range(0, len(audio), step):
+        if realtime:
+            ahead = i / 16000 - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        if sent is not None:
+            sent.append((min(i + step, len(audio)) / 16000, time.monotonic()))
+        yield pb.StreamingRecognizeRequest(audio_content=pcm16(audio[i:i + step]))
+
+
+def run_stream(address: str, audio: np.ndarray, **kw: Any) -> list[pb.StreamingRecognizeResponse]:
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.RecognizerStub(ch)
+        return list(stub.StreamingRecognize(live_requests(audio, **kw), timeout=300))
+
+
+def funasr_reference(model_dir: Path, audio: np.ndarray,
+                     spans: list[tuple[int, int]]) -> list[str]:
+    """FunASR's own streaming loop over each span's samples (the same int16 round trip)."""
+    from funasr import AutoModel
+
+    model = AutoModel(model=str(model_dir), disable_update=True, disable_pbar=True,
+                      disable_log=True)
+    x = np.frombuffer(pcm16(audio), dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    texts = []
+    for start, end in spans:
+        seg = x[start * 16:end * 16]
+        cache: dict[str, Any] = {}
+        parts = []
+        for j in range(0, len(seg), 9600):
+            out = model.generate(input=seg[j:j + 9600], cache=cache,
+                                 is_final=j + 9600 >= len(seg), **STREAM_KWARGS)
+            parts.append(out[0]["text"])
+        texts.append("".join(parts))
+    return texts
+
+
+def offline_reference(model_dir: Path, audio: np.ndarray,
+                      spans: list[tuple[int, int]]) -> list[str]:
+    from funasr import AutoModel
+
+    model = AutoModel(model=str(model_dir), disable_update=True, disable_pbar=True,
+                      disable_log=True)
+    x = np.frombuffer(pcm16(audio), dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    out = []
+    for s, e in spans:
+        r = model.generate(input=x[s * 16:e * 16], language="auto", use_itn=False)
+        text = r[0]["text"]
+        out.append(text)
+    return out
+
+
+@pytest.fixture(scope="module")
+def live_service(models_dir: Path) -> Iterator[RunningService]:
+    """One service for the module: a streaming model ("live", the default), an offline model
+    ("final") beside it, two workers each (streams survive the loss of one)."""
+    svc = RunningService(make_config(
+        [f"live={models_dir / 'paraformer-streaming-tiny'}",
+         f"final={models_dir / 'sensevoice-tiny'}"], vad_model=str(models_dir / "fsmn-vad"),
+        vad_workers=1, workers_per_device=2))
+    try:
+        svc.wait_all_ready()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def finals_of(responses: list[pb.StreamingRecognizeResponse]
+              ) -> list[pb.StreamingRecognizeResponse]:
+    return [r for r in responses if r.is_final and not r.is_last]
+
+
+def test_live_finals_equal_funasr_streaming_loop(live_service: RunningService,
+                                                 models_dir: Path, talk: np.ndarray) -> None:
+    svc = live_service
+    responses = run_stream(svc.address, talk)
+    finals = finals_of(responses)
+    assert responses[-1].is_last
+    assert len(finals) == 3, [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+    spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+    assert all(s < e for s, e in spans) and all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    expected = funasr_reference(models_dir / "paraformer-streaming-tiny", talk, spans)
+    assert [f.result.text for f in finals] == expected
+    assert all(expected)
+    assert responses[-1].result.text == " ".join(expected)
+    # Interim results came while each utterance was spoken, each a prefix of its final.
+    for f in finals:
+        interims = [r for r in responses if not r.is_final
+                    and r.utterance_start_ms == f.utterance_start_ms]
+        assert interims, f"no interim result for the utterance at {f.utterance_start_ms} ms"
+        assert all(f.result.text.startswith(r.result.text) for r in interims)
+        assert all(r.stability == pytest.approx(1.0) for r in interims)
+        assert interims[0].audio_processed_s * 1000 < f.utterance_end_ms + 1000
+
+
+def test_live_interim_before_audio_ends_and_two_pass(live_service: RunningService,
+                                                     models_dir: Path,
+                                                     talk: np.ndarray) -> None:
+    svc = live_service
+    arrivals: list[tuple[float, pb.StreamingRecognizeResponse]] = []
+    sent: list[tuple[float, float]] = []
+    with grpc.insecure_channel(svc.address) as ch:
+        stub = pb_grpc.RecognizerStub(ch)
+        for r in stub.StreamingRecognize(live_requests(talk, realtime=True, model="live",
+                                                       final_model="final", sent=sent),
+                                         timeout=300):
+            arrivals.append((time.monotonic(), r))
+    audio_end = sent[-1][1]
+    first_interim = next(t for t, r in arrivals if not r.is_final)
+    assert first_interim < audio_end - 2.0  # long before the audio ended
+    finals = finals_of([r for _, r in arrivals])
+    assert len(finals) == 3
+    spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+    expected = offline_reference(models_dir / "sensevoice-tiny", talk, spans)
+    assert [f.result.text for f in finals] == expected
+    assert all(f.result.model == "final" for f in finals)
+    interims = [r for _, r in arrivals if not r.is_final]
+    assert interims and all(r.result.model == "live" and r.stability == pytest.approx(0.5)
+                            for r in interims)
+
+
+def test_live_refuses_offline_model(live_service: RunningService, talk: np.ndarray) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        run_stream(live_service.address, talk[:16000], model="final")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "streaming model" in err.value.details()
+
+
+async def test_live_placement_spreads_and_refuses_beyond_the_limit() -> None:
+    """Unit: live streams go to the worker with the fewest; a device at --max-live-streams
+    refuses new ones (RESOURCE_EXHAUSTED) but takes a resumed one."""
+    from scheduler.dispatch import Dispatcher, DispatchPolicy
+    from scheduler.errors import NoCapacity
+    from scheduler.monitor import GIB, SimMonitor
+    from tests.test_dispatch import make_workers
+
+    workers = make_workers(2, per_device=2, cpu=False)
+    for w in workers:
+        w.stub = object()  # type: ignore[assignment]
+    d = Dispatcher(workers, SimMonitor(2, 16 * GIB), DispatchPolicy())
+    held = [await d.place_live("", max_per_device=2) for _ in range(4)]
+    assert sorted(w.spec.worker_id for w in held) == sorted(w.spec.worker_id for w in workers)
+    with pytest.raises(NoCapacity) as err:
+        await d.place_live("", max_per_device=2)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    extra = await d.place_live("", max_per_device=2, resumed=True)
+    assert extra in workers and d.live_on_device(extra.spec.device_name) == 3
+    d.release_live(extra)
+    d.release_live(held[0])
+    again = await d.place_live("", max_per_device=2)
+    assert again.spec.device_name == held[0].spec.device_name
+
+
+def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: RunningService,
+                                                              models_dir: Path,
+                                                              talk: np.ndarray) -> None:
+    """16 concurrent real-time streams: chunk steps share engine ticks (live batch size > 1
+    in the metrics), every stream's finals equal FunASR's streaming loop, and after kill -9 of
+    the worker holding the most streams every stream continues, losing and repeating no
+    final."""
+    svc = live_service
+    registry = svc.service.metrics.registry
+    before = registry.get_sample_value("asr_live_resumes_total") or 0.0
+    results: dict[int, list[pb.StreamingRecognizeResponse]] = {}
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        time.sleep(0.05 * k)  # staggered, as real calls are
+        try:
+            results[k] = run_stream(svc.address, talk, realtime=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    dispatcher = svc.service.dispatcher
+    deadline = time.monotonic() + 60
+    while sum(dispatcher.live_streams.values()) < 16 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4.0)  # inside the first utterance of every stream
+    victim_id, held = dispatcher.live_streams.most_common(1)[0]
+    victim = next(w for w in dispatcher.workers if w.spec.worker_id == victim_id)
+    victim.kill()  # SIGKILL
+    for t in threads:
+        t.join(240)
+    assert not errors, errors
+    assert len(results) == 16
+    assert (registry.get_sample_value("asr_live_resumes_total") or 0.0) - before >= held
+    resumed = [k for k, rs in results.items() if any(r.resumed for r in rs)]
+    assert len(resumed) >= held
+    spans_seen: set[tuple[int, int]] = set()
+    for k, responses in results.items():
+        finals = finals_of(responses)
+        assert len(finals) == 3, (k, [(f.utterance_start_ms, f.utterance_end_ms, f.result.text)
+                                      for f in finals])
+        spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+        spans_seen.update(spans)
+        assert responses[-1].is_last
+    # Every distinct utterance span of every stream equals FunASR's own loop on it.
+    spans = sorted(spans_seen)
+    expected = dict(zip(spans, funasr_reference(models_dir / "paraformer-streaming-tiny", talk,
+                                                spans), strict=True))
+    for responses in results.values():
+        for f in finals_of(responses):
+            assert f.result.text == expected[(f.utterance_start_ms, f.utterance_end_ms)]
+    # Steps of several streams shared engine ticks.
+    total = registry.get_sample_value("asr_live_batch_size_count") or 0
+    alone = registry.get_sample_value("asr_live_batch_size_bucket",
+                                      {"le": "1.0"}) or 0
+    assert total > alone, (total, alone)
+
+
+def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.ndarray,
+                                        tmp_path: Path) -> None:
+    """`asr-client stream FILE --live --realtime --format json` (a WAV container) and raw PCM
+    from stdin (`arecord ... | asr-client stream - --live --sample-rate 16000`): one JSON line
+    per response with is_final and text; interim lines before the finals."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, np.frombuffer(pcm16(talk), dtype="<i2"), 16000, subtype="PCM_16")
+    cli = [sys.executable, "-c", "import sys; from client.cli import main; sys.exit(main())",
+           "--server", live_service.address, "stream"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([*cli, str(wav), "--live", "--realtime", "--format", "json"],
+                         capture_output=True, text=True, timeout=180, env=env, check=True)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    finals = [x for x in lines if x["is_final"] and not x["is_last"]]
+    assert len(finals) == 3 and lines[-1]["is_last"]
+    assert lines[-1]["text"] == " ".join(x["text"] for x in finals)
+    first_final = next(i for i, x in enumerate(lines) if x["is_final"])
+    assert any(not x["is_final"] and x["text"] for x in lines[:first_final])
+    raw = subprocess.run([*cli, "-", "--live", "--sample-rate", "16000", "--format", "json"],
+                         input=pcm16(talk), capture_output=True, timeout=180, env=env,
+                         check=True)
+    raw_lines = [json.loads(x) for x in raw.stdout.decode().splitlines()]
+    assert [x["text"] for x in raw_lines if x["is_final"]] == \
+        [x["text"] for x in lines if x["is_final"]]
+
+
+def test_live_session_memory_stays_bounded(models_dir: Path, talk: np.ndarray) -> None:
+    """In-process: a stream of the talk repeated 8 times (~2 min) keeps only the open
+    utterance (or the silence look-back) and a bounded VAD buffer; 24 finals."""
+    from funasr import AutoModel
+
+    from gpu_worker.engines.live_session import SILENCE_LOOK_BACK_MS, LiveOptions, LiveSession
+
+    kw = {"disable_update": True, "disable_pbar": True, "disable_log": True}
+    vad = AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000, **kw)
+    asr = AutoModel(model=str(models_dir / "paraformer-streaming-tiny"), **kw)
+    session = LiveSession(vad, asr, LiveOptions())
+    audio = np.concatenate([np.concatenate([talk, np.zeros(32000, np.float32)])] * 8)
+    kept_max = vad_max = 0
+    finals = []
+    step = 3200
+    for i in range(0, len(audio), step):
+        u = session.step(audio[i:i + step], i + step >= len(audio))
+        finals += u.finals
+        kept_max = max(kept_max, session.kept_samples)
+        stats = session._vad_cache.get("stats")
+        if stats is not None and stats.data_buf_all is not None:
+            vad_max = max(vad_max, len(stats.data_buf_all))
+    longest = max(f.end_ms - f.start_ms for f in finals)
+    assert len(finals) == 24
+    bound = (longest + SILENCE_LOOK_BACK_MS + 1000) * 16
+    assert kept_max <= bound, (kept_max, bound)
+    assert vad_max <= bound, (vad_max, bound)
+    assert session._asr_cache == {}
