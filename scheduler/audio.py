@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import io
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -205,6 +206,37 @@ def _decode_pyav(data: bytes, demuxer: str, container: str,
     if not blocks:
         raise InvalidAudio("the audio decodes to zero samples")
     return _finish(np.concatenate(blocks), rate, channels, container)
+
+
+def canonical_wav(data: bytes) -> DecodedAudio | None:
+    """The samples of a plain 16 kHz mono 16-bit PCM WAV without copying or a library call
+    (the common case, and what FunASR expects); None for anything else, which the full
+    decoder handles. Equal to libsndfile's reading of the same file."""
+    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, b""
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = pos + 8
+        if cid == b"fmt ":
+            fmt = data[body:body + min(size, 40)]
+        elif cid == b"data":
+            if len(fmt) < 16:
+                return None
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+            if tag == 0xFFFE and len(fmt) >= 26:
+                tag = struct.unpack("<H", fmt[24:26])[0]
+            if (tag, channels, rate, bits) != (1, 1, TARGET_RATE, 16):
+                return None
+            end = min(body + size, len(data))
+            end -= (end - body) % 2
+            samples = np.frombuffer(data, dtype="<i2", count=(end - body) // 2, offset=body)
+            if len(samples) == 0:
+                return None  # let the full decoder say what is wrong
+            _check_length(len(samples), rate)
+            return DecodedAudio(samples.astype(np.int16, copy=False), rate, channels, "wav")
+        pos = body + size + (size & 1)
+    return None
 
 
 def decode_audio(data: bytes, encoding: Encoding = Encoding.CONTAINER,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import logging
 import re
 import time
@@ -32,6 +33,14 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@+=-]{1,128}")
 MAX_DETAILS = 1000  # longest status message sent back
+
+
+_ID_PREFIX = uuid.uuid4().hex[:8]  # per process; ids are this plus a counter (no syscall)
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 def check_request_id(value: str) -> str:
@@ -95,7 +104,7 @@ def _set_request_id(context: grpc.aio.ServicerContext) -> None:
     the call is set to a fresh one, so that the refusal itself logs safely."""
     meta = dict(context.invocation_metadata() or ())
     given = meta.get(REQUEST_ID_KEY)
-    REQUEST_ID.set(uuid.uuid4().hex[:16])
+    REQUEST_ID.set(_new_request_id())
     if given:
         REQUEST_ID.set(check_request_id(str(given)))
 

@@ -240,3 +240,33 @@ def test_fuzz_mutated_files(files: dict[str, Path], name: str,
         # bias towards the header, where a flipped byte does the most damage
         data[pos % min(len(data), 256 if pos % 2 else len(data))] = value
     _decode_or_invalid(bytes(data[: None if cut is None else cut % (len(data) + 1)]))
+
+
+@pytest.mark.parametrize("declared", [None, 1000, 10**9])
+def test_canonical_wav_fast_path_equals_libsndfile(files: dict[str, Path],
+                                                   declared: int | None) -> None:
+    """The no-copy reader of plain 16 kHz mono PCM16 WAV gives libsndfile's samples (also with
+    a lying data length); anything else is left to the full decoder."""
+    from scheduler.audio import canonical_wav
+
+    data = files["m16.wav"].read_bytes()
+    if declared is not None:
+        data = data[:40] + struct.pack("<I", declared) + data[44:]
+    fast = canonical_wav(data)
+    assert fast is not None
+    full = audio_mod._decode_sndfile(data)
+    assert full is not None
+    assert fast.samples.dtype == np.int16 and np.array_equal(fast.samples, full.samples)
+    for other in ("s44.wav", "s8.wav", "short.wav", "m16.flac", "s44.mp3"):
+        assert canonical_wav(files[other].read_bytes()) is None
+    assert canonical_wav(wav_header(16000, 1, 0)) is None
+    assert canonical_wav(b"RIFF....WAVE" + b"\x00" * 40) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_canonical_wav_never_raises_on_garbage(data: bytes) -> None:
+    from scheduler.audio import canonical_wav
+
+    out = canonical_wav(wav_header(16000, 1, 64)[:36] + data)
+    assert out is None or out.samples.dtype == np.int16
