@@ -54,7 +54,7 @@ def _connection_options() -> argparse.ArgumentParser:
     g.add_argument("--keepalive", type=float, default=s, metavar="SECONDS",
                    help="HTTP/2 keepalive ping interval (default off)")
     g.add_argument("--retries", type=int, default=s,
-                   help="attempts per call on UNAVAILABLE/RESOURCE_EXHAUSTED (default 8)")
+                   help="attempts per call on UNAVAILABLE/RESOURCE_EXHAUSTED/CANCELLED (default 8)")
     g.add_argument("-v", "--verbose", action="store_true", default=s, help="log retries")
     return p
 

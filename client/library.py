@@ -6,10 +6,11 @@
         print(t.text, t.device, t.timings.rtfx)
 
 Audio of any size is streamed in chunks over `StreamingRecognize`. Calls that fail with
-UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff and jitter (`RetryPolicy`), waiting
-at least what the server's `retry-after-s` trailer asks; the whole file is sent again, which
-is why the retries are ours and not gRPC's (its transparent retries neither re-send a large
-upload nor read that trailer). Every failure raises `AsrError` with the gRPC code.
+UNAVAILABLE, RESOURCE_EXHAUSTED or a server-side CANCELLED are retried with backoff and jitter
+(`RetryPolicy`), waiting at least what the server's `retry-after-s` trailer asks; the whole
+file is sent again, which is why the retries are ours and not gRPC's (its transparent retries
+neither re-send a large upload nor read that trailer). Every failure raises `AsrError` with
+the gRPC code.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class AsrClient:
     Args:
         server: "HOST:PORT" of the service (default: env ASR_SERVER or localhost:50051).
         options: default `TranscribeOptions` for every transcription.
-        retry: the `RetryPolicy` (default: 5 attempts on UNAVAILABLE / RESOURCE_EXHAUSTED).
+        retry: the `RetryPolicy` (default: 5 attempts on UNAVAILABLE, RESOURCE_EXHAUSTED or
+            CANCELLED).
         channel_options: a full `ChannelOptions`; the keyword arguments below override it.
         **channel_kw: fields of `ChannelOptions` (token, tls, tls_ca, tls_cert, tls_key,
             tls_server_name, keepalive_s, max_message_bytes, load_balancing).

@@ -68,7 +68,10 @@ class TranscribeOptions:
         return cfg
 
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# CANCELLED too: the client never cancels a call it retries, so a CANCELLED answer comes from a
+# server that stopped before finishing it (a drain cut short); transcription is idempotent.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       grpc.StatusCode.CANCELLED})
 
 
 @dataclass(frozen=True)

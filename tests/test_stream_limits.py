@@ -22,7 +22,7 @@ from tests.serve_proc import ServeProcess
 pytestmark = pytest.mark.integration
 MB = 1024 * 1024
 SLOW = os.environ.get("ASR_SLOW_TESTS") == "1"
-IDLE, STALLED = (500, 100) if SLOW else (60, 30)
+IDLE, STALLED = (500, 100) if SLOW else (60, 40)
 
 
 def config_msg() -> pb.StreamingRecognizeRequest:
@@ -73,7 +73,8 @@ def test_idle_refused_and_stalled_streams(models_dir: Path, speech: dict[str, Pa
             grown = peak.peak_by_pid[svc.proc.pid] - base
             print(f"{STALLED} streams x 5 MB stalled: scheduler +{grown / MB:.0f} MB "
                   f"({codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)} timed out)")
-            assert grown < 200 * MB, f"{grown / MB:.0f} MB"
+            # Unbounded, 40 x 5 MB of PCM16 held as float32 plus buffers is over 500 MB.
+            assert grown < 280 * MB, f"{grown / MB:.0f} MB"
 
             # Idle streams (a config, then nothing): the ones over the per-client limit are
             # refused at once; the rest time out; a request is served meanwhile.
