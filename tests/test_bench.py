@@ -27,7 +27,7 @@ def test_quick_bench_reports_every_variant(models_dir: Path, tmp_path: Path) -> 
            "--model", str(models_dir / "sensevoice-tiny"), "--clips", "4", "--clip-seconds", "3",
            "--concurrency", "1,2", "--workers-per-device", "1,2", "--devices", "cpu",
            "--work-dir", str(tmp_path / "work"), "--json", str(out_json)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=360, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for prefix, count in (("(a)", 1), ("(b)", 1), ("(c) ours, 1 worker", 2),
