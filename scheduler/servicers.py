@@ -118,6 +118,18 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             finally:
                 self.metrics.live_streams.dec()
 
+    async def _audio(self, messages: AsyncIterator[pb.StreamingRecognizeRequest]
+                     ) -> AsyncIterator[bytes]:
+        """The audio bytes of a stream's later messages, each within the idle timeout."""
+        while True:
+            try:
+                message = await self.limits.next_message(messages)
+            except StopAsyncIteration:
+                return
+            if message.WhichOneof("streaming_request") == "streaming_config":
+                raise InvalidRequest("streaming_config may only be sent once, first")
+            yield message.audio_content
+
     async def _stream(
         self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
         context: grpc.aio.ServicerContext,
@@ -140,14 +152,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         input_ended: list[float] = []
 
         async def chunks() -> AsyncIterator[bytes]:
-            while True:
-                try:
-                    message = await self.limits.next_message(messages)
-                except StopAsyncIteration:
-                    break
-                if message.WhichOneof("streaming_request") == "streaming_config":
-                    raise InvalidRequest("streaming_config may only be sent once, first")
-                yield message.audio_content
+            async for chunk in self._audio(messages):
+                yield chunk
             input_ended.append(time.monotonic())
 
         out: asyncio.Queue[pb.StreamingRecognizeResponse] = asyncio.Queue()
@@ -190,17 +196,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         req = to_request(sc.config, b"", context)
         live_req = to_live_request(sc, req)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            while True:
-                try:
-                    message = await self.limits.next_message(messages)
-                except StopAsyncIteration:
-                    break
-                if message.WhichOneof("streaming_request") == "streaming_config":
-                    raise InvalidRequest("streaming_config may only be sent once, first")
-                yield message.audio_content
-
-        async for ev in self.live.run(live_req, chunks()):
+        async for ev in self.live.run(live_req, self._audio(messages)):
             yield live_response(ev, req.request_id)
 
 
