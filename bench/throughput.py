@@ -182,6 +182,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     engines = tuple(e for e in a.engines.split(",") if e)
     if not engines or set(engines) - set(ENGINE_VARIANTS):
         p.error(f"--engines {a.engines!r}: expected a list of generate, direct")
+    if nano.is_nano(a.model) and "direct" in engines:  # the direct engine has no LLM decoder
+        log.info("Fun-ASR-Nano: no direct engine for it; its service rows run generate")
+        engines = tuple(e for e in engines if e != "direct") or ("generate",)
     dtypes = tuple(d for d in a.dtypes.split(",") if d)
     if not dtypes or set(dtypes) - {"fp32", "bf16", "fp16"}:
         p.error(f"--dtypes {a.dtypes!r}: expected a list of fp32, bf16, fp16")
