@@ -150,7 +150,9 @@ def test_sigterm_under_load_finishes_accepted_work(models_dir: Path, speech: dic
         svc.stop()
     log = (tmp_path / "serve.log").read_text()
     in_progress = int(re.search(r"draining: (\d+) call\(s\) in progress", log).group(1))
-    assert in_progress >= n_stream + 3, "the signal came while calls were running"
+    # The streams are still uploading; on a loaded 2-core machine only a few of the unary loops
+    # are inside a call at any instant (CI saw 2), so ask for at least one.
+    assert in_progress >= n_stream + 1, "the signal came while calls were running"
     assert status == NOT_SERVING and health_s < 1.0, (status, health_s)
     for exc in (refused.value, *refusals):
         assert exc.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in exc.details()
