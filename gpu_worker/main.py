@@ -27,6 +27,7 @@ from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.logs import setup_logging
+from protos.common.pcm_arena import PcmArena
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
 from protos.common.worker_auth import SECRET_ENV, server_interceptors
 from protos.common.worker_config import WorkerConfig
@@ -58,7 +59,9 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     """Serve `engine` until stopped; the process exit code."""
     server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS),
                              interceptors=server_interceptors(os.environ.pop(SECRET_ENV, "")))
-    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, cfg.device_name), server)
+    arena = (PcmArena.attach(cfg.pcm_arena_fd, cfg.pcm_arena_bytes)
+             if cfg.pcm_arena_fd >= 0 else None)
+    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, cfg.device_name, arena), server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket_path)
     server.add_insecure_port(f"unix://{cfg.socket_path}")

@@ -5,15 +5,18 @@ Every RPC goes to the engine's method of the same shape; an engine that lacks it
 RESOURCE_EXHAUSTED "gpu_oom" (the scheduler reroutes it, possibly to the CPU); an unhealthy
 worker answers UNAVAILABLE "worker_unhealthy: <why>" (the scheduler requeues the request on
 another worker); any other failure of one request is INTERNAL for that request only.
+`Work` carries the same per-unit codes inside its answers, one per tagged unit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from gpu_worker.device import is_oom
 from gpu_worker.engines.base import Engine, SessionChunk, Unsupported, Utterance, WorkerUnhealthy
@@ -21,6 +24,7 @@ from gpu_worker.engines.live import LiveChunk
 from gpu_worker.engines.live_session import LiveOptions
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.wire import decode_pcm
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,21 @@ GPU_OOM_DETAIL = "gpu_oom"
 UNHEALTHY_DETAIL = "worker_unhealthy"
 
 
+class UnitFailed(Exception):
+    """One unit's failure, with the status code its answer carries."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
 class WorkerServicer(pb_grpc.WorkerServicer):
     """Routes the Worker RPCs to one engine."""
 
-    def __init__(self, engine: Engine, device_name: str) -> None:
+    def __init__(self, engine: Engine, device_name: str, arena: PcmArena | None = None) -> None:
         self.engine = engine
         self.device_name = device_name
+        self.arena = arena  # the scheduler's shared PCM arena (None: audio comes inline)
         self.served = 0
 
     async def GetInfo(self, request: pb.InfoRequest,
@@ -53,9 +66,76 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     async def Transcribe(self, request: pb.TranscribeRequest,
                          context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
-        audio = decode_pcm(request.pcm, request.sample_format)
+        try:
+            return await self._unit(request)
+        except UnitFailed as exc:
+            await context.abort(exc.code, exc.details)
+            raise  # not reached: abort raises
+
+    async def Work(self, request_iterator: AsyncIterator[pb.WorkRequest],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WorkResponse]:
+        """Many tagged units over one call; the answers ready at the same moment (a batch)
+        go back together in one message."""
+        ready: list[pb.WorkAnswer] = []
+        wake = asyncio.Event()
+        running: dict[int, asyncio.Task[None]] = {}
+        reading = True
+
+        async def run(tag: int, request: pb.TranscribeRequest) -> None:
+            try:
+                answer = pb.WorkAnswer(tag=tag, result=await self._unit(request))
+            except UnitFailed as exc:
+                answer = pb.WorkAnswer(tag=tag, code=exc.code.value[0], details=exc.details)
+            except asyncio.CancelledError:
+                answer = pb.WorkAnswer(tag=tag, code=grpc.StatusCode.CANCELLED.value[0],
+                                       details="cancelled by the scheduler")
+            finally:
+                running.pop(tag, None)
+            ready.append(answer)
+            wake.set()
+
+        async def read() -> None:
+            nonlocal reading
+            try:
+                async for req in request_iterator:
+                    for unit in req.units:
+                        running[unit.tag] = asyncio.create_task(run(unit.tag, unit.request))
+                    for tag in req.cancel:
+                        if tag in running:
+                            running[tag].cancel()
+            finally:
+                reading = False  # the scheduler closed its side (or the call broke)
+                wake.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            while reading or running or ready:
+                await wake.wait()
+                wake.clear()
+                if ready:
+                    answers, ready[:] = list(ready), []
+                    yield pb.WorkResponse(answers=answers)
+        finally:
+            reader.cancel()
+            for task in list(running.values()):
+                task.cancel()
+
+    def _audio(self, request: pb.TranscribeRequest) -> np.ndarray:
+        if not request.HasField("pcm_ref"):
+            return decode_pcm(request.pcm, request.sample_format)
+        if self.arena is None:
+            raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, "this worker has no PCM arena")
+        ref = request.pcm_ref
+        try:
+            return self.arena.read(PcmBlock(ref.offset, ref.num_bytes, request.sample_format))
+        except ValueError as exc:
+            raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+    async def _unit(self, request: pb.TranscribeRequest) -> pb.TranscribeResponse:
+        """One unit through the engine; failures as `UnitFailed` with their status code."""
+        audio = self._audio(request)
         if audio.size == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
+            raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
         utt = Utterance(audio=audio, language=request.language or "auto",
                         use_itn=request.enable_itn, hotwords=tuple(request.hotwords),
                         request_id=request.request_id,
@@ -63,15 +143,16 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             transcript, stats = await self.engine.transcribe(utt)
         except Unsupported as exc:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+            raise UnitFailed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from exc
         except WorkerUnhealthy as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{UNHEALTHY_DETAIL}: {exc.reason}")
+            raise UnitFailed(grpc.StatusCode.UNAVAILABLE,
+                             f"{UNHEALTHY_DETAIL}: {exc.reason}") from exc
         except Exception as exc:  # one utterance failed alone: report it, keep serving
             if is_oom(exc):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL)
+                raise UnitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL) from exc
             log.exception("request %s failed", request.request_id,
                           extra={"request_id": request.request_id})
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            raise UnitFailed(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
         self.served += 1
         return pb.TranscribeResponse(
             text=transcript.text, language=transcript.language, device=self.device_name,

@@ -152,6 +152,10 @@ class ServeConfig(BaseSettings):
                            description="Where built demo models and wheels are cached")
     runtime_dir: str = Field("", description="Directory for worker sockets (default: a fresh "
                              "temp dir)")
+    pcm_arena_mib: int = Field(64, ge=0, le=65536, description="Shared memory per recognition "
+                               "worker for handing it audio without copying it through gRPC "
+                               "(only what is in flight is touched); 0: audio goes in the "
+                               "message")
     tls_cert: str = Field("", description="PEM certificate: turns TLS on (with --tls-key)")
     tls_key: str = Field("", description="PEM private key of --tls-cert")
     tls_client_ca: str = Field("", description="PEM CA: require client certificates it signed "

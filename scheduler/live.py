@@ -305,7 +305,7 @@ class LiveRecognizer:
                                hotwords=s.req.hotwords)
 
             async def call(w: WorkerHandle) -> object:
-                return await transcribe(w.stub if w.ready else None, w.spec.worker_id, unit,
+                return await transcribe(w.unit_target if w.ready else None, w.spec.worker_id, unit,
                                         None)
 
             r, _ = await self.dispatcher.run(len(samples) / SAMPLE_RATE, call,

@@ -264,8 +264,8 @@ class Pipeline:
 
         async def call(worker: WorkerHandle) -> tuple[UnitResult, float]:
             sent = time.monotonic()
-            r = await transcribe(worker.stub if worker.ready else None, worker.spec.worker_id,
-                                 unit, deadline)
+            target = worker.unit_target if worker.ready else None
+            r = await transcribe(target, worker.spec.worker_id, unit, deadline)
             self.metrics.observe_batch(worker.spec.worker_id, r.batch_id, r.device, model.name,
                                        r.batch_size, r.inference_time_s, r.decode_steps)
             self.metrics.observe_tokens(r.device, model.name, r.tokens_generated)

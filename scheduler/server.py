@@ -140,7 +140,8 @@ class AsrService:
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_s, secret=new_secret())
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s, secret=new_secret(),
+            pcm_arena_bytes=cfg.pcm_arena_mib * 1024 * 1024)
 
         def launch(**worker: object) -> WorkerLaunch:
             return dataclasses.replace(supervision,
@@ -164,8 +165,9 @@ class AsrService:
         # More than one where cores allow: a long request survives the loss of one.
         vad_count = cfg.vad_workers or min(4, max(2 if (os.cpu_count() or 1) >= 2 else 1,
                                                   (os.cpu_count() or 1) // 4))
-        vad_launch = launch(model=vad_model or "", model_name="fsmn-vad", engine="vad",
-                            threads=1)
+        vad_launch = dataclasses.replace(
+            launch(model=vad_model or "", model_name="fsmn-vad", engine="vad", threads=1),
+            pcm_arena_bytes=0)  # VAD workers get audio on their Segment streams
         self.vad_workers = [] if vad_model is None else [
             WorkerHandle(WorkerSpec(f"vad#{i}", "vad", "cpu", is_cpu=True, role="vad"),
                          vad_launch) for i in range(vad_count)]

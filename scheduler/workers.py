@@ -30,9 +30,12 @@ from typing import IO
 import grpc
 
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.pcm_arena import PcmArena
+from protos.common.pcm_arena import supported as pcm_arena_supported
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
 from protos.common.worker_auth import SECRET_ENV, client_interceptors
 from protos.common.worker_config import WorkerConfig
+from scheduler.work_stream import WorkStream
 from scheduler.workers_client import Capabilities, WorkerInfo, get_info
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ class WorkerLaunch:
     heartbeat_timeout_s: float = 20.0
     initial_backoff_s: float = 1.0
     secret: str = ""  # the per-start secret every worker call carries (worker_auth)
+    pcm_arena_bytes: int = 0  # shared PCM arena per worker process (0: audio goes inline)
     extra_env: dict[str, str] = field(default_factory=dict)
     # The worker program; the JSON config is appended. Tests swap in failing programs.
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "gpu_worker"])
@@ -128,6 +132,8 @@ class WorkerHandle:
         self.last_assigned = 0.0
         self.last_error = ""
         self.stub: wpb_grpc.WorkerStub | None = None
+        self.link: WorkStream | None = None  # the unit hand-off of the current process
+        self._arena: PcmArena | None = None  # created at spawn, handed to `link`
         self._channel: grpc.aio.Channel | None = None
         self._crashes: collections.deque[float] = collections.deque()
         self._stopping = False
@@ -170,12 +176,19 @@ class WorkerHandle:
             self.state = state
             self.on_change()
 
+    @property
+    def unit_target(self) -> WorkStream | wpb_grpc.WorkerStub | None:
+        """Where units go: the Work stream, or plain Transcribe calls (None: not connected)."""
+        return self.link or self.stub
+
     def worker_config(self) -> WorkerConfig:
         """This worker's settings: the pool's, with its own id, device and socket."""
+        arena = self._arena
         return dataclasses.replace(
             self.launch.worker, worker_id=self.spec.worker_id, socket_path=self.socket_path,
             torch_device=self.spec.torch_device, device_name=self.spec.device_name,
-            parent_pid=os.getpid())
+            parent_pid=os.getpid(), pcm_arena_fd=arena.fd if arena else -1,
+            pcm_arena_bytes=arena.size if arena else 0)
 
     def absorb(self, info: WorkerInfo) -> None:
         """Fold a worker's own counters into totals that survive its restarts."""
@@ -219,24 +232,45 @@ class WorkerHandle:
         if self.launch.secret:
             env[SECRET_ENV] = self.launch.secret
         self.stderr_tail.clear()
-        self.process = subprocess.Popen(
-            [*self.launch.command, self.worker_config().to_json()], env=env,
-            stderr=subprocess.PIPE, umask=0o077)  # its socket: 0600
+        if self.launch.pcm_arena_bytes and pcm_arena_supported():
+            self._arena = PcmArena.create(self.launch.pcm_arena_bytes,
+                                          f"asr-pcm-{self.spec.worker_id}")
+        try:
+            self.process = subprocess.Popen(
+                [*self.launch.command, self.worker_config().to_json()], env=env,
+                stderr=subprocess.PIPE, umask=0o077,  # its socket: 0600
+                pass_fds=(self._arena.fd,) if self._arena else ())
+        except BaseException:
+            self._drop_arena()
+            raise
         assert self.process.stderr is not None
         threading.Thread(target=self._forward_stderr, args=(self.process.stderr,),
                          name=f"stderr-{self.spec.worker_id}", daemon=True).start()
         log.info("worker %s: started pid %d on %s", self.spec.worker_id, self.process.pid,
                  self.spec.torch_device)
 
+    def _drop_arena(self) -> None:
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
+
     async def _connect(self) -> None:
+        arena, self._arena = self._arena, None  # the new process's arena goes to its link
         await self._close_channel()
         self._channel = grpc.aio.insecure_channel(
             f"unix://{self.socket_path}",
             options=list(WORKER_CHANNEL_OPTIONS),
             interceptors=client_interceptors(self.launch.secret))
         self.stub = wpb_grpc.WorkerStub(self._channel)
+        work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
+                                                 options=list(WORKER_CHANNEL_OPTIONS))
+        self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret)
 
     async def _close_channel(self) -> None:
+        self._drop_arena()
+        if self.link is not None:
+            await self.link.close()  # units still waiting on the old process: WorkerLost
+            self.link = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -1,5 +1,6 @@
-"""The one module that speaks the worker API (worker.proto): builds its requests, makes its
+"""The module that speaks the worker API (worker.proto): builds its requests, makes its
 calls, and turns its answers and status codes into the scheduler's plain types and errors.
+(`work_stream.py` holds the one long-lived `Work` call per worker that carries units.)
 
 Status codes from a worker mean:
 - UNAVAILABLE / CANCELLED / UNKNOWN: the worker died, hung or declared itself unhealthy while
@@ -15,12 +16,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 import numpy as np
 
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.pcm_arena import PcmBlock
 from protos.common.wire import F32LE, encode_pcm
 from scheduler.errors import (
     DeadlineExceeded,
@@ -110,33 +113,63 @@ async def get_info(stub: wpb_grpc.WorkerStub, timeout_s: float) -> WorkerInfo:
                       consecutive_failed_batches=info.consecutive_failed_batches)
 
 
-async def transcribe(stub: wpb_grpc.WorkerStub | None, worker_id: str, unit: UnitRequest,
-                     deadline: float | None) -> UnitResult:
-    """Run one unit on one worker; failures sorted into retry / reroute / per-request error."""
-    pcm, fmt = encode_pcm(unit.samples)
-    wreq = wpb.TranscribeRequest(request_id=unit.request_id, pcm=pcm, sample_format=fmt,
-                                 language=unit.language, enable_itn=unit.enable_itn,
-                                 hotwords=list(unit.hotwords),
-                                 max_new_tokens=unit.max_new_tokens)
-    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-    try:
-        r = await _stub(stub, worker_id).Transcribe(wreq, timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        if code in _LOST_CODES:
-            raise WorkerLost(f"{worker_id}: {code.name}: {exc.details()}") from exc
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            raise GpuOutOfMemory(exc.details()) from exc
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise DeadlineExceeded("the request's deadline passed before its result") from exc
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise InvalidAudio(exc.details() or "invalid audio") from exc
-        raise InferenceFailed(f"recognition failed: {exc.details()}") from exc
+def unit_request(unit: UnitRequest, block: PcmBlock | None = None,
+                 req: wpb.TranscribeRequest | None = None) -> wpb.TranscribeRequest:
+    """The worker request for `unit` (filled into `req` when given): its samples inline, or
+    where they lie in the arena."""
+    req = wpb.TranscribeRequest() if req is None else req
+    req.request_id, req.language = unit.request_id, unit.language
+    req.enable_itn, req.max_new_tokens = unit.enable_itn, unit.max_new_tokens
+    req.hotwords.extend(unit.hotwords)
+    if block is not None:
+        req.pcm_ref.offset, req.pcm_ref.num_bytes = block.offset, block.num_bytes
+        req.sample_format = block.sample_format  # type: ignore[assignment]
+    else:
+        req.pcm, req.sample_format = encode_pcm(unit.samples)
+    return req
+
+
+def unit_error(worker_id: str, code: grpc.StatusCode, details: str) -> Exception:
+    """The scheduler's error for a unit that ended with `code` on worker `worker_id`."""
+    if code in _LOST_CODES:
+        return WorkerLost(f"{worker_id}: {code.name}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return GpuOutOfMemory(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("the request's deadline passed before its result")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidAudio(details or "invalid audio")
+    return InferenceFailed(f"recognition failed: {details}")
+
+
+def unit_result(r: wpb.TranscribeResponse) -> UnitResult:
     return UnitResult(text=r.text, language=r.language, device=r.device,
                       inference_time_s=r.inference_time_s, batch_wait_s=r.batch_wait_s,
                       batch_size=r.batch_size, batch_id=r.batch_id,
                       hotwords_ignored=r.hotwords_ignored, tokens_generated=r.tokens_generated,
                       decode_steps=r.decode_steps)
+
+
+class UnitLink(Protocol):
+    """A worker's hand-off for units (work_stream.WorkStream)."""
+
+    async def transcribe(self, unit: UnitRequest, deadline: float | None) -> UnitResult: ...
+
+
+async def transcribe(target: wpb_grpc.WorkerStub | UnitLink | None, worker_id: str,
+                     unit: UnitRequest, deadline: float | None) -> UnitResult:
+    """Run one unit on one worker (over its Work stream when `target` is one, else with a
+    Transcribe call); failures sorted into retry / reroute / per-request error."""
+    if target is None:
+        raise WorkerLost(f"worker {worker_id} is not connected")
+    if hasattr(target, "transcribe"):
+        return await target.transcribe(unit, deadline)  # type: ignore[union-attr]
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+    try:
+        r = await target.Transcribe(unit_request(unit), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        raise unit_error(worker_id, exc.code(), exc.details() or "") from exc
+    return unit_result(r)
 
 
 async def clear_cache(stub: wpb_grpc.WorkerStub, timeout_s: float = 30.0) -> tuple[int, int]:

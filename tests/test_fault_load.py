@@ -1,7 +1,8 @@
 """Load with faults (slow tier): mixed lengths (1 s to 5 min, so VAD runs) from many
 concurrent clients on `--devices sim:4` while every recognition worker and every VAD worker is
-kill -9'd in turn. Every request is answered exactly once with its idle-server text; the
-scheduler's memory, file descriptors and threads return to within 10 % of their baseline.
+kill -9'd in turn; every fourth request is a chunked StreamingRecognize upload (the
+scheduler spools long streams). Every request is answered exactly once with its idle-server
+text; the scheduler's memory, file descriptors and threads return to within 10 % of their baseline.
 ASR_FAULT_REQUESTS and ASR_FAULT_CLIENTS scale it (defaults 2000 and 48)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from tests.long_audio import speech_clips, write_recording
 from tests.rss import children, tree_rss
 from tests.serve_proc import ServeProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.skipif(
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(5400),
+              pytest.mark.skipif(
     os.environ.get("ASR_SLOW_TESTS") != "1", reason="slow tier: set ASR_SLOW_TESTS=1")]
 
 REQUESTS = int(os.environ.get("ASR_FAULT_REQUESTS", "2000"))
@@ -39,6 +42,13 @@ def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def _upload(data: bytes, chunk: int = 256 * 1024) -> Iterator[pb.StreamingRecognizeRequest]:
+    yield pb.StreamingRecognizeRequest(
+        streaming_config=pb.StreamingRecognitionConfig(config=pb.RecognitionConfig()))
+    for i in range(0, len(data), chunk):
+        yield pb.StreamingRecognizeRequest(audio_content=data[i:i + chunk])
+
+
 def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Path) -> None:
     clips = speech_clips(tmp_path)
     files = {s: write_recording(tmp_path / f"{s:g}s.wav", s, clips, seed=int(s)).read_bytes()
@@ -52,9 +62,13 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
         with grpc.insecure_channel(svc.address) as channel:
             rec = pb_grpc.RecognizerStub(channel)
 
-            def run(seconds: float) -> str:
-                return rec.Recognize(pb.RecognizeRequest(audio_content=files[seconds]),
-                                     timeout=1800).result.text
+            def run(seconds: float, streamed: bool = False) -> str:
+                if not streamed:
+                    return rec.Recognize(pb.RecognizeRequest(audio_content=files[seconds]),
+                                         timeout=1800).result.text
+                *_, last = rec.StreamingRecognize(_upload(files[seconds]), timeout=1800)
+                assert last.is_last
+                return last.result.text
 
             idle = {s: run(s) for s in LENGTHS}
             time.sleep(2)
@@ -62,6 +76,7 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
                     _threads(svc.proc.pid))
             rng = random.Random(7)
             plan = rng.choices(list(LENGTHS), weights=list(LENGTHS.values()), k=REQUESTS)
+            streamed = [i % 4 == 3 for i in range(REQUESTS)]  # every 4th request is a stream
             stop, kills = threading.Event(), []
 
             admin = pb_grpc.AdminStub(channel)
@@ -92,7 +107,7 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
             thread.start()
             started = time.monotonic()
             with ThreadPoolExecutor(CLIENTS) as pool:
-                texts = list(pool.map(run, plan))
+                texts = list(pool.map(run, plan, streamed))
             stop.set()
             thread.join()
             wall = time.monotonic() - started

@@ -73,6 +73,10 @@ def test_other_users_cannot_reach_workers(start_service, models_dir: Path) -> No
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Segment(iter([wpb.VadRequest(is_final=True)]), timeout=10))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            unit = wpb.WorkUnit(tag=1, request=wpb.TranscribeRequest(pcm=b"\0\0" * 1600))
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Work(iter([wpb.WorkRequest(units=[unit])]), timeout=10))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert worker.ready  # the scheduler's own calls carry the secret
     finally:
         svc.stop()

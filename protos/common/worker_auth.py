@@ -47,6 +47,12 @@ class _AttachStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_with_secret(details, self.secret), request_iterator)
 
 
+def call_metadata(secret: str) -> tuple[tuple[str, str], ...]:
+    """The secret as metadata of one call, for calls made without the interceptors (the
+    long-lived Work call: interceptors on a stream add a task hop to every message)."""
+    return ((METADATA_KEY, secret),) if secret else ()
+
+
 def client_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors for the scheduler's channel to a worker (none without a secret)."""
     return [_AttachUnary(secret), _AttachStream(secret)] if secret else []

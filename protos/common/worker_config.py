@@ -31,6 +31,8 @@ class WorkerConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     vad_model: str = ""  # FSMN-VAD directory for live streams (streaming models); "" none
+    pcm_arena_fd: int = -1  # inherited descriptor of the scheduler's shared PCM arena; -1 none
+    pcm_arena_bytes: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

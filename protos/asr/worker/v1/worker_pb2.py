@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/asr/worker/v1/worker.proto\x12\rasr.worker.v1\"\r\n\x0bInfoRequest\"\x8a\x03\n\x0cInfoResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x17\n\x0f\x61llocated_bytes\x18\x04 \x01(\x03\x12\x16\n\x0ereserved_bytes\x18\x05 \x01(\x03\x12\x19\n\x11supports_hotwords\x18\x06 \x01(\x08\x12\x0e\n\x06served\x18\x07 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x08 \x01(\x03\x12\x12\n\noom_events\x18\t \x01(\x03\x12\x42\n\x0c\x63\x61\x63he_clears\x18\n \x03(\x0b\x32,.asr.worker.v1.InfoResponse.CacheClearsEntry\x12\x31\n\x0c\x63\x61pabilities\x18\x0b \x01(\x0b\x32\x1b.asr.worker.v1.Capabilities\x12\"\n\x1a\x63onsecutive_failed_batches\x18\x0c \x01(\x03\x1a\x32\n\x10\x43\x61\x63heClearsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb0\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\x12\x10\n\x08hotwords\x18\x05 \x01(\x08\x12\x0b\n\x03itn\x18\x06 \x01(\x08\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x12\n\ntimestamps\x18\x08 \x01(\x08\x12\x19\n\x11padding_invariant\x18\t \x01(\x08\"\xb8\x01\n\x11TranscribeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x32\n\rsample_format\x18\x03 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x12\n\nenable_itn\x18\x05 \x01(\x08\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\x05\"\xe4\x01\n\x12TranscribeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x18\n\x10inference_time_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x62\x61tch_wait_s\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x18\n\x10hotwords_ignored\x18\x07 \x01(\x08\x12\x10\n\x08\x62\x61tch_id\x18\x08 \x01(\x03\x12\x18\n\x10tokens_generated\x18\t \x01(\x05\x12\x14\n\x0c\x64\x65\x63ode_steps\x18\n \x01(\x05\"w\n\nVadRequest\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x16\n\x0emax_segment_ms\x18\x04 \x01(\x05\".\n\nVadSegment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\":\n\x0bVadResponse\x12+\n\x08segments\x18\x01 \x03(\x0b\x32\x19.asr.worker.v1.VadSegment\"\x19\n\x17WorkerClearCacheRequest\"W\n\x18WorkerClearCacheResponse\x12\x1d\n\x15reserved_before_bytes\x18\x01 \x01(\x03\x12\x1c\n\x14reserved_after_bytes\x18\x02 \x01(\x03\"\x89\x01\n\nLiveConfig\x12\x12\n\nchunk_size\x18\x01 \x03(\x05\x12\x1f\n\x17\x65ncoder_chunk_look_back\x18\x02 \x01(\x05\x12\x1f\n\x17\x64\x65\x63oder_chunk_look_back\x18\x03 \x01(\x05\x12\x11\n\toffset_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8b\x01\n\x0bLiveRequest\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12)\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.asr.worker.v1.LiveConfig\"?\n\rLiveUtterance\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xb9\x01\n\x0cLiveResponse\x12,\n\x06\x66inals\x18\x01 \x03(\x0b\x32\x1c.asr.worker.v1.LiveUtterance\x12\x14\n\x0cinterim_text\x18\x02 \x01(\t\x12\x18\n\x10interim_start_ms\x18\x03 \x01(\x03\x12\x0f\n\x07safe_ms\x18\x04 \x01(\x03\x12\x14\n\x0cprocessed_ms\x18\x05 \x01(\x03\x12\x14\n\x0ctick_streams\x18\x06 \x01(\x05\x12\x0e\n\x06step_s\x18\x07 \x01(\x01*$\n\x0cSampleFormat\x12\t\n\x05S16LE\x10\x00\x12\t\n\x05\x46\x33\x32LE\x10\x01\x32\x89\x03\n\x06Worker\x12\x42\n\x07GetInfo\x12\x1a.asr.worker.v1.InfoRequest\x1a\x1b.asr.worker.v1.InfoResponse\x12Q\n\nTranscribe\x12 .asr.worker.v1.TranscribeRequest\x1a!.asr.worker.v1.TranscribeResponse\x12]\n\nClearCache\x12&.asr.worker.v1.WorkerClearCacheRequest\x1a\'.asr.worker.v1.WorkerClearCacheResponse\x12\x44\n\x07Segment\x12\x19.asr.worker.v1.VadRequest\x1a\x1a.asr.worker.v1.VadResponse(\x01\x30\x01\x12\x43\n\x04Live\x12\x1a.asr.worker.v1.LiveRequest\x1a\x1b.asr.worker.v1.LiveResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/asr/worker/v1/worker.proto\x12\rasr.worker.v1\"\r\n\x0bInfoRequest\"\x8a\x03\n\x0cInfoResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x17\n\x0f\x61llocated_bytes\x18\x04 \x01(\x03\x12\x16\n\x0ereserved_bytes\x18\x05 \x01(\x03\x12\x19\n\x11supports_hotwords\x18\x06 \x01(\x08\x12\x0e\n\x06served\x18\x07 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x08 \x01(\x03\x12\x12\n\noom_events\x18\t \x01(\x03\x12\x42\n\x0c\x63\x61\x63he_clears\x18\n \x03(\x0b\x32,.asr.worker.v1.InfoResponse.CacheClearsEntry\x12\x31\n\x0c\x63\x61pabilities\x18\x0b \x01(\x0b\x32\x1b.asr.worker.v1.Capabilities\x12\"\n\x1a\x63onsecutive_failed_batches\x18\x0c \x01(\x03\x1a\x32\n\x10\x43\x61\x63heClearsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb0\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\x12\x10\n\x08hotwords\x18\x05 \x01(\x08\x12\x0b\n\x03itn\x18\x06 \x01(\x08\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x12\n\ntimestamps\x18\x08 \x01(\x08\x12\x19\n\x11padding_invariant\x18\t \x01(\x08\"\xe0\x01\n\x11TranscribeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x32\n\rsample_format\x18\x03 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x12\n\nenable_itn\x18\x05 \x01(\x08\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\x05\x12&\n\x07pcm_ref\x18\x08 \x01(\x0b\x32\x15.asr.worker.v1.PcmRef\"+\n\x06PcmRef\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\"E\n\x0bWorkRequest\x12&\n\x05units\x18\x01 \x03(\x0b\x32\x17.asr.worker.v1.WorkUnit\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"J\n\x08WorkUnit\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .asr.worker.v1.TranscribeRequest\":\n\x0cWorkResponse\x12*\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x19.asr.worker.v1.WorkAnswer\"k\n\nWorkAnswer\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x31\n\x06result\x18\x04 \x01(\x0b\x32!.asr.worker.v1.TranscribeResponse\"\xe4\x01\n\x12TranscribeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x18\n\x10inference_time_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x62\x61tch_wait_s\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x18\n\x10hotwords_ignored\x18\x07 \x01(\x08\x12\x10\n\x08\x62\x61tch_id\x18\x08 \x01(\x03\x12\x18\n\x10tokens_generated\x18\t \x01(\x05\x12\x14\n\x0c\x64\x65\x63ode_steps\x18\n \x01(\x05\"w\n\nVadRequest\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x16\n\x0emax_segment_ms\x18\x04 \x01(\x05\".\n\nVadSegment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\":\n\x0bVadResponse\x12+\n\x08segments\x18\x01 \x03(\x0b\x32\x19.asr.worker.v1.VadSegment\"\x19\n\x17WorkerClearCacheRequest\"W\n\x18WorkerClearCacheResponse\x12\x1d\n\x15reserved_before_bytes\x18\x01 \x01(\x03\x12\x1c\n\x14reserved_after_bytes\x18\x02 \x01(\x03\"\x89\x01\n\nLiveConfig\x12\x12\n\nchunk_size\x18\x01 \x03(\x05\x12\x1f\n\x17\x65ncoder_chunk_look_back\x18\x02 \x01(\x05\x12\x1f\n\x17\x64\x65\x63oder_chunk_look_back\x18\x03 \x01(\x05\x12\x11\n\toffset_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8b\x01\n\x0bLiveRequest\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x32\n\rsample_format\x18\x02 \x01(\x0e\x32\x1b.asr.worker.v1.SampleFormat\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12)\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.asr.worker.v1.LiveConfig\"?\n\rLiveUtterance\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xb9\x01\n\x0cLiveResponse\x12,\n\x06\x66inals\x18\x01 \x03(\x0b\x32\x1c.asr.worker.v1.LiveUtterance\x12\x14\n\x0cinterim_text\x18\x02 \x01(\t\x12\x18\n\x10interim_start_ms\x18\x03 \x01(\x03\x12\x0f\n\x07safe_ms\x18\x04 \x01(\x03\x12\x14\n\x0cprocessed_ms\x18\x05 \x01(\x03\x12\x14\n\x0ctick_streams\x18\x06 \x01(\x05\x12\x0e\n\x06step_s\x18\x07 \x01(\x01*$\n\x0cSampleFormat\x12\t\n\x05S16LE\x10\x00\x12\t\n\x05\x46\x33\x32LE\x10\x01\x32\xce\x03\n\x06Worker\x12\x42\n\x07GetInfo\x12\x1a.asr.worker.v1.InfoRequest\x1a\x1b.asr.worker.v1.InfoResponse\x12Q\n\nTranscribe\x12 .asr.worker.v1.TranscribeRequest\x1a!.asr.worker.v1.TranscribeResponse\x12\x43\n\x04Work\x12\x1a.asr.worker.v1.WorkRequest\x1a\x1b.asr.worker.v1.WorkResponse(\x01\x30\x01\x12]\n\nClearCache\x12&.asr.worker.v1.WorkerClearCacheRequest\x1a\'.asr.worker.v1.WorkerClearCacheResponse\x12\x44\n\x07Segment\x12\x19.asr.worker.v1.VadRequest\x1a\x1a.asr.worker.v1.VadResponse(\x01\x30\x01\x12\x43\n\x04Live\x12\x1a.asr.worker.v1.LiveRequest\x1a\x1b.asr.worker.v1.LiveResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFORESPONSE_CACHECLEARSENTRY']._loaded_options = None
   _globals['_INFORESPONSE_CACHECLEARSENTRY']._serialized_options = b'8\001'
-  _globals['_SAMPLEFORMAT']._serialized_start=1941
-  _globals['_SAMPLEFORMAT']._serialized_end=1977
+  _globals['_SAMPLEFORMAT']._serialized_start=2342
+  _globals['_SAMPLEFORMAT']._serialized_end=2378
   _globals['_INFOREQUEST']._serialized_start=52
   _globals['_INFOREQUEST']._serialized_end=65
   _globals['_INFORESPONSE']._serialized_start=68
@@ -44,27 +44,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITIES']._serialized_start=465
   _globals['_CAPABILITIES']._serialized_end=641
   _globals['_TRANSCRIBEREQUEST']._serialized_start=644
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=828
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=831
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=1059
-  _globals['_VADREQUEST']._serialized_start=1061
-  _globals['_VADREQUEST']._serialized_end=1180
-  _globals['_VADSEGMENT']._serialized_start=1182
-  _globals['_VADSEGMENT']._serialized_end=1228
-  _globals['_VADRESPONSE']._serialized_start=1230
-  _globals['_VADRESPONSE']._serialized_end=1288
-  _globals['_WORKERCLEARCACHEREQUEST']._serialized_start=1290
-  _globals['_WORKERCLEARCACHEREQUEST']._serialized_end=1315
-  _globals['_WORKERCLEARCACHERESPONSE']._serialized_start=1317
-  _globals['_WORKERCLEARCACHERESPONSE']._serialized_end=1404
-  _globals['_LIVECONFIG']._serialized_start=1407
-  _globals['_LIVECONFIG']._serialized_end=1544
-  _globals['_LIVEREQUEST']._serialized_start=1547
-  _globals['_LIVEREQUEST']._serialized_end=1686
-  _globals['_LIVEUTTERANCE']._serialized_start=1688
-  _globals['_LIVEUTTERANCE']._serialized_end=1751
-  _globals['_LIVERESPONSE']._serialized_start=1754
-  _globals['_LIVERESPONSE']._serialized_end=1939
-  _globals['_WORKER']._serialized_start=1980
-  _globals['_WORKER']._serialized_end=2373
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=868
+  _globals['_PCMREF']._serialized_start=870
+  _globals['_PCMREF']._serialized_end=913
+  _globals['_WORKREQUEST']._serialized_start=915
+  _globals['_WORKREQUEST']._serialized_end=984
+  _globals['_WORKUNIT']._serialized_start=986
+  _globals['_WORKUNIT']._serialized_end=1060
+  _globals['_WORKRESPONSE']._serialized_start=1062
+  _globals['_WORKRESPONSE']._serialized_end=1120
+  _globals['_WORKANSWER']._serialized_start=1122
+  _globals['_WORKANSWER']._serialized_end=1229
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=1232
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=1460
+  _globals['_VADREQUEST']._serialized_start=1462
+  _globals['_VADREQUEST']._serialized_end=1581
+  _globals['_VADSEGMENT']._serialized_start=1583
+  _globals['_VADSEGMENT']._serialized_end=1629
+  _globals['_VADRESPONSE']._serialized_start=1631
+  _globals['_VADRESPONSE']._serialized_end=1689
+  _globals['_WORKERCLEARCACHEREQUEST']._serialized_start=1691
+  _globals['_WORKERCLEARCACHEREQUEST']._serialized_end=1716
+  _globals['_WORKERCLEARCACHERESPONSE']._serialized_start=1718
+  _globals['_WORKERCLEARCACHERESPONSE']._serialized_end=1805
+  _globals['_LIVECONFIG']._serialized_start=1808
+  _globals['_LIVECONFIG']._serialized_end=1945
+  _globals['_LIVEREQUEST']._serialized_start=1948
+  _globals['_LIVEREQUEST']._serialized_end=2087
+  _globals['_LIVEUTTERANCE']._serialized_start=2089
+  _globals['_LIVEUTTERANCE']._serialized_end=2152
+  _globals['_LIVERESPONSE']._serialized_start=2155
+  _globals['_LIVERESPONSE']._serialized_end=2340
+  _globals['_WORKER']._serialized_start=2381
+  _globals['_WORKER']._serialized_end=2843
 # @@protoc_insertion_point(module_scope)

@@ -76,7 +76,7 @@ class Capabilities(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., family: _Optional[str] = ..., engine: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ..., hotwords: _Optional[bool] = ..., itn: _Optional[bool] = ..., streaming: _Optional[bool] = ..., timestamps: _Optional[bool] = ..., padding_invariant: _Optional[bool] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
-    __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords", "max_new_tokens")
+    __slots__ = ("request_id", "pcm", "sample_format", "language", "enable_itn", "hotwords", "max_new_tokens", "pcm_ref")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class TranscribeRequest(_message.Message):
     ENABLE_ITN_FIELD_NUMBER: _ClassVar[int]
     HOTWORDS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PCM_REF_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pcm: bytes
     sample_format: SampleFormat
@@ -91,7 +92,50 @@ class TranscribeRequest(_message.Message):
     enable_itn: bool
     hotwords: _containers.RepeatedScalarFieldContainer[str]
     max_new_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    pcm_ref: PcmRef
+    def __init__(self, request_id: _Optional[str] = ..., pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., language: _Optional[str] = ..., enable_itn: _Optional[bool] = ..., hotwords: _Optional[_Iterable[str]] = ..., max_new_tokens: _Optional[int] = ..., pcm_ref: _Optional[_Union[PcmRef, _Mapping]] = ...) -> None: ...
+
+class PcmRef(_message.Message):
+    __slots__ = ("offset", "num_bytes")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    num_bytes: int
+    def __init__(self, offset: _Optional[int] = ..., num_bytes: _Optional[int] = ...) -> None: ...
+
+class WorkRequest(_message.Message):
+    __slots__ = ("units", "cancel")
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    units: _containers.RepeatedCompositeFieldContainer[WorkUnit]
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, units: _Optional[_Iterable[_Union[WorkUnit, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class WorkUnit(_message.Message):
+    __slots__ = ("tag", "request")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    request: TranscribeRequest
+    def __init__(self, tag: _Optional[int] = ..., request: _Optional[_Union[TranscribeRequest, _Mapping]] = ...) -> None: ...
+
+class WorkResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[WorkAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[WorkAnswer, _Mapping]]] = ...) -> None: ...
+
+class WorkAnswer(_message.Message):
+    __slots__ = ("tag", "code", "details", "result")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    code: int
+    details: str
+    result: TranscribeResponse
+    def __init__(self, tag: _Optional[int] = ..., code: _Optional[int] = ..., details: _Optional[str] = ..., result: _Optional[_Union[TranscribeResponse, _Mapping]] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
     __slots__ = ("text", "language", "device", "inference_time_s", "batch_wait_s", "batch_size", "hotwords_ignored", "batch_id", "tokens_generated", "decode_steps")

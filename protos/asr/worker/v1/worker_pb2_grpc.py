@@ -45,6 +45,11 @@ class WorkerStub:
                 request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.TranscribeRequest.SerializeToString,
                 response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.TranscribeResponse.FromString,
                 _registered_method=True)
+        self.Work = channel.stream_stream(
+                '/asr.worker.v1.Worker/Work',
+                request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkRequest.SerializeToString,
+                response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkResponse.FromString,
+                _registered_method=True)
         self.ClearCache = channel.unary_unary(
                 '/asr.worker.v1.Worker/ClearCache',
                 request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkerClearCacheRequest.SerializeToString,
@@ -76,6 +81,16 @@ class WorkerServicer:
     def Transcribe(self, request, context):
         """Transcribes one piece of 16 kHz mono audio; the worker batches
         concurrent calls together.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Work(self, request_iterator, context):
+        """The scheduler's hand-off: many units over one long-lived call, each tagged; answers
+        come back as they finish, in any order, each carrying its unit's status. Cheaper per
+        unit than a Transcribe call each (no per-call HTTP/2 stream, headers or auth check),
+        and units (answers) ready at the same moment share one message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +132,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Transcribe,
                     request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.TranscribeRequest.FromString,
                     response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.TranscribeResponse.SerializeToString,
+            ),
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkRequest.FromString,
+                    response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkResponse.SerializeToString,
             ),
             'ClearCache': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearCache,
@@ -189,6 +209,33 @@ class Worker:
             '/asr.worker.v1.Worker/Transcribe',
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.TranscribeRequest.SerializeToString,
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.TranscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/asr.worker.v1.Worker/Work',
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkRequest.SerializeToString,
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.WorkResponse.FromString,
             options,
             channel_credentials,
             insecure,

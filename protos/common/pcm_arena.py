@@ -1,0 +1,125 @@
+"""Shared memory for the PCM hand-off from the scheduler to one worker.
+
+The scheduler creates one arena per worker process (an anonymous `memfd`, so no file name any
+other user could open) and passes its descriptor to the worker at spawn. Each unit's samples
+are copied once into a free block of the arena; the worker request carries only the block's
+place (`PcmRef`), so the audio is not serialised into protobuf, framed by HTTP/2, received and
+parsed again on the worker side. The scheduler frees the block when the unit's answer (or
+failure) is back.
+
+Blocks are placed first-fit from the start of the arena, so the memory actually touched (and
+resident) follows the audio in flight, not the arena's size. When the arena has no room (or
+memfd does not exist on this platform) the caller sends the samples inline in the message,
+as before: the arena is an optimisation, never a limit.
+
+Only the scheduler's event loop allocates and frees (no locks); the worker only reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from protos.common.wire import F32LE, S16LE
+
+ALIGN = 64  # block alignment, bytes
+DEFAULT_ARENA_MB = 64
+_DTYPES = {S16LE: np.dtype("<i2"), F32LE: np.dtype("<f4")}
+
+
+@dataclass(frozen=True)
+class PcmBlock:
+    """Where one unit's samples lie in the arena."""
+
+    offset: int
+    num_bytes: int
+    sample_format: int
+
+
+def supported() -> bool:
+    return hasattr(os, "memfd_create")
+
+
+class PcmArena:
+    """One shared region; `create` on the scheduler side, `attach` in the worker."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = memoryview(self._mm)
+        self._starts: list[int] = []  # offsets of blocks in use, sorted
+        self._ends: dict[int, int] = {}  # offset -> end of the block
+
+    @classmethod
+    def create(cls, size: int, name: str = "asr-pcm") -> PcmArena:
+        """A new arena (scheduler side). Its `fd` is inheritable by a child via `pass_fds`."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            return cls(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def attach(cls, fd: int, size: int) -> PcmArena:
+        """The worker's side of an arena whose descriptor it inherited."""
+        return cls(fd, size)
+
+    @property
+    def in_use(self) -> int:
+        """Blocks handed out and not freed yet."""
+        return len(self._starts)
+
+    def _place(self, need: int) -> int | None:
+        at = 0
+        for start in self._starts:
+            if start - at >= need:
+                return at
+            at = self._ends[start]
+        return at if self.size - at >= need else None
+
+    def put(self, samples: np.ndarray) -> PcmBlock | None:
+        """Copy `samples` (int16 stays S16LE, anything else F32LE) into a free block; None
+        when no block is free (send the samples inline instead)."""
+        if samples.dtype == np.int16:
+            data, fmt = samples.astype("<i2", copy=False), S16LE
+        else:
+            data, fmt = samples.astype("<f4", copy=False), F32LE
+        num_bytes = data.nbytes
+        need = (num_bytes + ALIGN - 1) // ALIGN * ALIGN
+        at = self._place(need) if num_bytes else None
+        if at is None:
+            return None
+        np.frombuffer(self._view[at:at + num_bytes], dtype=data.dtype)[:] = data.reshape(-1)
+        bisect.insort(self._starts, at)
+        self._ends[at] = at + need
+        return PcmBlock(at, num_bytes, fmt)
+
+    def free(self, block: PcmBlock) -> None:
+        """Give a block back (idempotent)."""
+        if self._ends.pop(block.offset, None) is not None:
+            del self._starts[bisect.bisect_left(self._starts, block.offset)]
+
+    def read(self, block: PcmBlock) -> np.ndarray:
+        """The block's samples as float32 in [-1, 1] (a copy: the block is reused later)."""
+        if block.offset < 0 or block.num_bytes < 0 or block.offset + block.num_bytes > self.size:
+            raise ValueError(f"PCM block {block.offset}+{block.num_bytes} is outside the "
+                             f"{self.size}-byte arena")
+        dtype = _DTYPES.get(block.sample_format)
+        if dtype is None or block.num_bytes % dtype.itemsize:
+            raise ValueError(f"bad PCM block format {block.sample_format}/{block.num_bytes}")
+        raw = np.frombuffer(self._view[block.offset:block.offset + block.num_bytes], dtype=dtype)
+        if dtype == np.int16:
+            return raw.astype(np.float32) / np.float32(32768.0)
+        return raw.astype(np.float32, copy=True)
+
+    def close(self) -> None:
+        """Unmap and close (blocks still referenced elsewhere keep nothing alive)."""
+        self._view.release()
+        self._mm.close()
+        os.close(self.fd)

@@ -1,0 +1,229 @@
+"""The scheduler -> worker hand-off: the shared PCM arena and the tagged `Work` call, against
+the real worker servicer on a real gRPC Unix socket (an engine stand-in answers at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from gpu_worker.engines.base import (
+    BatchStats,
+    Capabilities,
+    Engine,
+    EngineStats,
+    Transcript,
+    Utterance,
+)
+from gpu_worker.service import WorkerServicer
+from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.pcm_arena import ALIGN, PcmArena, PcmBlock, supported
+from protos.common.wire import F32LE, S16LE, WORKER_CHANNEL_OPTIONS
+from protos.common.worker_auth import new_secret, server_interceptors
+from scheduler.errors import DeadlineExceeded, InferenceFailed, InvalidAudio, WorkerLost
+from scheduler.work_stream import WorkStream
+from scheduler.workers_client import UnitRequest
+
+pytestmark = pytest.mark.skipif(not supported(), reason="needs memfd (Linux)")
+
+FAIL_LEN, SLOW_LEN = 1234, 4321
+
+
+def fingerprint(audio: np.ndarray) -> str:
+    """What the stand-in engine answers: length and content of what it received."""
+    return f"{len(audio)}:{float(np.abs(audio).sum()):.4f}"
+
+
+class EchoEngine(Engine):
+    """Answers each utterance with its fingerprint; FAIL_LEN fails, SLOW_LEN waits."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = Capabilities(kind="recognize", family="fake", engine="echo")
+        self.cancelled = 0
+
+    def stats(self) -> EngineStats:
+        return EngineStats(model="echo")
+
+    async def transcribe(self, utt: Utterance) -> tuple[Transcript, BatchStats]:
+        if len(utt.audio) == FAIL_LEN:
+            raise RuntimeError("this unit fails alone")
+        try:
+            await asyncio.sleep(30 if len(utt.audio) == SLOW_LEN else 0.001)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return Transcript(fingerprint(utt.audio)), BatchStats(1, 0.0, 0.0)
+
+
+def clip(n: int, seed: int, dtype: type = np.float32) -> np.ndarray:
+    x = np.random.default_rng(seed).uniform(-0.5, 0.5, n).astype(np.float32)
+    return (x * 32767).astype(np.int16) if dtype == np.int16 else x
+
+
+def expected(samples: np.ndarray) -> str:
+    if samples.dtype == np.int16:
+        return fingerprint(samples.astype(np.float32) / np.float32(32768.0))
+    return fingerprint(samples)
+
+
+class Worker:
+    """The worker servicer on a Unix socket, with an arena shared with the test."""
+
+    def __init__(self, tmp: Path, arena_bytes: int) -> None:
+        self.path = str(tmp / "w.sock")
+        self.secret = new_secret()
+        self.engine = EchoEngine()
+        self.arena = PcmArena.create(arena_bytes) if arena_bytes else None
+
+    async def start(self) -> None:
+        worker_side = (PcmArena.attach(os.dup(self.arena.fd), self.arena.size)
+                       if self.arena else None)
+        self.server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS),
+                                      interceptors=server_interceptors(self.secret))
+        wpb_grpc.add_WorkerServicer_to_server(
+            WorkerServicer(self.engine, "cpu", worker_side), self.server)
+        self.server.add_insecure_port(f"unix://{self.path}")
+        await self.server.start()
+
+    def link(self, secret: str | None = None) -> WorkStream:
+        channel = grpc.aio.insecure_channel(f"unix://{self.path}",
+                                            options=list(WORKER_CHANNEL_OPTIONS))
+        return WorkStream(channel, "w#0", self.arena,
+                          self.secret if secret is None else secret)
+
+
+def test_arena_places_first_fit_and_falls_back_when_full() -> None:
+    arena = PcmArena.create(64 * 1024)
+    try:
+        a = arena.put(clip(1000, 1))  # 4000 bytes
+        b = arena.put(clip(1000, 2, np.int16))  # 2000 bytes
+        assert a is not None and b is not None
+        assert (a.offset, a.sample_format) == (0, F32LE)
+        assert b.offset == 4032 and b.sample_format == S16LE  # aligned after a
+        arena.free(a)
+        c = arena.put(clip(500, 3))  # fits in a's freed place: memory follows what is in use
+        assert c is not None and c.offset == 0
+        assert arena.put(clip(64 * 1024, 4)) is None  # bigger than the free room
+        assert np.array_equal(arena.read(b), clip(1000, 2, np.int16) / np.float32(32768.0))
+        assert np.array_equal(arena.read(c), clip(500, 3))
+        arena.free(b)
+        arena.free(b)  # idempotent
+        arena.free(c)
+        assert arena.in_use == 0
+        big = arena.put(clip(16 * 1024 - ALIGN // 4, 5))  # all but the last ALIGN bytes
+        assert big is not None and big.offset == 0
+        with pytest.raises(ValueError, match="outside"):
+            arena.read(PcmBlock(60 * 1024, 8 * 1024, F32LE))
+        with pytest.raises(ValueError, match="format"):
+            arena.read(PcmBlock(0, 6, F32LE))
+    finally:
+        arena.close()
+
+
+@pytest.mark.parametrize("arena_bytes", [4 * 1024 * 1024, 0], ids=["arena", "inline"])
+async def test_units_are_answered_by_tag_with_their_own_audio(tmp_path: Path,
+                                                             arena_bytes: int) -> None:
+    worker = Worker(tmp_path, arena_bytes)
+    await worker.start()
+    link = worker.link()
+    try:
+        # Mixed sizes, dtypes and more audio in flight than a 4 MiB arena holds at once: the
+        # overflow goes inline, every answer matches its own unit.
+        clips = [clip(int(n), i, np.int16 if i % 3 == 0 else np.float32)
+                 for i, n in enumerate(np.random.default_rng(0).integers(1600, 160_000, 80))]
+        results = await asyncio.gather(*(
+            link.transcribe(UnitRequest(f"r{i}", c), None) for i, c in enumerate(clips)))
+        assert [r.text for r in results] == [expected(c) for c in clips]
+        assert link.pending == 0
+        if worker.arena is not None:
+            assert worker.arena.in_use == 0, "every block is freed once answered"
+    finally:
+        await link.close()
+        await worker.server.stop(0)
+
+
+async def test_unit_errors_deadlines_and_cancellation(tmp_path: Path) -> None:
+    worker = Worker(tmp_path, 1024 * 1024)
+    await worker.start()
+    link = worker.link()
+    try:
+        ok, failing = clip(1600, 1), clip(FAIL_LEN, 2)
+        res = await asyncio.gather(link.transcribe(UnitRequest("a", ok), None),
+                                   link.transcribe(UnitRequest("b", failing), None),
+                                   return_exceptions=True)
+        assert res[0].text == expected(ok)  # type: ignore[union-attr]
+        assert isinstance(res[1], InferenceFailed) and "fails alone" in str(res[1])
+        with pytest.raises(InvalidAudio, match="no audio"):
+            await link.transcribe(UnitRequest("empty", np.zeros(0, np.float32)), None)
+        # A deadline: DeadlineExceeded here, and the worker is told to stop the unit.
+        loop = asyncio.get_running_loop()
+        with pytest.raises(DeadlineExceeded):
+            await link.transcribe(UnitRequest("slow", clip(SLOW_LEN, 3)), loop.time() + 0.3)
+        # A cancelled request (client went away): the worker's unit is cancelled too.
+        task = asyncio.create_task(link.transcribe(UnitRequest("slow2", clip(SLOW_LEN, 4)),
+                                                   None))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if worker.engine.cancelled == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.engine.cancelled == 2
+        assert worker.arena is not None and worker.arena.in_use == 0
+        # The call is still good for the next unit.
+        assert (await link.transcribe(UnitRequest("c", ok), None)).text == expected(ok)
+    finally:
+        await link.close()
+        await worker.server.stop(0)
+
+
+async def test_worker_loss_fails_waiting_units_and_the_next_call_reopens(tmp_path: Path) -> None:
+    worker = Worker(tmp_path, 1024 * 1024)
+    await worker.start()
+    link = worker.link()
+    try:
+        waiting = [asyncio.create_task(link.transcribe(UnitRequest(f"s{i}", clip(SLOW_LEN, i)),
+                                                       None)) for i in range(5)]
+        await asyncio.sleep(0.3)
+        await worker.server.stop(0)  # the worker goes away with 5 units in hand
+        for t in waiting:
+            with pytest.raises(WorkerLost):
+                await asyncio.wait_for(t, 10)
+        assert link.pending == 0 and worker.arena is not None and worker.arena.in_use == 0
+        await worker.start()  # the same worker back on its socket: a new call is opened
+        unit = clip(3200, 9)
+        for _ in range(50):
+            try:
+                assert (await link.transcribe(UnitRequest("x", unit), None)).text == \
+                    expected(unit)
+                break
+            except WorkerLost:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the link never reopened")
+    finally:
+        await link.close()
+        await worker.server.stop(0)
+    with pytest.raises(WorkerLost, match="gone"):
+        await link.transcribe(UnitRequest("late", clip(1600, 1)), None)
+
+
+async def test_work_call_without_the_secret_is_refused(tmp_path: Path) -> None:
+    worker = Worker(tmp_path, 0)
+    await worker.start()
+    link = worker.link(secret="wrong")
+    try:
+        with pytest.raises(WorkerLost, match="UNAUTHENTICATED"):
+            await link.transcribe(UnitRequest("a", clip(1600, 1)), None)
+    finally:
+        await link.close()
+        await worker.server.stop(0)
