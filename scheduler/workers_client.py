@@ -23,6 +23,7 @@ import numpy as np
 
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.capabilities import Capabilities
 from protos.common.pcm_arena import PcmBlock
 from protos.common.wire import F32LE, encode_pcm
 from scheduler.errors import (
@@ -35,27 +36,6 @@ from scheduler.errors import (
 )
 
 _LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a worker's engine and model support (worker.proto `Capabilities`)."""
-
-    kind: str = ""  # "recognize" | "segment"
-    family: str = ""
-    engine: str = ""
-    languages: tuple[str, ...] = ()
-    hotwords: bool = False
-    itn: bool = False
-    streaming: bool = False
-    timestamps: bool = False
-    padding_invariant: bool = False
-
-    @classmethod
-    def from_proto(cls, c: wpb.Capabilities) -> Capabilities:
-        return cls(kind=c.kind, family=c.family, engine=c.engine, languages=tuple(c.languages),
-                   hotwords=c.hotwords, itn=c.itn, streaming=c.streaming,
-                   timestamps=c.timestamps, padding_invariant=c.padding_invariant)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from protos.asr.worker.v1 import worker_pb2 as wpb
+from protos.common.capabilities import Capabilities
 from protos.common.wire import SAMPLE_RATE
 from protos.common.worker_config import WorkerConfig
 
-RECOGNIZE = "recognize"
-SEGMENT = "segment"
 # Modules that register the engines shipped with the worker (imported on first lookup).
 BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session",
                           "gpu_worker.engines.direct", "gpu_worker.engines.identity",
@@ -98,28 +96,6 @@ class SessionChunk:
     audio: np.ndarray
     is_final: bool = False
     max_segment_ms: int = 0  # read from the first chunk; 0: the default
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What one engine with its model can do (worker.proto `Capabilities`)."""
-
-    kind: str  # RECOGNIZE or SEGMENT
-    family: str
-    engine: str
-    languages: tuple[str, ...] = ()
-    hotwords: bool = False
-    itn: bool = False
-    streaming: bool = False
-    timestamps: bool = False
-    padding_invariant: bool = False
-
-    def to_proto(self) -> wpb.Capabilities:
-        return wpb.Capabilities(
-            kind=self.kind, family=self.family, engine=self.engine,
-            languages=list(self.languages), hotwords=self.hotwords, itn=self.itn,
-            streaming=self.streaming, timestamps=self.timestamps,
-            padding_invariant=self.padding_invariant)
 
 
 @dataclass

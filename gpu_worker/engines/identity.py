@@ -9,9 +9,7 @@ from __future__ import annotations
 import time
 
 from gpu_worker.engines.base import (
-    RECOGNIZE,
     BatchStats,
-    Capabilities,
     Engine,
     EngineStats,
     StartupError,
@@ -20,6 +18,7 @@ from gpu_worker.engines.base import (
     register_engine,
 )
 from gpu_worker.families import family_for_class, model_class_of
+from protos.common.capabilities import RECOGNIZE, Capabilities
 from protos.common.worker_config import WorkerConfig
 
 ENGINE = "identity"

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from gpu_worker.engines.base import RECOGNIZE, Capabilities, StartupError, Utterance
+from gpu_worker.engines.base import StartupError, Utterance
+from protos.common.capabilities import RECOGNIZE, Capabilities
 from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
