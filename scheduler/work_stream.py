@@ -84,8 +84,10 @@ class WorkStream:
                 msg, self._outbox = self._outbox, wpb.WorkRequest()
                 try:
                     await call.write(msg)
-                except (grpc.aio.AioRpcError, grpc.aio.UsageError,
-                        asyncio.InvalidStateError) as exc:
+                except grpc.aio.AioRpcError as exc:
+                    self._broken(call, f"{exc.code().name}: {exc.details()}")
+                    return
+                except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
                     self._broken(call, f"the Work call broke: {exc}")
                     return
 
