@@ -54,10 +54,12 @@ class Row:
     texts: list[str]
 
 
-def make_clips(n: int, seed: int = 0) -> list[np.ndarray]:
-    """`n` seeded noise clips of 2-8 s (random weights make any audio give some text)."""
+def make_clips(n: int, seconds: tuple[float, float] = (2.0, 8.0),
+               seed: int = 0) -> list[np.ndarray]:
+    """`n` seeded noise clips of `seconds` (min, max) length (random weights make any audio
+    give some text)."""
     rng = np.random.default_rng(seed)
-    return [(rng.standard_normal(int(SAMPLE_RATE * rng.uniform(2.0, 8.0))) * 0.1)
+    return [(rng.standard_normal(int(SAMPLE_RATE * rng.uniform(*seconds))) * 0.1)
             .astype(np.float32) for _ in range(n)]
 
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="Fun-ASR-Nano model directory")
     p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--clip-seconds", default="2,8", help="clip lengths: min,max seconds")
     p.add_argument("--caps", default="8,32,128", help="token caps, cycled over the clips")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads of every variant")
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the rows here too")
     a = p.parse_args(argv)
     cap_list = [int(c) for c in a.caps.split(",")]
-    clips = make_clips(a.clips)
+    low, high = (float(x) for x in a.clip_seconds.split(","))
+    clips = make_clips(a.clips, (low, high))
     caps = [cap_list[i % len(cap_list)] for i in range(len(clips))]
     best: dict[str, Row] = {}
     for _ in range(max(1, a.repeat)):
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(best.values())
     reference = best["funasr-1"].texts
     audio = sum(len(c) for c in clips) / SAMPLE_RATE
-    print(f"{len(clips)} clips, {audio:.1f} s audio, caps {a.caps}, concurrency "
+    print(f"{a.model}: {len(clips)} clips, {audio:.1f} s audio, caps {a.caps}, concurrency "
           f"{a.concurrency}, {a.threads} thread(s), best of {a.repeat}")
     print("| variant | clips/s | RTFx | tokens | ms/token | p50 latency s | x funasr-1 "
           "| text = funasr-1 |")

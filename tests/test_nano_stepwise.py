@@ -255,3 +255,15 @@ def test_service_with_stepwise_engine_matches_funasr_and_reports_metrics(  # typ
     assert value("asr_decode_steps_sum") == sent  # each sequence's forwards = its tokens
     assert value("asr_time_per_output_token_seconds_count") == len(clips) + 1
     assert 0 < value("asr_time_per_output_token_seconds_sum") < 60
+
+
+def test_stepwise_is_the_nano_default_and_static_stays_selectable(nano_dir: Path) -> None:
+    from gpu_worker.engines.base import resolve_engine
+    from gpu_worker.families import family_for
+    from protos.common.worker_config import WorkerConfig
+
+    assert resolve_engine(WorkerConfig(model=str(nano_dir), engine="auto")) == "stepwise"
+    assert resolve_engine(WorkerConfig(model=str(nano_dir), engine="generate")) == "generate"
+    assert {"stepwise", "generate"} <= set(family_for(str(nano_dir), "generate").engines)
+    with pytest.raises(StartupError, match="stepwise"):  # no other family runs it
+        family_for(str(nano_dir.parent / "sensevoice-tiny"), "stepwise")

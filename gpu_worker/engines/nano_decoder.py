@@ -50,11 +50,7 @@ class Running:
     prompt_len: int  # real (unpadded) prompt positions in the cache
     tokens: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    batch_sizes: int = 0  # sum over its forwards of the running batch size
-
-    @property
-    def mean_batch(self) -> float:
-        return self.batch_sizes / max(1, len(self.tokens))
+    peak_batch: int = 1  # largest running set it decoded in
 
 
 class StepDecoder:
@@ -121,7 +117,6 @@ class StepDecoder:
         out = self._forward(cache, inputs_embeds=embeds, attention_mask=mask,
                             position_ids=positions)
         seq.tokens.append(int(out.logits[0, -1].argmax()))
-        seq.batch_sizes += 1
         if self._done(seq):
             return seq
         self._merge(cache, mask)
@@ -159,7 +154,7 @@ class StepDecoder:
         size = len(self.running)
         for seq, token in zip(self.running, out.logits[:, -1].argmax(-1).tolist(), strict=True):
             seq.tokens.append(int(token))
-            seq.batch_sizes += size
+            seq.peak_batch = max(seq.peak_batch, size)
         finished = [s for s in self.running if self._done(s)]
         if finished:
             self.remove(finished)

@@ -13,7 +13,7 @@ engine keeps one running set in a `StepDecoder` and drives it from an asyncio lo
 
 Per request it reports `tokens_generated` and `decode_steps` (the forwards it took part in,
 prefill included), `inference_s` (prefill to last token, so the scheduler's time per output
-token is this sequence's), and as `batch_size` the mean size of the running set it decoded in.
+token is this sequence's), and as `batch_size` the largest running set it decoded in.
 Failure isolation: a clip whose prefill fails gets the error alone; a failed decoding step
 fails the sequences running in it (an OOM frees the allocator cache first); errors that poison
 the device make the worker unhealthy, as in the batcher.
@@ -122,7 +122,13 @@ class StepwiseEngine(Engine):
             gone = [j for j in self._active if j.future.done()]
             self._active = [j for j in self._active if not j.future.done()]
             self._arrived.clear()
-            outcomes = await loop.run_in_executor(self._executor, self._hop, joining, gone)
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._hop, joining, gone)
+            except Exception as exc:  # a bug outside the guarded model calls: fail, go on
+                log.exception("step-wise hop failed; failing its %d sequences",
+                              len(joining) + len(self._active))
+                await loop.run_in_executor(self._executor, self.decoder.reset)
+                outcomes = [(j, exc) for j in joining + self._active]
             self._settle(joining, outcomes)
 
     def _settle(self, joining: list[_Job], outcomes: list[tuple[_Job, Outcome]]) -> None:
@@ -146,7 +152,7 @@ class StepwiseEngine(Engine):
             job.future.set_result((
                 Transcript(text=text, language=language, tokens_generated=tokens,
                            decode_steps=len(outcome.tokens)),
-                BatchStats(batch_size=max(1, round(outcome.mean_batch)),
+                BatchStats(batch_size=outcome.peak_batch,
                            wait_s=job.started - job.enqueued, inference_s=now - job.started,
                            batch_id=next(self._ids))))
         if reason is not None:

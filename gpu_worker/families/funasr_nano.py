@@ -11,7 +11,9 @@ What differs from the CTC families:
 - audio goes to FunASR as torch tensors (a numpy array crashes its Nano data path);
 - a list of clips with ``batch_size`` runs FunASR's batched path (left-padded prompt
   embeddings, one ``llm.generate``); left padding with explicit positions keeps each clip's
-  text independent of its neighbours (checked by tests/test_nano_service.py).
+  text independent of its neighbours (checked by tests/test_nano_service.py);
+- the default engine, "stepwise", decodes a running set step by step instead (finished
+  sequences leave, waiting ones join); it builds the same prompt embeddings with FunASR's code.
 """
 
 from __future__ import annotations
@@ -130,5 +132,8 @@ def count_tokens(llm: Any) -> Iterator[list[tuple[list[int], int]]]:
 
 
 FUNASR_NANO = register_family(FunAsrNano(
-    name="funasr-nano", model_classes=("FunASRNano",), engines=("generate", "stepwise", "vllm"),
+    # "auto" picks the first: step-wise decoding (engines/nano_step.py) paid on CPU in
+    # bench/nano_stepwise.py (BENCHMARKS.md); "generate" keeps FunASR's static batches.
+    name="funasr-nano", model_classes=("FunASRNano",),
+    engines=("stepwise", "generate", "vllm"),
     languages=tuple(PROMPT_LANGUAGES), hotwords=True, itn=True, padding_invariant=True))
