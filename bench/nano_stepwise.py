@@ -71,14 +71,14 @@ def _row(name: str, clips: list[np.ndarray], wall: float, tokens: int,
 
 
 def funasr_rows(model_dir: str, clips: list[np.ndarray], caps: list[int], concurrency: int,
-                threads: int) -> list[Row]:
+                threads: int, device: str = "cpu") -> list[Row]:
     """funasr-1 and funasr-static on one loaded `AutoModel`."""
     import torch
     from funasr import AutoModel
 
     from gpu_worker.families.funasr_nano import count_tokens
 
-    model = AutoModel(model=model_dir, disable_update=True, device="cpu", disable_pbar=True,
+    model = AutoModel(model=model_dir, disable_update=True, device=device, disable_pbar=True,
                       disable_log=True, ncpu=threads)
     tensors = [torch.from_numpy(c) for c in clips]
     opts = {"itn": False, "hotwords": []}
@@ -152,10 +152,10 @@ def engine_row(name: str, make: Callable[[], Engine], clips: list[np.ndarray],
 def run_round(a: argparse.Namespace, clips: list[np.ndarray], caps: list[int]) -> list[Row]:
     from gpu_worker.engines import generate, nano_step
 
-    cfg = WorkerConfig(model=a.model, torch_device="cpu", threads=a.threads,
+    cfg = WorkerConfig(model=a.model, torch_device=a.device, threads=a.threads,
                        max_batch_size=a.concurrency, max_new_tokens=max(caps),
                        max_queue_delay_ms=a.queue_delay_ms)
-    rows = funasr_rows(a.model, clips, caps, a.concurrency, a.threads)
+    rows = funasr_rows(a.model, clips, caps, a.concurrency, a.threads, a.device)
     rows.append(engine_row("ours-static", lambda: generate.create(cfg), clips, caps,
                            a.concurrency))
     rows.append(engine_row("ours-stepwise", lambda: nano_step.create(cfg), clips, caps,
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caps", default="8,32,128", help="token caps, cycled over the clips")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads of every variant")
+    p.add_argument("--device", default="cpu", help="torch device of every variant (cuda:0)")
     p.add_argument("--queue-delay-ms", type=float, default=5.0,
                    help="ours-static: the batcher's max queue delay")
     p.add_argument("--repeat", type=int, default=1, help="rounds; each row keeps its fastest")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = best["funasr-1"].texts
     audio = sum(len(c) for c in clips) / SAMPLE_RATE
     print(f"{a.model}: {len(clips)} clips, {audio:.1f} s audio, caps {a.caps}, concurrency "
-          f"{a.concurrency}, {a.threads} thread(s), best of {a.repeat}")
+          f"{a.concurrency}, {a.threads} thread(s), {a.device}, best of {a.repeat}")
     print("| variant | clips/s | RTFx | tokens | ms/token | p50 latency s | x funasr-1 "
           "| text = funasr-1 |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
