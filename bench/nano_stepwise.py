@@ -16,7 +16,8 @@ Random weights never emit end-of-sequence, so the caps (cycled over the clips, d
 8,32,128) set each clip's length. Printed per variant: clips/s, RTFx (audio seconds per wall
 second), useful output tokens, ms per output token (wall / useful tokens: lower is better) and
 p50 latency; the step-wise texts are checked against funasr-1's. `--repeat R` runs every
-variant R times and keeps each one's fastest round (the machine may be shared).
+variant R times, alternating the order of the variants between rounds, and keeps each one's
+fastest round (the machine may be shared); every round's clips/s is printed too.
 
     python bench/nano_stepwise.py --model models/funasr-nano-tiny --clips 48 --repeat 3
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -40,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpu_worker.engines.base import Engine, Utterance
 from protos.common.wire import SAMPLE_RATE
 from protos.common.worker_config import WorkerConfig
+
+VARIANTS = ("funasr-1", "funasr-static", "ours-static", "ours-stepwise")
 
 
 @dataclass
@@ -149,18 +153,22 @@ def engine_row(name: str, make: Callable[[], Engine], clips: list[np.ndarray],
     return asyncio.run(run())
 
 
-def run_round(a: argparse.Namespace, clips: list[np.ndarray], caps: list[int]) -> list[Row]:
+def run_round(a: argparse.Namespace, clips: list[np.ndarray], caps: list[int],
+              ours_first: bool) -> list[Row]:
+    """One round of every variant; `ours_first` runs ours before FunASR's, and step-wise
+    before static (rounds alternate, so that a load change during a round favours no side)."""
     from gpu_worker.engines import generate, nano_step
 
     cfg = WorkerConfig(model=a.model, torch_device=a.device, threads=a.threads,
                        max_batch_size=a.concurrency, max_new_tokens=max(caps),
                        max_queue_delay_ms=a.queue_delay_ms)
-    rows = funasr_rows(a.model, clips, caps, a.concurrency, a.threads, a.device)
-    rows.append(engine_row("ours-static", lambda: generate.create(cfg), clips, caps,
-                           a.concurrency))
-    rows.append(engine_row("ours-stepwise", lambda: nano_step.create(cfg), clips, caps,
-                           a.concurrency))
-    return rows
+    ours = [("ours-static", generate.create), ("ours-stepwise", nano_step.create)]
+    if ours_first:
+        ours.reverse()
+    rows = [engine_row(name, functools.partial(make, cfg), clips, caps, a.concurrency)
+            for name, make in ours]
+    funasr = funasr_rows(a.model, clips, caps, a.concurrency, a.threads, a.device)
+    return rows + funasr if ours_first else funasr + rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,24 +190,26 @@ def main(argv: list[str] | None = None) -> int:
     clips = make_clips(a.clips, (low, high))
     caps = [cap_list[i % len(cap_list)] for i in range(len(clips))]
     best: dict[str, Row] = {}
-    for _ in range(max(1, a.repeat)):
-        for row in run_round(a, clips, caps):
+    rounds: dict[str, list[float]] = {}
+    for r in range(max(1, a.repeat)):
+        for row in run_round(a, clips, caps, ours_first=r % 2 == 1):
+            rounds.setdefault(row.variant, []).append(row.clips_per_s)
             if row.variant not in best or row.wall_s < best[row.variant].wall_s:
                 best[row.variant] = row
-    rows = list(best.values())
+    rows = [best[v] for v in VARIANTS]
     reference = best["funasr-1"].texts
     audio = sum(len(c) for c in clips) / SAMPLE_RATE
     print(f"{a.model}: {len(clips)} clips, {audio:.1f} s audio, caps {a.caps}, concurrency "
           f"{a.concurrency}, {a.threads} thread(s), {a.device}, best of {a.repeat}")
     print("| variant | clips/s | RTFx | tokens | ms/token | p50 latency s | x funasr-1 "
-          "| text = funasr-1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          "| text = funasr-1 | clips/s per round |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     base = best["funasr-1"].clips_per_s
     for r in rows:
         same = sum(t == w for t, w in zip(r.texts, reference, strict=True))
         print(f"| {r.variant} | {r.clips_per_s:.2f} | {r.rtfx:.1f} | {r.tokens} | "
               f"{r.ms_per_token:.2f} | {r.p50_latency_s:.3f} | {r.clips_per_s / base:.2f} | "
-              f"{same}/{len(clips)} |")
+              f"{same}/{len(clips)} | {' '.join(f'{x:.2f}' for x in rounds[r.variant])} |")
     if a.json:
         Path(a.json).write_text(json.dumps([{k: v for k, v in asdict(r).items()
                                              if k != "texts"} for r in rows], indent=1))
