@@ -68,6 +68,7 @@ class StepDecoder:
         self._check_greedy()
         params = inspect.signature(self.llm.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._check_cache_api()
         self._cache: Any = None
         self._mask: Any = None  # (B, T) long: 1 on real positions
         self.running: list[Running] = []
@@ -82,6 +83,22 @@ class StepDecoder:
             raise StartupError("the step-wise decoder is greedy, but this model's generation "
                                f"config samples or searches (do_sample={sampling}, num_beams="
                                f"{beams}, repetition_penalty={penalty}); use --engine generate")
+
+    def _check_cache_api(self) -> None:
+        """The running cache is edited per layer (`DynamicCache.layers[i].keys/.values`), an
+        API of transformers >= 4.56; older versions are refused at start, not mid-request."""
+        from transformers import DynamicCache
+
+        try:
+            probe = DynamicCache(config=self.llm.config)
+        except TypeError:
+            probe = None
+        if probe is None or not hasattr(probe, "layers"):
+            import transformers
+
+            raise StartupError(f"the step-wise decoder needs transformers >= 4.56 (per-layer "
+                               f"KV caches), not {transformers.__version__}; upgrade it or "
+                               "use --engine generate")
 
     @property
     def size(self) -> int:
