@@ -152,37 +152,42 @@ def test_engine_runs_requests_of_any_options_together(nano_dir: Path,
                                                       clips: list[np.ndarray]) -> None:
     from gpu_worker.engines.nano_step import load_engine
 
-    engine = load_engine(str(nano_dir), max_batch_size=4, max_new_tokens=24)
+    long_cap = 300  # clip 1 decodes long; the others (caps <= 30) arrive while it runs
+    caps = [long_cap if i == 1 else c for i, (*_, c) in enumerate(CASES)]
+    engine = load_engine(str(nano_dir), max_batch_size=4, max_new_tokens=long_cap)
     order: list[int] = []
 
-    async def one(i: int, delay: float) -> tuple[Any, Any]:
-        await asyncio.sleep(delay)
-        lang, itn, hot, cap = CASES[i]
+    async def one(i: int) -> tuple[Any, Any]:
+        lang, itn, hot, _ = CASES[i]
         out = await engine.transcribe(Utterance(clips[i], language=lang, use_itn=itn,
-                                                hotwords=hot, max_new_tokens=cap))
+                                                hotwords=hot, max_new_tokens=caps[i]))
         order.append(i)
         return out
 
     async def run() -> list[tuple[Any, Any]]:
         engine.start()
         try:
-            # Clip 1 (cap 30 -> the worker's 24) starts; the others arrive while it decodes.
-            return list(await asyncio.gather(*(one(i, 0.0 if i == 1 else 0.05 * i)
-                                               for i in range(len(CASES)))))
+            first = asyncio.ensure_future(one(1))
+            while not engine.decoder.size and not first.done():  # wait until it decodes
+                await asyncio.sleep(0.001)
+            assert not first.done()
+            others = await asyncio.gather(*(one(i) for i in range(len(CASES)) if i != 1))
+            assert not first.done()  # every short one left while the long one ran on
+            return [*others[:1], await first, *others[1:]]
         finally:
             await engine.stop()
 
     results = asyncio.run(run())
     for i, (transcript, stats) in enumerate(results):
-        lang, itn, hot, cap = CASES[i]
-        want, tokens = funasr_text(nano_dir, clips[i], lang, itn, hot, min(cap, 24))
+        lang, itn, hot, _ = CASES[i]
+        want, tokens = funasr_text(nano_dir, clips[i], lang, itn, hot, caps[i])
         assert transcript.text == want, i
         assert transcript.tokens_generated == tokens == transcript.decode_steps
         assert stats.inference_s > 0 and stats.batch_id > 0
     assert len({s.batch_id for _, s in results}) == len(CASES)
-    assert max(s.batch_size for _, s in results) >= 2  # they shared the running set
-    assert order.index(2) < order.index(1)  # the short one did not wait for the long one
-    assert engine.stats().batches >= 24  # decoding steps of the running set
+    assert results[1][1].batch_size == 4  # the running set was full (max_batch_size 4)
+    assert order[-1] == 1
+    assert engine.stats().batches >= long_cap - 1  # decoding steps of the running set
 
 
 def test_engine_rejects_unknown_language(nano_dir: Path, clips: list[np.ndarray]) -> None:

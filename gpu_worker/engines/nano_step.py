@@ -3,6 +3,8 @@
 Instead of the dynamic batcher (batches that run to their longest member's last token), the
 engine keeps one running set in a `StepDecoder` and drives it from an asyncio loop:
 
+- with nothing running, the first requests are held up to `max_queue_delay_ms` (0 by
+  default) so that requests sent together start together;
 - a request waits in a queue until the running set has room (`max_batch_size` sequences); at
   the next step boundary it is prefilled and joins, whatever its options (language, ITN,
   hotwords and token cap are per sequence: they only change its prompt and its cap);
@@ -77,6 +79,7 @@ class StepwiseEngine(Engine):
         self.decoder = StepDecoder(runner.automodel)
         self.max_running = max(1, cfg.max_batch_size)
         self.max_new_tokens = max(1, cfg.max_new_tokens)
+        self.max_queue_delay_s = cfg.max_queue_delay_ms / 1000.0
         self.cache_clear_every = cfg.cache_clear_every
         self.health = FailureTracker()
         self.oom_events = 0
@@ -116,6 +119,7 @@ class StepwiseEngine(Engine):
             if not self._waiting and not self._active:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            await self._gather_when_idle()
             self._waiting = [j for j in self._waiting if not j.future.done()]
             room = self.max_running - len(self._active)
             joining, self._waiting = self._waiting[:room], self._waiting[room:]
@@ -130,6 +134,20 @@ class StepwiseEngine(Engine):
                 await loop.run_in_executor(self._executor, self.decoder.reset)
                 outcomes = [(j, exc) for j in joining + self._active]
             self._settle(joining, outcomes)
+
+    async def _gather_when_idle(self) -> None:
+        """With nothing running, hold the first arrivals up to `max_queue_delay_ms` (the
+        batcher's setting, 0 by default) so that requests sent together start together."""
+        while (not self._active and 0 < len(self._waiting) < self.max_running
+               and self.max_queue_delay_s > 0):
+            left = self.max_queue_delay_s - (time.monotonic() - self._waiting[0].enqueued)
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                return
 
     def _settle(self, joining: list[_Job], outcomes: list[tuple[_Job, Outcome]]) -> None:
         """Answer the finished and failed jobs; the others of `joining` are now running."""
