@@ -92,10 +92,12 @@ class ServeConfig(BaseSettings):
     cache_clear_margin_mib: int = Field(2048, ge=0, description="Clear when reserved exceeds "
                                         "allocated GPU memory by more than this (0: never)")
     engine: str = Field("auto", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Recognition "
-                        "engine: auto (direct for SenseVoice and offline Paraformer, generate "
-                        "for every other model) | generate (FunASR AutoModel.generate) | direct "
-                        "(our batched device pipeline) | vllm (Fun-ASR-Nano's decoder on vLLM; "
-                        "CUDA and the vllm package needed, else the worker stops with a "
+                        "engine: auto (direct for SenseVoice and offline Paraformer, stepwise "
+                        "for Fun-ASR-Nano, generate for every other model) | generate (FunASR "
+                        "AutoModel.generate) | direct (our batched device pipeline) | stepwise "
+                        "(Fun-ASR-Nano: step-wise decoding of a running set) | vllm "
+                        "(Fun-ASR-Nano's decoder on vLLM; CUDA and the vllm package needed, "
+                        "else the worker stops with a "
                         "message) | identity (no model: measures the service's own cost); per "
                         "model: --model NAME=DIR?engine=E")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]

@@ -2,7 +2,9 @@
 
 Real scheduler, real worker process, real gRPC, both RPCs; one clip at a time and in batches
 across concurrent requests; with and without hotwords, zh/en, ITN on and off; the token cap
-(server's and per request); languages the model lacks refused with INVALID_ARGUMENT.
+(server's and per request); languages the model lacks refused with INVALID_ARGUMENT. Each runs on
+both Nano engines: step-wise decoding (the default) and static batches (`--engine generate`); the
+long file runs on the default.
 """
 
 from __future__ import annotations
@@ -53,14 +55,17 @@ def funasr_texts(model_dir: Path, paths: list[Path], *, max_length: int = SERVER
     return [model.generate(input=c, **kwargs)[0]["text"] for c in clips]
 
 
-@pytest.fixture(scope="module")
-def nano(models_dir: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["stepwise", "generate"])
+def nano(models_dir: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The service on each Nano engine: step-wise decoding (the default) and FunASR's static
+    batches (`--engine generate`)."""
     from tests.conftest import RunningService, make_config
 
     model_dir = models_dir / "funasr-nano-tiny"
-    # A queue delay lets concurrent requests meet in one batch.
+    # A queue delay lets concurrent requests meet in one batch (static batches).
     svc = RunningService(make_config(model_dir, max_new_tokens=SERVER_CAP,
-                                     max_queue_delay_ms=300.0, cpu_max_batch_size=8))
+                                     max_queue_delay_ms=300.0, cpu_max_batch_size=8,
+                                     engine=request.param))
     svc.wait_all_ready()
     with AsrClient(svc.address) as client:
         yield model_dir, client, svc
@@ -137,8 +142,10 @@ def test_concurrent_requests_batch_and_match_funasr(nano, speech: dict[str, Path
         results = list(pool.map(lambda p: client.recognize_bytes(p.read_bytes(), cfg), paths))
     assert [r.text for r in results] == single
     total, count = _batch_sizes(svc)
-    assert total - total_before == len(paths)
-    assert count - count_before < len(paths), "concurrent requests should share a batch"
+    # Static batches: one observation per batch; step-wise: one per sequence, its size the
+    # largest running set it decoded in. Either way the mean batch size shows the sharing.
+    assert count - count_before <= len(paths)
+    assert total - total_before > count - count_before, "concurrent requests should share a batch"
 
 
 def test_request_token_cap_holds(nano, speech: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -178,10 +185,10 @@ def test_negative_token_cap_is_invalid_argument(nano, speech: dict[str, Path]) -
 
 
 def test_status_lists_nano_capabilities(nano) -> None:  # type: ignore[no-untyped-def]
-    _, client, _ = nano
+    _, client, svc = nano
     (model,) = client.status().models
     assert model.family == "funasr-nano"
-    assert model.engine == "generate"
+    assert model.engine == svc.service.config.engine
     assert model.languages == ["zh", "en", "ja"]
     assert model.hotwords
 
@@ -210,5 +217,5 @@ def test_long_file_segments_go_through_the_batched_decoder(start_service, models
         want = model.generate(input=piece, max_length=SERVER_CAP, itn=False)[0]["text"]
         assert seg.text == want
     total, count = _batch_sizes(svc)
-    assert total == len(result.segments)
-    assert count < len(result.segments), "segments of one file should share batches"
+    assert count <= len(result.segments)
+    assert total > count, "segments of one file should share batches (or a running set)"

@@ -29,7 +29,7 @@ from protos.common.worker_config import WorkerConfig
 # Modules that register the engines shipped with the worker (imported on first lookup).
 BUILTIN_ENGINE_MODULES = ("gpu_worker.engines.generate", "gpu_worker.engines.session",
                           "gpu_worker.engines.direct", "gpu_worker.engines.identity",
-                          "gpu_worker.engines.nano_vllm")
+                          "gpu_worker.engines.nano_vllm", "gpu_worker.engines.nano_step")
 
 
 class StartupError(Exception):

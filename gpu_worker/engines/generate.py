@@ -38,6 +38,7 @@ class GenerateRunner:
                                 disable_pbar=True, disable_log=True, ncpu=device.threads,
                                 **extra)
         self.model_class = type(self._model.model).__name__
+        family.loaded(self._model)
         if self.model_class not in family.model_classes:
             log.warning("%s loaded as %s, not a class of family %s (%s)", model_dir,
                         self.model_class, family.name, ", ".join(family.model_classes))

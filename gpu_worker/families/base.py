@@ -64,6 +64,9 @@ class Family:
         """FunASR output items, one per clip in order (list inputs may share one key)."""
         return list(model.generate(input=list(audios), **kwargs))
 
+    def loaded(self, model: Any) -> None:
+        """Called once with the freshly loaded FunASR `AutoModel`, before any `generate`."""
+
     def postprocess(self, raw: str) -> tuple[str, str]:
         """The model's raw text as (text, language); "" when the model reports none."""
         return raw, ""

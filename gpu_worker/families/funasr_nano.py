@@ -11,7 +11,9 @@ What differs from the CTC families:
 - audio goes to FunASR as torch tensors (a numpy array crashes its Nano data path);
 - a list of clips with ``batch_size`` runs FunASR's batched path (left-padded prompt
   embeddings, one ``llm.generate``); left padding with explicit positions keeps each clip's
-  text independent of its neighbours (checked by tests/test_nano_service.py).
+  text independent of its neighbours (checked by tests/test_nano_service.py);
+- the default engine, "stepwise", decodes a running set step by step instead (finished
+  sequences leave, waiting ones join); it builds the same prompt embeddings with FunASR's code.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class FunAsrNano(Family):
         """The worker's token cap becomes the model's default `max_length`."""
         return {"max_length": cfg.max_new_tokens}
 
+    def loaded(self, model: Any) -> None:
+        worker_cap(model)  # read the loaded cap before any call overwrites it
+
     def generate_kwargs(self, first: Utterance, batch_size: int) -> dict[str, Any]:
         kwargs = generate_kwargs(first.language, first.use_itn, first.hotwords,
                                  first.max_new_tokens)
@@ -64,7 +69,7 @@ class FunAsrNano(Family):
         request's token cap above the worker's is lowered to it."""
         import torch
 
-        cap = int(model.kwargs.get("max_length") or 0)  # the worker's --max-new-tokens
+        cap = worker_cap(model)
         if cap and int(kwargs.get("max_length", cap)) > cap:
             kwargs = {**kwargs, "max_length": cap}
         tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in audios]
@@ -80,7 +85,21 @@ class FunAsrNano(Family):
         return out
 
 
-def _eos_ids(llm: Any) -> set[int]:
+def worker_cap(model: Any) -> int:
+    """The worker's --max-new-tokens: the `max_length` the `AutoModel` was loaded with.
+
+    FunASR's `generate` writes each call's options into `model.kwargs` and resets them only at
+    the start of the next call, so `model.kwargs["max_length"]` read between calls is the
+    previous request's cap. It is read once, before the first call, and kept on the model."""
+    cap = getattr(model, "asr_worker_cap", None)
+    if cap is None:
+        cap = int(model.kwargs.get("max_length") or 0)
+        model.asr_worker_cap = cap
+    return int(cap)
+
+
+def eos_ids(llm: Any) -> set[int]:
+    """The LLM's end-of-sequence token ids (generation config first, then model config)."""
     eos = getattr(llm.generation_config, "eos_token_id", None)
     if eos is None:
         eos = llm.config.eos_token_id
@@ -93,7 +112,7 @@ def count_tokens(llm: Any) -> Iterator[list[tuple[list[int], int]]]:
     including the first end-of-sequence, decoding steps) to the yielded list."""
     counts: list[tuple[list[int], int]] = []
     original = llm.generate
-    eos = _eos_ids(llm)
+    eos = eos_ids(llm)
 
     def counting(*args: Any, **kw: Any) -> Any:
         ids = original(*args, **kw)
@@ -113,5 +132,8 @@ def count_tokens(llm: Any) -> Iterator[list[tuple[list[int], int]]]:
 
 
 FUNASR_NANO = register_family(FunAsrNano(
-    name="funasr-nano", model_classes=("FunASRNano",), engines=("generate", "vllm"),
+    # "auto" picks the first: step-wise decoding (engines/nano_step.py) paid on CPU in
+    # bench/nano_stepwise.py (BENCHMARKS.md); "generate" keeps FunASR's static batches.
+    name="funasr-nano", model_classes=("FunASRNano",),
+    engines=("stepwise", "generate", "vllm"),
     languages=tuple(PROMPT_LANGUAGES), hotwords=True, itn=True, padding_invariant=True))
