@@ -8,13 +8,15 @@ CIF predictor (the stream's carried weight and hidden state), and the decoder (e
 FSMN memory and cross-attention keys/values of the last `decoder_chunk_look_back` chunks).
 
 `StreamingBatch.run` takes one chunk of each of many streams and runs that computation as
-batched tensors: streams whose caches have the same shapes (chunk settings, look-back length
-so far, feature frames, last chunk or not) form one group, and each group is one pass through
-the encoder, the CIF predictor and the decoder. The new caches are scattered back to each
-stream's `StreamCache`. The arithmetic per stream is FunASR's: the layers are the model's own
-modules called on stacked tensors, the CIF loop is the same float32 sequence vectorised over
-streams, and the decoder's FSMN is causal (no right context), so the zero padding of streams
-with fewer tokens never reaches a real token. Features are FunASR's own front-end, per chunk.
+batched tensors: streams with the same chunk settings and input shape (feature frames, last
+chunk or not; in steady state all of them) form one group, and each group is one pass through
+the encoder, the CIF predictor and the decoder, one model call. Look-back caches of different
+lengths (an utterance's first chunks) share the call: only the attention core runs per cache
+length (`stream_layers.py`). The new caches are scattered back to each stream's
+`StreamCache`. The arithmetic per stream is FunASR's: the model's own modules on stacked
+tensors, the CIF loop as the same float32 sequence vectorised over streams, and the decoder's
+FSMN is causal (no right context), so the zero padding of streams with fewer tokens never
+reaches a real token. Features are FunASR's own front-end, per chunk (it keeps no state).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Any
 
 import torch
 
+from gpu_worker.fast.stream_layers import KV, decoder_layer, encoder_layer
+
 log = logging.getLogger(__name__)
 
 TAIL_SAMPLES = 960  # a last chunk shorter than this decodes the cached look-ahead frames only
-KV = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -54,14 +57,6 @@ class StreamCache:
     @property
     def stride_samples(self) -> int:
         return self.chunk_size[1] * 960
-
-    def enc_len(self) -> int:
-        return -1 if self.enc is None or self.enc[0] is None else int(self.enc[0]["k"].shape[2])
-
-    def dec_len(self) -> int:
-        if self.dec_opt is None or self.dec_opt[0] is None:
-            return -1
-        return int(self.dec_opt[0]["k"].shape[2])
 
 
 @dataclass
@@ -118,10 +113,6 @@ def _positions(upto: int, depth: int) -> torch.Tensor:
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=2)[0]
 
 
-def _stack(items: list[KV | None], key: str) -> torch.Tensor:
-    return torch.cat([it[key] for it in items if it is not None], dim=0)
-
-
 class StreamingBatch:
     """Chunk steps of many streams of one `ParaformerStreaming` model as batched calls."""
 
@@ -134,6 +125,9 @@ class StreamingBatch:
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = str(automodel.kwargs.get("device", "cpu"))
         self.feat_dim = int(self.frontend.n_mels) * int(self.frontend.lfr_m)
+        # FunASR's `generate` sets torch's thread count to the calling model's `ncpu` each
+        # call (the live VAD uses 1); the serial path's ASR calls restore it, so do we.
+        self.threads = int(automodel.kwargs.get("ncpu", torch.get_num_threads()))
         self.calls = 0  # fused model calls so far (groups run)
 
     def new_cache(self, chunk_size: tuple[int, int, int], encoder_look_back: int,
@@ -155,11 +149,13 @@ class StreamingBatch:
         c = job.cache
         frames = -1 if job.feats is None else int(job.feats.shape[1])
         return (c.chunk_size, c.encoder_look_back, c.decoder_look_back, job.is_final,
-                job.audio is None, frames, c.enc_len())
+                job.audio is None, frames)
 
     def run(self, jobs: list[ChunkJob]) -> tuple[list[list[str]], list[int]]:
         """Decode one chunk of each job's stream: (tokens per job, rows of the fused call that
         ran each job). Jobs must belong to different streams."""
+        if self.device == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         for job in jobs:
             self._features(job)
         groups: dict[Hashable, list[int]] = defaultdict(list)
@@ -181,12 +177,13 @@ class StreamingBatch:
         enc = self._encode(jobs)
         embeds, counts = self._cif(enc, jobs)
         tokens: list[list[str]] = [[] for _ in jobs]
-        by_dec: dict[int, list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            if counts[i] >= 1:  # FunASR skips the decoder (and its caches) without tokens
-                by_dec[job.cache.dec_len()].append(i)
-        for members in by_dec.values():
-            ids = self._decode(enc[members], embeds[members], [counts[i] for i in members],
+        # FunASR skips the decoder (and its caches) for a chunk without tokens.
+        members = [i for i in range(len(jobs)) if counts[i] >= 1]
+        if members:
+            if len(members) < len(jobs):
+                index = torch.tensor(members, device=enc.device)
+                enc, embeds = enc[index], embeds[index]
+            ids = self._decode(enc, embeds, [counts[i] for i in members],
                                [jobs[i].cache for i in members])
             for i, seq in zip(members, ids, strict=True):
                 tokens[i] = self._tokens(seq)
@@ -225,26 +222,19 @@ class StreamingBatch:
                 c.feats = x[b:b + 1, -(c0 + c2):]
         n_layers = len(enc.encoders0) + len(enc.encoders)
         olds = [c.enc if c.enc is not None else [None] * n_layers for c in caches]
-        new: list[KV | None] = [None] * n_layers
+        new: list[list[KV | None]] = [[None] * len(caches) for _ in range(n_layers)]
         look_back = first.encoder_look_back
         size = list(first.chunk_size)
-
-        def layer_cache(i: int) -> KV | None:
-            if olds[0][i] is None:
-                return None
-            return {"k": _stack([o[i] for o in olds], "k"), "v": _stack([o[i] for o in olds], "v")}
-
         for i, layer in enumerate(enc.encoders0):  # FunASR stores these at index 0
-            x, new[0] = layer.forward_chunk(x, layer_cache(i), size, look_back)
+            x, new[0] = encoder_layer(layer, x, [o[i] for o in olds], size, look_back)
         for j, layer in enumerate(enc.encoders):
             i = j + len(enc.encoders0)
-            x, new[i] = layer.forward_chunk(x, layer_cache(i), size, look_back)
+            x, new[i] = encoder_layer(layer, x, [o[i] for o in olds], size, look_back)
         if enc.normalize_before:
             x = enc.after_norm(x)
         if look_back > 0 or look_back == -1:
             for b, c in enumerate(caches):
-                c.enc = [None if kv is None else {"k": kv["k"][b:b + 1], "v": kv["v"][b:b + 1]}
-                         for kv in new]
+                c.enc = [layer_new[b] for layer_new in new]
         return x
 
     def _overlap(self, c: StreamCache) -> torch.Tensor:
@@ -333,16 +323,11 @@ class StreamingBatch:
             for b, c in enumerate(caches):
                 c.dec_fsmn[i] = cache[b:b + 1, :, counts[b]:counts[b] + k - 1]
 
-        new_opt: list[KV | None] = [None] * len(dec.decoders)
+        new_opt: list[list[KV | None]] = [[None] * len(caches) for _ in dec.decoders]
         for i in range(dec.att_layer_num):
             layer = dec.decoders[i]
-            opt = None
-            if olds[0][i] is not None:
-                opt = {"k": _stack([o[i] for o in olds], "k"),
-                       "v": _stack([o[i] for o in olds], "v")}
-            x, memory, fsmn, new_opt[i] = layer.forward_chunk(
-                x, memory, fsmn_cache=fsmn_cache(i, layer), opt_cache=opt, chunk_size=size,
-                look_back=look_back)
+            x, fsmn, new_opt[i] = decoder_layer(layer, x, memory, fsmn_cache(i, layer),
+                                                [o[i] for o in olds], size, look_back)
             keep_fsmn(i, layer, fsmn)
         if dec.num_blocks - dec.att_layer_num > 1:
             for i, layer in enumerate(dec.decoders2):
@@ -358,8 +343,7 @@ class StreamingBatch:
             x = dec.output_layer(x)
         if look_back > 0 or look_back == -1:
             for b, c in enumerate(caches):
-                c.dec_opt = [None if kv is None else {"k": kv["k"][b:b + 1],
-                                                      "v": kv["v"][b:b + 1]} for kv in new_opt]
+                c.dec_opt = [layer_new[b] for layer_new in new_opt]
         ids = torch.log_softmax(x, dim=-1).argmax(dim=-1).tolist()
         return [row[:n] for row, n in zip(ids, counts, strict=True)]
 
