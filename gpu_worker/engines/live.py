@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gpu_worker.device import TorchDevice
-from gpu_worker.engines.base import Capabilities, Unsupported
+from gpu_worker.engines.base import Capabilities, EngineStats, Unsupported
 from gpu_worker.engines.batched import BatchedEngine
 from gpu_worker.engines.live_batch import TickItem, TickStats, run_tick_fused, run_tick_serial
 from gpu_worker.engines.live_session import LiveOptions, LiveSession, LiveUpdate
@@ -172,6 +172,12 @@ class LiveEngine(BatchedEngine):
     def start(self) -> None:
         super().start()
         self.ticker.start()
+
+    def stats(self) -> EngineStats:
+        stats = super().stats()
+        stats.live_model_calls = self.ticker.counters.model_calls
+        stats.live_model_rows = self.ticker.counters.model_rows
+        return stats
 
     async def stop(self) -> None:
         await self.ticker.stop()
