@@ -7,12 +7,14 @@ chunk of every stream and runs it twice, on two sets of sessions fed identically
   (a) serial: each stream's step alone, its decoder calls FunASR's `generate` (batch 1), as
       the worker did before fused ticks (and still does for models the fused path lacks);
   (b) fused: the same steps with the decoder work of all streams batched
-      (`run_tick_fused`: one `StreamingBatch` pass per group of equal cache shapes).
+      (`run_tick_fused`: one `StreamingBatch` pass per group of equal input shapes).
 
 Both include each stream's online FSMN-VAD call (per stream in both). Reported per N: mean
 model-thread ms per tick (all of it, and the decoder part alone), p95, the speed-up, fused
 model calls per tick and streams per call, and how many updates differed between (a) and (b)
-(must be 0). The order of (a) and (b) alternates per tick, so machine load hits both alike.
+(must be 0 with FunASR's front-end; `--device-frontend` computes the fused path's features
+with our batched front-end, equal only within float rounding). The order of (a) and (b)
+alternates per tick, so machine load hits both alike.
 
     python bench/live_batch.py --model models/paraformer-streaming-tiny \\
         --vad-model models/fsmn-vad --streams 1,16,64
@@ -97,7 +99,8 @@ def same(a: Any, b: Any) -> bool:
         ([(f.start_ms, f.end_ms, f.text) for f in b.finals], b.interim_text)
 
 
-def run(asr: Any, vad: Any, audio: np.ndarray, streams: int, chunk: int) -> Row:
+def run(asr: Any, vad: Any, audio: np.ndarray, streams: int, chunk: int,
+        device_frontend: bool) -> Row:
     import torch
 
     from gpu_worker.engines.live_batch import TickItem, run_tick_fused, run_tick_serial
@@ -105,7 +108,7 @@ def run(asr: Any, vad: Any, audio: np.ndarray, streams: int, chunk: int) -> Row:
     from gpu_worker.fast.streaming import StreamingBatch
 
     timed = TimedModel(asr)
-    batch = timed_batch(StreamingBatch(asr))
+    batch = timed_batch(StreamingBatch(asr, device_frontend=device_frontend))
     serial = [LiveSession(vad, timed, LiveOptions()) for _ in range(streams)]
     fused = [LiveSession(vad, asr, LiveOptions()) for _ in range(streams)]
     ticks_per_s = RATE // chunk
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utterances", type=int, default=3)
     p.add_argument("--chunk-ms", type=int, default=100)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--device-frontend", action="store_true",
+                   help="fused path: features of full chunks by our batched front-end on the "
+                   "device (default: FunASR's front-end per chunk, bit-exact)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of the model (the VAD uses 1, as in the worker)")
     p.add_argument("--work-dir", type=Path, default=Path("build/bench-live-batch"))
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in [int(x) for x in args.streams.split(",") if x.strip()]:
         log.info("%d streams", n)
-        rows.append(run(asr, vad, audio, n, RATE * args.chunk_ms // 1000))
+        rows.append(run(asr, vad, audio, n, RATE * args.chunk_ms // 1000,
+                        args.device_frontend))
     print(f"{'streams':>7} {'ticks':>5} {'serial ms/tick':>14} {'p95':>7} {'fused ms/tick':>13} "
           f"{'p95':>7} {'x':>6} {'decoder serial':>14} {'fused':>7} {'x':>6} "
           f"{'calls/tick':>10} {'streams/call':>12} {'diff':>4}")

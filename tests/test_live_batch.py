@@ -152,6 +152,27 @@ def test_streaming_batch_tokens_equal_funasr_generate(models: tuple[Any, Any],
     assert sum(len("".join(w)) for w in want) > 20  # the streams did decode text
 
 
+def test_device_frontend_features_match_funasr(models: tuple[Any, Any],
+                                               clips: list[np.ndarray]) -> None:
+    """The opt-in batched front-end (`device_frontend=True`): one call for all full chunks,
+    features equal FunASR's per-chunk front-end within float rounding (not bit for bit, so
+    its texts are not guaranteed to equal the serial loop's), tails still through FunASR."""
+    from funasr.utils.load_utils import extract_fbank
+
+    _, asr = models
+    batch = StreamingBatch(asr, device_frontend=True)
+    audio = torch.from_numpy(np.concatenate(clips[:3]))
+    state = batch.new_cache((0, 10, 5), 4, 1)
+    jobs = split_call(state, audio, True)
+    assert len(jobs) > 3 and jobs[-1].audio is not None and len(jobs[-1].audio) < 9600
+    rest = batch._batch_features(jobs)
+    assert rest == [jobs[-1]]
+    for job in jobs[:-1]:
+        ref, _ = extract_fbank([job.audio], data_type="sound", frontend=asr.kwargs["frontend"])
+        assert job.feats is not None and job.feats.shape == ref.shape
+        torch.testing.assert_close(job.feats, ref, atol=1e-3, rtol=1e-4)
+
+
 def test_unsupported_models_fall_back(models_dir: Path) -> None:
     from funasr import AutoModel
 

@@ -116,7 +116,10 @@ def _positions(upto: int, depth: int) -> torch.Tensor:
 class StreamingBatch:
     """Chunk steps of many streams of one `ParaformerStreaming` model as batched calls."""
 
-    def __init__(self, automodel: Any) -> None:
+    def __init__(self, automodel: Any, device_frontend: bool = False) -> None:
+        """`device_frontend`: features of full chunks by our batched `BatchFbank` on the
+        model's device (one call for all streams) instead of FunASR's front-end per chunk on
+        the host; equal within float rounding, not bit for bit (see docs/live-streaming.md)."""
         reason = unsupported_reason(automodel)
         if reason is not None:
             raise ValueError(f"batched streaming steps unavailable: {reason}")
@@ -129,6 +132,11 @@ class StreamingBatch:
         # call (the live VAD uses 1); the serial path's ASR calls restore it, so do we.
         self.threads = int(automodel.kwargs.get("ncpu", torch.get_num_threads()))
         self.calls = 0  # fused model calls so far (groups run)
+        self.fbank: Any = None
+        if device_frontend:
+            from gpu_worker.fast.features import BatchFbank
+
+            self.fbank = BatchFbank(self.frontend, self.device)
 
     def new_cache(self, chunk_size: tuple[int, int, int], encoder_look_back: int,
                   decoder_look_back: int) -> StreamCache:
@@ -145,6 +153,20 @@ class StreamingBatch:
                                  cache={}, is_final=job.is_final)
         job.feats = feats.to(self.device)
 
+    def _batch_features(self, jobs: list[ChunkJob]) -> list[ChunkJob]:
+        """Full-length chunks through `BatchFbank` in one call; the rest (tails, short last
+        chunks) are returned for FunASR's front-end."""
+        by_len: dict[int, list[ChunkJob]] = defaultdict(list)
+        for j in jobs:
+            if j.audio is not None and len(j.audio) == j.cache.stride_samples:
+                by_len[len(j.audio)].append(j)
+        for n, full in by_len.items():
+            wave = torch.stack([j.audio for j in full])  # type: ignore[misc]
+            feats, _ = self.fbank(wave, torch.full((len(full),), n, dtype=torch.long))
+            for i, j in enumerate(full):
+                j.feats = feats[i:i + 1]
+        return [j for j in jobs if j.feats is None]
+
     def _key(self, job: ChunkJob) -> Hashable:
         c = job.cache
         frames = -1 if job.feats is None else int(job.feats.shape[1])
@@ -156,7 +178,8 @@ class StreamingBatch:
         ran each job). Jobs must belong to different streams."""
         if self.device == "cpu" and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        for job in jobs:
+        rest = self._batch_features(jobs) if self.fbank is not None else jobs
+        for job in rest:
             self._features(job)
         groups: dict[Hashable, list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
