@@ -194,7 +194,7 @@ class StreamingBatch:
                 rows[i] = len(members)
         return tokens, rows
 
-    # -- one group: equal cache shapes ---------------------------------------------------------
+    # -- one group: equal input shapes, one fused model call -----------------------------------
 
     def _run_group(self, jobs: list[ChunkJob]) -> list[list[str]]:
         enc = self._encode(jobs)
