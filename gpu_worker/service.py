@@ -62,7 +62,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             supports_hotwords=caps.hotwords, served=self.served, batches=stats.batches,
             oom_events=stats.oom_events, cache_clears=stats.cache_clears,
             capabilities=caps.to_proto(),
-            consecutive_failed_batches=stats.consecutive_failed_batches)
+            consecutive_failed_batches=stats.consecutive_failed_batches,
+            live_model_calls=stats.live_model_calls, live_model_rows=stats.live_model_rows)
 
     async def Transcribe(self, request: pb.TranscribeRequest,
                          context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:

@@ -263,7 +263,8 @@ class LiveRecognizer:
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[LiveEvent]] = []
-        self.metrics.batch_size.observe(step.tick_streams)
+        if step.tick_streams > 0:  # 0: the chunk needed no model call (VAD only)
+            self.metrics.batch_size.observe(step.tick_streams)
         for f in step.finals:
             if f.end_ms <= s.last_final_end:  # already reported (cannot happen after a resume)
                 continue

@@ -6,7 +6,8 @@
 - `asr_live_final_latency_seconds`: per utterance, from the arrival of the audio where it
   ends to its final result (includes the VAD's end-of-speech silence window and, in two-pass
   mode, the offline model);
-- `asr_live_batch_size`: per chunk step, how many streams shared its engine tick;
+- `asr_live_batch_size`: per chunk step that ran the model, how many streams were decoded in
+  the same fused model call (chunks needing no model call, e.g. silence, are not counted);
 - `asr_live_resumes_total`: live streams moved to another worker after a worker loss.
 """
 
@@ -28,7 +29,8 @@ class LiveMetrics:
             "asr_live_final_latency_seconds", "Per utterance: from the arrival of the audio "
             "where it ends to its final result", buckets=LIVE_LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram(
-            "asr_live_batch_size", "Per live chunk step: streams stepped in the same engine tick",
+            "asr_live_batch_size", "Per live chunk step that ran the model: streams decoded in "
+            "the same fused model call",
             buckets=LIVE_BATCH_BUCKETS, registry=registry)
         self.resumes = Counter("asr_live_resumes", "Live streams resumed on another worker "
                                "after a worker loss", registry=registry)

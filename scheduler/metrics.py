@@ -200,6 +200,12 @@ class _StateCollector(Collector):
                                    labels=labels)
         clears = CounterMetricFamily("asr_cache_clears", "Allocator cache clears by trigger",
                                      labels=[*labels, "trigger"])
+        live_calls = CounterMetricFamily(
+            "asr_live_model_calls", "Live streams: fused (batched) decoder calls of chunk steps",
+            labels=labels)
+        live_rows = CounterMetricFamily(
+            "asr_live_model_rows", "Live streams: stream chunks decoded by fused calls (rows / "
+            "calls: streams per call)", labels=labels)
         for w in (*d.workers, *self.vad_workers):
             key = [w.spec.worker_id, w.spec.device_name,
                    "fsmn-vad" if w.spec.role == "vad" else w.spec.model]
@@ -211,4 +217,7 @@ class _StateCollector(Collector):
             ooms.add_metric(key, w.totals["oom"])
             for trigger in ("periodic", "fragmentation", "oom", "admin"):
                 clears.add_metric([*key, trigger], w.totals[f"clear:{trigger}"])
-        yield from (up, restarts, alloc, reserved, in_flight, ooms, clears)
+            live_calls.add_metric(key, w.totals["live_calls"])
+            live_rows.add_metric(key, w.totals["live_rows"])
+        yield from (up, restarts, alloc, reserved, in_flight, ooms, clears, live_calls,
+                    live_rows)

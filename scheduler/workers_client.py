@@ -45,7 +45,8 @@ class WorkerInfo:
     pid: int
     allocated_bytes: int = 0
     reserved_bytes: int = 0
-    counters: dict[str, int] = field(default_factory=dict)  # "oom", "clear:<trigger>"
+    # "oom", "clear:<trigger>", "live_calls", "live_rows"
+    counters: dict[str, int] = field(default_factory=dict)
     capabilities: Capabilities | None = None  # None: an old worker that does not report them
     consecutive_failed_batches: int = 0
 
@@ -86,7 +87,9 @@ async def get_info(stub: wpb_grpc.WorkerStub, timeout_s: float) -> WorkerInfo:
     """The ready handshake / heartbeat; raises grpc.aio.AioRpcError when unanswered."""
     info = await stub.GetInfo(wpb.InfoRequest(), timeout=timeout_s)
     counters = {"oom": int(info.oom_events),
-                **{f"clear:{k}": int(v) for k, v in info.cache_clears.items()}}
+                **{f"clear:{k}": int(v) for k, v in info.cache_clears.items()},
+                "live_calls": int(info.live_model_calls),
+                "live_rows": int(info.live_model_rows)}
     caps = Capabilities.from_proto(info.capabilities) if info.HasField("capabilities") else None
     return WorkerInfo(pid=info.pid, allocated_bytes=info.allocated_bytes,
                       reserved_bytes=info.reserved_bytes, counters=counters, capabilities=caps,

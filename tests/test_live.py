@@ -215,10 +215,10 @@ async def test_live_placement_spreads_and_refuses_beyond_the_limit() -> None:
 def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: RunningService,
                                                               models_dir: Path,
                                                               talk: np.ndarray) -> None:
-    """16 concurrent real-time streams: chunk steps share engine ticks (live batch size > 1
-    in the metrics), every stream's finals equal FunASR's streaming loop, and after kill -9 of
-    the worker holding the most streams every stream continues, losing and repeating no
-    final."""
+    """16 concurrent real-time streams: chunk steps share fused model calls (live batch size > 1
+    in the metrics, the workers' rows per call > 1), every stream's finals equal FunASR's
+    streaming loop, and after kill -9 of the worker holding the most streams every stream
+    continues, losing and repeating no final."""
     svc = live_service
     registry = svc.service.metrics.registry
     before = registry.get_sample_value("asr_live_resumes_total") or 0.0
@@ -271,6 +271,24 @@ def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: Runn
     alone = registry.get_sample_value("asr_live_batch_size_bucket",
                                       {"le": "1.0"}) or 0
     assert total > alone, (total, alone)
+    # The workers' own figures (at their next heartbeat): fused model calls that decoded more
+    # stream chunks than there were calls.
+
+    def worker_totals() -> tuple[float, float]:
+        calls = rows = 0.0
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == "asr_live_model_calls_total":
+                    calls += sample.value
+                elif sample.name == "asr_live_model_rows_total":
+                    rows += sample.value
+        return calls, rows
+
+    deadline = time.monotonic() + 60
+    while worker_totals()[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    calls, rows = worker_totals()
+    assert 0 < calls < rows, (calls, rows)
 
 
 def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.ndarray,

@@ -109,6 +109,8 @@ class EngineStats:
     oom_events: int = 0
     cache_clears: dict[str, int] = field(default_factory=dict)
     consecutive_failed_batches: int = 0
+    live_model_calls: int = 0  # live engines: fused decoder calls of chunk steps
+    live_model_rows: int = 0  # live engines: stream chunks decoded by them
 
 
 class Engine:

@@ -6,10 +6,16 @@ still go through the dynamic batcher (`transcribe`), and each live stream (`live
 collected into ticks: every tick takes the next waiting chunk of each stream and runs them
 together on the model thread, between the batcher's batches.
 
-What a tick is today: the steps of one tick run one after another inside one call on the model
-thread (one thread hop and one scheduling decision per tick, not per stream); they are not
-fused into one batched forward pass of the model. `tick_streams` in every update says how
-many streams shared the tick.
+Inside a tick each stream's VAD runs on its own (small, per stream), and the decoder work of
+all streams is fused: the model chunk of every stream that is decoding goes into one batched
+pass of the streaming Paraformer (features, SANM chunk encoder with each stream's look-back
+cache, streaming CIF, decoder; `gpu_worker/fast/streaming.py`, driven by
+`gpu_worker/engines/live_batch.py`). Streams whose caches differ in shape (an utterance in its
+first chunks has a shorter look-back) run as separate groups, one model call each. Every
+stream's text equals its serial FunASR `generate` loop. `tick_streams` in an update is the
+number of streams in the model call that decoded its chunk (0: the chunk needed no decoder
+call, e.g. silence). Models the fused path does not serve (another front-end, beam search)
+fall back to serial steps, one FunASR `generate` call per stream.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from gpu_worker.device import TorchDevice
-from gpu_worker.engines.base import Capabilities, Unsupported
+from gpu_worker.engines.base import Capabilities, EngineStats, Unsupported
 from gpu_worker.engines.batched import BatchedEngine
+from gpu_worker.engines.live_batch import TickItem, TickStats, run_tick_fused, run_tick_serial
 from gpu_worker.engines.live_session import LiveOptions, LiveSession, LiveUpdate
 from protos.common.wire import DEFAULT_MAX_SEGMENT_MS
 from protos.common.worker_config import WorkerConfig
@@ -45,16 +53,28 @@ class _Step:
 class TickCounters:
     ticks: int = 0
     steps: int = 0
-    largest: int = 0
+    largest: int = 0  # most streams in one tick
     sessions: int = 0
     sizes: list[int] = field(default_factory=list)  # recent tick sizes (for tests)
+    model_calls: int = 0  # fused (batched) model calls; serial mode: generate calls
+    model_rows: int = 0  # stream chunks decoded by them
+    largest_call: int = 0  # most streams in one model call
+    model_s: float = 0.0  # model-thread seconds spent in ticks
+
+    def add(self, stats: TickStats, seconds: float) -> None:
+        self.model_calls += stats.model_calls
+        self.model_rows += stats.rows
+        self.largest_call = max(self.largest_call, stats.largest)
+        self.model_s += seconds
 
 
 class LiveTicker:
     """Collects chunk steps of all streams and runs them in ticks on the model thread."""
 
-    def __init__(self, run_in_model_thread: Any) -> None:
+    def __init__(self, run_in_model_thread: Any, fused: Any = None) -> None:
+        """`fused`: a `StreamingBatch` for batched decoder calls (None: serial steps)."""
         self._run = run_in_model_thread
+        self._fused = fused
         self._queues: dict[int, list[_Step]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,8 +108,11 @@ class LiveTicker:
                 del self._queues[key]
             if not tick:
                 continue
+            items = [TickItem(s.session, s.audio, s.is_final) for s in tick]
             try:
-                outcomes = await self._run(functools.partial(_run_tick, tick))
+                outcomes, stats, seconds = await self._run(
+                    functools.partial(_run_tick, items, self._fused))
+                self.counters.add(stats, seconds)
             except Exception as exc:  # the thread itself failed: every step of the tick fails
                 outcomes = [exc] * len(tick)
             c = self.counters
@@ -103,25 +126,23 @@ class LiveTicker:
                 if isinstance(outcome, BaseException):
                     step.done.set_exception(outcome)
                 else:
-                    outcome.tick_streams = len(tick)
                     step.done.set_result(outcome)
             if any(self._queues.values()):
                 self._wake.set()
 
 
-def _run_tick(tick: list[_Step]) -> list[LiveUpdate | BaseException]:
-    """On the model thread: each stream's step; one stream's failure fails that stream only."""
+def _run_tick(items: list[TickItem], fused: Any
+              ) -> tuple[list[LiveUpdate | BaseException], TickStats, float]:
+    """On the model thread: the tick's steps, decoder calls fused when `fused` is set."""
     import torch
 
-    out: list[LiveUpdate | BaseException] = []
+    started = time.perf_counter()
     with torch.inference_mode():
-        for s in tick:
-            try:
-                out.append(s.session.step(s.audio, s.is_final))
-            except Exception as exc:
-                log.exception("live step failed")
-                out.append(exc)
-    return out
+        if fused is not None:
+            outcomes, stats = run_tick_fused(fused, items)
+        else:
+            outcomes, stats = run_tick_serial(items)
+    return outcomes, stats, time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -146,11 +167,17 @@ class LiveEngine(BatchedEngine):
             self._vad_model = AutoModel(model=cfg.vad_model, device="cpu", disable_update=True,
                                         disable_pbar=True, disable_log=True, ncpu=1,
                                         max_single_segment_time=DEFAULT_MAX_SEGMENT_MS)
-        self.ticker = LiveTicker(self.batcher.run_in_model_thread)
+        self.ticker = LiveTicker(self.batcher.run_in_model_thread, _fused_steps(runner))
 
     def start(self) -> None:
         super().start()
         self.ticker.start()
+
+    def stats(self) -> EngineStats:
+        stats = super().stats()
+        stats.live_model_calls = self.ticker.counters.model_calls
+        stats.live_model_rows = self.ticker.counters.model_rows
+        return stats
 
     async def stop(self) -> None:
         await self.ticker.stop()
@@ -171,3 +198,16 @@ class LiveEngine(BatchedEngine):
         finally:
             self.ticker.counters.sessions -= 1
             self.ticker.forget(session)
+
+
+def _fused_steps(runner: Any) -> Any:
+    """A `StreamingBatch` for the runner's model, or None (serial steps) with the reason
+    logged."""
+    from gpu_worker.fast.streaming import StreamingBatch, unsupported_reason
+
+    automodel = getattr(runner, "automodel", None)
+    reason = "no FunASR model" if automodel is None else unsupported_reason(automodel)
+    if reason is not None:
+        log.info("live chunk steps run one stream per model call: %s", reason)
+        return None
+    return StreamingBatch(automodel)

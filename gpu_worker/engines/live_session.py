@@ -10,13 +10,17 @@ utterance's samples. The decoding cache is then reset, so memory stays bounded h
 the stream stays open: only audio since the last safe point (the open utterance's start, or a
 short look-back in silence) is kept.
 
-Everything here runs on the engine's model thread; the class holds no locks.
+A step is written as a generator (`steps`): it yields each decoder call it needs and gets the
+call's text back, so that a tick can run the decoder calls of many streams as one batched
+model call (`gpu_worker/engines/live_batch.py`); `step` runs the calls one by one through
+FunASR's `generate`. Everything here runs on the engine's model thread; no locks.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +69,23 @@ class Utterance:
     text: str
 
 
+@dataclass(frozen=True)
+class DecodeCall:
+    """One decoder call a step needs: FunASR's `generate(input=audio, cache=cache,
+    is_final=is_final, **kwargs)` for the stream (or the same computation batched)."""
+
+    audio: np.ndarray
+    is_final: bool
+    cache: dict[str, Any]  # the stream's decoding cache for its open utterance
+    kwargs: dict[str, Any]
+
+    def generate(self, asr_model: Any) -> str:
+        """Run this call alone through FunASR; the text of the chunk(s)."""
+        out = asr_model.generate(input=self.audio, cache=self.cache, is_final=self.is_final,
+                                 **self.kwargs)
+        return str(out[0].get("text", "")) if out else ""
+
+
 @dataclass
 class LiveUpdate:
     """What one chunk changed."""
@@ -74,8 +95,11 @@ class LiveUpdate:
     interim_start_ms: int = -1
     safe_ms: int = 0
     processed_ms: int = 0
-    tick_streams: int = 1
+    tick_streams: int = 0  # rows of the (largest) model call that decoded this chunk; 0: none
     step_s: float = 0.0
+
+
+StepRun = Generator["DecodeCall", str, "LiveUpdate"]
 
 
 class LiveSession:
@@ -129,19 +153,17 @@ class LiveSession:
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def _decode(self, upto: int, is_final: bool) -> None:
+    def _decode(self, upto: int, is_final: bool) -> Generator[DecodeCall, str, None]:
         """Give the decoder the open utterance's audio up to session sample `upto`."""
         audio = self._slice(self._fed, upto)
         if not len(audio) and not is_final:
             return
-        out = self.asr_model.generate(input=audio, cache=self._asr_cache, is_final=is_final,
-                                      **self._kwargs)
+        text = yield DecodeCall(audio, is_final, self._asr_cache, self._kwargs)
         self._fed = max(self._fed, upto)
-        text = str(out[0].get("text", "")) if out else ""
         if text:
             self._texts.append(text)
 
-    def _decode_ready(self) -> None:
+    def _decode_ready(self) -> Generator[DecodeCall, str, None]:
         """Decode the open utterance's whole chunks that end before the hold-back point."""
         assert self._utt_start is not None
         stride = self.options.stride_samples
@@ -149,12 +171,12 @@ class LiveSession:
         chunks = (limit - self._utt_start) // stride
         upto = self._utt_start + chunks * stride
         if upto > self._fed:
-            self._decode(upto, is_final=False)
+            yield from self._decode(upto, is_final=False)
 
-    def _finish_utterance(self, end: int) -> Utterance:
+    def _finish_utterance(self, end: int) -> Generator[DecodeCall, str, Utterance]:
         assert self._utt_start is not None
         end = max(end, self._fed)
-        self._decode(end, is_final=True)
+        yield from self._decode(end, is_final=True)
         utt = Utterance(self._abs_ms(self._utt_start), self._abs_ms(end), "".join(self._texts))
         self._asr_cache = {}
         self._texts = []
@@ -162,8 +184,9 @@ class LiveSession:
         self._last_end = end
         return utt
 
-    def step(self, audio: np.ndarray, is_final: bool) -> LiveUpdate:
-        """Feed one chunk (float32, 16 kHz); what it changed."""
+    def steps(self, audio: np.ndarray, is_final: bool) -> StepRun:
+        """Feed one chunk (float32, 16 kHz): yields each decoder call it needs (send back the
+        call's text), returns what the chunk changed. The VAD runs here, per stream."""
         started = time.perf_counter()
         update = LiveUpdate()
         if len(audio):
@@ -179,12 +202,12 @@ class LiveSession:
                     self._fed = self._utt_start
                 if end_ms >= 0 and self._utt_start is not None:
                     end = min(max(int(end_ms) * SAMPLES_PER_MS, self._utt_start), self._received)
-                    update.finals.append(self._finish_utterance(end))
+                    update.finals.append((yield from self._finish_utterance(end)))
         if self._utt_start is not None:
             if is_final:
-                update.finals.append(self._finish_utterance(self._received))
+                update.finals.append((yield from self._finish_utterance(self._received)))
             else:
-                self._decode_ready()
+                yield from self._decode_ready()
         if is_final:
             self.closed = True
             self._vad_cache = {}
@@ -195,6 +218,21 @@ class LiveSession:
         update.safe_ms = self._abs_ms(self.safe_sample)
         update.processed_ms = self._abs_ms(self._received)
         update.step_s = time.perf_counter() - started
+        return update
+
+    def step(self, audio: np.ndarray, is_final: bool) -> LiveUpdate:
+        """Feed one chunk and decode it alone: each decoder call is FunASR's own
+        `generate(input=..., cache=..., is_final=...)` for this stream (batch size 1)."""
+        run = self.steps(audio, is_final)
+        calls = 0
+        try:
+            call = next(run)
+            while True:
+                calls += 1
+                call = run.send(call.generate(self.asr_model))
+        except StopIteration as stop:
+            update: LiveUpdate = stop.value
+        update.tick_streams = 1 if calls else 0
         return update
 
     @property

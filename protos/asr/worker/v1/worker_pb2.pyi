@@ -19,7 +19,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served", "batches", "oom_events", "cache_clears", "capabilities", "consecutive_failed_batches")
+    __slots__ = ("device", "model", "pid", "allocated_bytes", "reserved_bytes", "supports_hotwords", "served", "batches", "oom_events", "cache_clears", "capabilities", "consecutive_failed_batches", "live_model_calls", "live_model_rows")
     class CacheClearsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class InfoResponse(_message.Message):
     CACHE_CLEARS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_MODEL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_MODEL_ROWS_FIELD_NUMBER: _ClassVar[int]
     device: str
     model: str
     pid: int
@@ -51,7 +53,9 @@ class InfoResponse(_message.Message):
     cache_clears: _containers.ScalarMap[str, int]
     capabilities: Capabilities
     consecutive_failed_batches: int
-    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ..., batches: _Optional[int] = ..., oom_events: _Optional[int] = ..., cache_clears: _Optional[_Mapping[str, int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., consecutive_failed_batches: _Optional[int] = ...) -> None: ...
+    live_model_calls: int
+    live_model_rows: int
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., pid: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., supports_hotwords: _Optional[bool] = ..., served: _Optional[int] = ..., batches: _Optional[int] = ..., oom_events: _Optional[int] = ..., cache_clears: _Optional[_Mapping[str, int]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., consecutive_failed_batches: _Optional[int] = ..., live_model_calls: _Optional[int] = ..., live_model_rows: _Optional[int] = ...) -> None: ...
 
 class Capabilities(_message.Message):
     __slots__ = ("kind", "family", "engine", "languages", "hotwords", "itn", "streaming", "timestamps", "padding_invariant")
