@@ -34,36 +34,61 @@ class StreamIdle(RequestError):
 class AudioBudget:
     """Bytes of decoded audio the scheduler holds for all requests together: audio kept for
     VAD, whole audio gathered for one unit, and units in flight. A taker that would go over
-    waits for others to give back (one taker alone is always let through), up to `wait_s`,
-    then RESOURCE_EXHAUSTED."""
+    waits, first come first served, for others to give back (one taker alone is always let
+    through), up to `wait_s`, then RESOURCE_EXHAUSTED. Taking and giving back within the
+    budget costs no task, lock or timer (it happens for every unit)."""
 
     def __init__(self, limit_bytes: int, wait_s: float = 30.0) -> None:
         self.limit = limit_bytes
         self.wait_s = wait_s
         self.held = 0
         self.peak = 0
-        self._freed = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.held == 0 or self.held + nbytes <= self.limit
+
+    def _grant(self, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
 
     async def take(self, nbytes: int) -> None:
-        async with self._freed:
-            try:
-                await asyncio.wait_for(self._freed.wait_for(
-                    lambda: self.held == 0 or self.held + nbytes <= self.limit), self.wait_s)
-            except asyncio.TimeoutError:
-                raise QueueFull(f"the scheduler holds {self.held >> 20} MiB of decoded audio "
-                                f"(limit {self.limit >> 20} MiB, --max-decoded-audio-mib); "
-                                "retry later", retry_after_s=5.0) from None
-            self.held += nbytes
-            self.peak = max(self.peak, self.held)
+        if not self._waiters and self._fits(nbytes):
+            self._grant(nbytes)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (nbytes, fut)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, self.wait_s)
+        except asyncio.TimeoutError:
+            raise QueueFull(f"the scheduler holds {self.held >> 20} MiB of decoded audio "
+                            f"(limit {self.limit >> 20} MiB, --max-decoded-audio-mib); "
+                            "retry later", retry_after_s=5.0) from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give(nbytes)  # granted just as the taker went away
+            raise
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+                self._wake()  # a smaller taker behind this one may fit now
 
     def give(self, nbytes: int) -> None:
         self.held = max(0, self.held - nbytes)
+        self._wake()
 
-        async def wake() -> None:
-            async with self._freed:
-                self._freed.notify_all()
-        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
-            asyncio.get_running_loop().create_task(wake())
+    def _wake(self) -> None:
+        while self._waiters:
+            nbytes, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+            elif self._fits(nbytes):
+                self._waiters.popleft()
+                self._grant(nbytes)
+                fut.set_result(None)
+            else:
+                break
 
     @contextlib.asynccontextmanager
     async def hold(self, nbytes: int) -> AsyncIterator[None]:

@@ -1,0 +1,68 @@
+"""The decoded-audio budget: takers within it pass at once, over it they wait first come first
+served, a lone taker always passes, a waiter times out with RESOURCE_EXHAUSTED, and nothing
+leaks when a waiter goes away."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scheduler.errors import QueueFull
+from scheduler.limits import AudioBudget
+
+
+async def test_within_budget_passes_at_once_and_over_it_waits_in_order() -> None:
+    b = AudioBudget(100, wait_s=5)
+    await b.take(60)
+    await b.take(40)
+    assert b.held == 100
+    order: list[str] = []
+
+    async def taker(name: str, n: int) -> None:
+        await b.take(n)
+        order.append(name)
+
+    big = asyncio.create_task(taker("big", 80))
+    await asyncio.sleep(0.01)
+    small = asyncio.create_task(taker("small", 10))  # fits after one give, but queues behind
+    await asyncio.sleep(0.01)
+    assert order == []
+    b.give(40)  # 60 held: big (80) does not fit, small waits behind it
+    await asyncio.sleep(0.01)
+    assert order == []
+    b.give(60)  # 0 held: big passes, then small fits beside it (90)
+    await asyncio.gather(big, small)
+    assert order == ["big", "small"] and b.held == 90 and b.peak == 100
+
+
+async def test_a_lone_taker_passes_even_over_the_limit() -> None:
+    b = AudioBudget(100, wait_s=5)
+    await b.take(500)
+    assert b.held == 500
+    b.give(500)
+    assert b.held == 0
+
+
+async def test_waiter_times_out_and_a_cancelled_one_leaves_nothing_behind() -> None:
+    b = AudioBudget(100, wait_s=0.2)
+    await b.take(90)
+    with pytest.raises(QueueFull, match="max-decoded-audio-mib"):
+        await b.take(20)
+    gone = asyncio.create_task(b.take(50))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    behind = asyncio.create_task(b.take(10))  # not stuck behind the cancelled one
+    await asyncio.wait_for(behind, 1)
+    b.give(90)
+    b.give(10)
+    assert b.held == 0 and not b._waiters
+
+
+async def test_hold_gives_back() -> None:
+    b = AudioBudget(100)
+    async with b.hold(70):
+        assert b.held == 70
+    assert b.held == 0
