@@ -5,6 +5,10 @@ the text through the service is unchanged."""
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -117,3 +121,41 @@ def test_the_text_through_the_service_is_unchanged(service: RunningService,
     assert [(s.start_ms, s.end_ms) for s in split.segments] == \
         [(s.start_ms, s.end_ms) for s in whole.segments]
     assert len(split.segments) > 30
+
+
+def test_a_vad_worker_killed_during_parallel_vad_is_survived(
+        service: RunningService, recording: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGKILL one VAD worker while both hold a session of the same file: the request still
+    answers (the lost piece starts again on a worker that is up), nothing stays in flight."""
+    svc = service
+    pool = svc.service.pipeline.vad
+    victim = pool.workers[1]
+    pid, restarts = victim.pid, victim.restarts
+    config = pb.RecognitionConfig(vad_mode=pb.VAD_ALWAYS)
+    killed = threading.Event()
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all(w.in_flight >= 1 for w in pool.workers):  # pieces on both workers
+                os.kill(pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    with AsrClient(svc.address) as client:
+        result = client.recognize_bytes(recording.read_bytes(), config, timeout=300)
+    thread.join()
+    assert killed.is_set()
+    assert any("VAD session lost" in r.getMessage() for r in caplog.records
+               if r.name == "scheduler.vad_split")  # the kill hit a piece of this request
+    assert result.text.strip() and len(result.segments) > 30
+    assert result.segments[-1].end_ms > (SECONDS - 5) * 1000  # to the end of the file
+    deadline = time.monotonic() + 120
+    while victim.restarts == restarts and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert victim.restarts > restarts
+    assert all(w.in_flight == 0 for w in pool.workers)
+    assert svc.service.dispatcher.unfinished == 0
