@@ -25,12 +25,16 @@ it starts; it trusts it from where its state provably equals the one-pass state:
   thing that may differ within the chunk, and only decides where a segment ends) changed
   nothing; both restart the schedule at zero. Where earlier segments of that chunk differ
   does not matter: the trusted session's are the ones kept. From the next chunk on the piece
-  computes what the one-pass run would; the trusted session is closed and the piece takes
-  over.
+  computes what the one-pass run would, so whichever of the two is further ahead goes on as
+  the trusted session and the other is closed (agreement is checked whenever both have
+  results for a chunk the trusted session's segments were already taken from, in whatever
+  order they arrive).
 * A piece that never agrees is simply overtaken: the trusted session runs on through it (and
   compares with the pieces after it), which is the one-pass run itself. The result is
   identical to one pass in every case; the speed comes from pieces that agree early, which in
-  speech with pauses happens within a chunk or two after the cut.
+  speech with pauses happens within a chunk or two after the cut. Chunks without any
+  segment prove nothing, so in long silence a piece only duplicates the trusted session's
+  work until speech returns.
 
 At most as many pieces as VAD workers run at once; a piece not yet trusted stops a couple of
 chunks past where the trusted session is or its own piece ends, so memory stays bounded by the
