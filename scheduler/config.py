@@ -110,6 +110,11 @@ class ServeConfig(BaseSettings):
                            "disables segmentation")
     vad_workers: int = Field(0, ge=0, description="VAD worker processes on CPU (0: a quarter of "
                              "the cores, at least 2 where there are 2 cores, at most 4)")
+    vad_split_s: int = Field(300, ge=0, description="Parallel VAD of one long file: audio "
+                             "longer than this (plus a 60 s chunk) is cut here, every this "
+                             "many seconds, into pieces segmented at once on the VAD workers "
+                             "and joined so the segments equal one pass; a multiple of 60; "
+                             "0: one VAD session per file")
     max_segment_ms: int = Field(30000, ge=MAX_SEGMENT_MS_RANGE[0], le=MAX_SEGMENT_MS_RANGE[1],
                                 description="Longest VAD segment, ms (requests may ask for "
                                 "another)")
@@ -206,6 +211,13 @@ class ServeConfig(BaseSettings):
         if not _DEVICES.fullmatch(value.strip()):
             raise ValueError("expected auto, cpu, sim:N (N >= 1) or a list like cuda:0,cuda:1")
         return value.strip()
+
+    @field_validator("vad_split_s")
+    @classmethod
+    def _whole_vad_chunks(cls, value: int) -> int:
+        if value % 60:
+            raise ValueError("expected a multiple of 60 (the VAD chunk, seconds), or 0 (off)")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -31,6 +31,7 @@ from scheduler.longform import Cut, Segmenter
 from scheduler.metrics import Metrics
 from scheduler.results import RecognitionOutcome, Segment, assemble
 from scheduler.vad import VadPool
+from scheduler.vad_split import ParallelSegmenter
 from scheduler.workers import WorkerHandle
 from scheduler.workers_client import UnitRequest, UnitResult, transcribe
 
@@ -84,7 +85,7 @@ class Pipeline:
                  metrics: Metrics | None = None, vad: VadPool | None = None,
                  default_max_segment_ms: int = 30000,
                  stream: StreamSettings | None = None,
-                 budget: AudioBudget | None = None) -> None:
+                 budget: AudioBudget | None = None, vad_split_s: int = 0) -> None:
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.metrics = metrics or Metrics()
@@ -92,6 +93,7 @@ class Pipeline:
         self.default_max_segment_ms = default_max_segment_ms
         self.stream = stream or StreamSettings()
         self.budget = budget or AudioBudget(4 * 1024**3)
+        self.vad_split_s = vad_split_s  # 0: one VAD session per file
 
     # -- decisions, each made in one place --------------------------------------------------
 
@@ -209,7 +211,7 @@ class Pipeline:
         """Long audio as it arrives: VAD cuts, each run as soon as it is cut (at most
         MAX_IN_FLIGHT at once), reported as each finishes, assembled in time order."""
         accepted = time.monotonic()
-        segmenter = Segmenter(self.vad, self.max_segment_ms(req), self.budget)
+        segmenter = self._segmenter(req)
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: list[asyncio.Task[Segment]] = []
@@ -250,6 +252,13 @@ class Pipeline:
         if segmenter.total_samples == 0:
             raise InvalidAudio("the audio decodes to zero samples")
         return self._finish(req, model, list(units), segmenter.total_samples, accepted)
+
+    def _segmenter(self, req: RecognitionRequest) -> Segmenter | ParallelSegmenter:
+        """One VAD session per file, or pieces on several VAD workers joined to equal it."""
+        if self.vad_split_s and len(self.vad.workers) >= 2:
+            return ParallelSegmenter(self.vad, self.max_segment_ms(req), self.vad_split_s,
+                                     self.budget)
+        return Segmenter(self.vad, self.max_segment_ms(req), self.budget)
 
     async def _run_unit(self, req: RecognitionRequest, model: ServedModel, cut: Cut,
                         accepted: float) -> Segment:

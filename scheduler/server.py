@@ -196,7 +196,8 @@ class AsrService:
                 buffer_bytes=cfg.stream_buffer_mib * 1024 * 1024,
                 max_bytes=cfg.max_stream_bytes, spool_dir=self._runtime_dir,
                 buffers=ByteBudget(cfg.max_stream_buffers_mib * 1024 * 1024)),
-            AudioBudget(cfg.max_decoded_audio_mib * 1024 * 1024, cfg.queue_timeout_s))
+            AudioBudget(cfg.max_decoded_audio_mib * 1024 * 1024, cfg.queue_timeout_s),
+            vad_split_s=cfg.vad_split_s)
         self.pipeline = pipeline
         self.metrics.attach(self.dispatcher, self.vad_workers)
         if cfg.metrics_port:

@@ -111,3 +111,35 @@ def test_direct_bf16_token_agreement(models_dir: Path, speech: dict[str, Path]) 
     total = sum(max(len(w), 1) for w in want)
     errors = sum(lev.distance(w, g) for w, g in zip(want, got, strict=True))
     assert total > 20 and 1 - errors / total >= 0.995, (errors, total)
+
+
+def test_direct_stages_overlap_on_cuda_with_the_same_text(models_dir: Path,
+                                                          speech: dict[str, Path]) -> None:
+    """The CUDA path of the staged runner: pinned host buffers, the copy on a side stream,
+    two batches in flight through the batcher, and texts equal to one-by-one runs."""
+    import asyncio
+
+    from gpu_worker.device import TorchDevice
+    from gpu_worker.engines.base import Utterance
+    from gpu_worker.engines.batcher import Batcher
+    from gpu_worker.fast.runner import load_direct_runner
+
+    direct = load_direct_runner(str(models_dir / "sensevoice-tiny"), "cuda:0")
+    utts = [Utterance(c) for c in _gpu_clips(speech)] * 4
+    prepared = direct.prepare(utts[:2])
+    assert prepared.host.is_pinned() and prepared.wave is not None \
+        and prepared.wave.device.type == "cuda" and prepared.copied is not None
+    expected = [direct.transcribe([u])[0].text for u in utts]
+
+    async def run() -> tuple[list[str], int]:
+        batcher = Batcher(direct, TorchDevice("cuda:0", "fp32", 1), max_batch_size=2,
+                          max_queue_delay_s=0.0)
+        batcher.start()
+        try:
+            outs = await asyncio.gather(*(batcher.submit(u) for u in utts))
+        finally:
+            await batcher.stop()
+        return [t.text for t, _ in outs], batcher.counters.peak_in_flight
+
+    texts, peak = asyncio.run(run())
+    assert texts == expected and peak == 2

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gpu_worker.device import Device, is_oom, is_sticky_error
 from gpu_worker.engines.base import BatchStats, Transcript, Utterance, WorkerUnhealthy
@@ -63,6 +63,7 @@ class BatcherCounters:
     splits: int = 0
     oom_events: int = 0
     cache_clears: dict[str, int] = field(default_factory=dict)  # by trigger
+    peak_in_flight: int = 0  # most batches in flight at once (2 for staged runners)
 
     def count_clear(self, trigger: str) -> None:
         self.cache_clears[trigger] = self.cache_clears.get(trigger, 0) + 1
@@ -95,6 +96,15 @@ class Batcher:
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Staged runners (prepare -> compute -> finish) keep `in_flight` batches going: the
+        # host stages of one run on this thread while the model thread computes another.
+        self._staged = all(hasattr(runner, m) for m in ("prepare", "compute", "finish"))
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host") \
+            if self._staged else None
+        self._slots = asyncio.Semaphore(
+            max(1, int(getattr(runner, "in_flight", 1))) if self._staged else 1)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._running = 0  # batches taken and not yet resolved
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -106,7 +116,11 @@ class Batcher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+        for task in self._in_flight:
+            task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._host is not None:
+            self._host.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
@@ -183,6 +197,24 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self.health.unhealthy is None:
+            await self._slots.acquire()  # a batch is taken only when one may start
+            if self.health.unhealthy is not None:
+                self._slots.release()
+                return
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._running += 1
+            self.counters.peak_in_flight = max(self.counters.peak_in_flight, self._running)
+            task = loop.create_task(self._process(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Wait until a batch is due, then take it."""
+        while True:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -196,11 +228,19 @@ class Batcher:
                 if not self._ready():
                     continue
             batch = self._take_batch()
-            if not batch:
-                continue
+            if batch:
+                return batch
+
+    async def _process(self, batch: list[_Pending]) -> None:
+        """Run one batch and resolve its utterances (then free its slot)."""
+        loop = asyncio.get_running_loop()
+        try:
             started = time.monotonic()
             utts = [p.utt for p in batch]
-            outcomes = await loop.run_in_executor(self._executor, self._run_batch, utts)
+            if self._staged:
+                outcomes = await self._run_staged(utts)
+            else:
+                outcomes = await loop.run_in_executor(self._executor, self._run_batch, utts)
             elapsed = time.monotonic() - started
             self.counters.batches += 1
             self.counters.utterances += len(batch)
@@ -226,6 +266,27 @@ class Batcher:
                                              batch_id)))
             if reason is not None:
                 self._become_unhealthy(reason)
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    async def _run_staged(self, utts: list[Utterance]) -> list[Outcome]:
+        """prepare (host thread) -> compute (model thread) -> finish (host thread); any failure
+        reruns the batch the plain way, which isolates the failing utterance."""
+        loop = asyncio.get_running_loop()
+        runner: Any = self.runner
+        try:
+            prepared = await loop.run_in_executor(self._host, runner.prepare, utts)
+            computed = await loop.run_in_executor(self._executor, self._compute, prepared)
+            return list(await loop.run_in_executor(self._host, runner.finish, computed))
+        except Exception:
+            return await loop.run_in_executor(self._executor, self._run_batch, utts)
+
+    def _compute(self, prepared: object) -> object:
+        """On the model thread: the device stage, then any cache clear it calls for."""
+        computed = self.runner.compute(prepared)  # type: ignore[attr-defined]
+        self._after_batch(len(prepared.batch))  # type: ignore[attr-defined]
+        return computed
 
     def _become_unhealthy(self, reason: str) -> None:
         """Hand every waiting utterance back (to run elsewhere) and tell the owner."""
@@ -239,16 +300,20 @@ class Batcher:
     def _run_batch(self, batch: list[Utterance]) -> list[Outcome]:
         """On the model thread: the batch, then any cache clear it calls for."""
         outcomes = self._run_isolated(batch)
-        self._since_clear += len(batch)
+        self._after_batch(len(batch))
+        return outcomes
+
+    def _after_batch(self, size: int) -> None:
+        """The cache-clear policy after a batch (on the model thread)."""
+        self._since_clear += size
         if not self.device.has_cache:
-            return outcomes
+            return
         if self.cache_clear_every and self._since_clear >= self.cache_clear_every:
             self.clear_cache("periodic")
         elif self.cache_clear_margin_bytes:
             allocated, reserved = self.device.memory()
             if reserved - allocated > self.cache_clear_margin_bytes:
                 self.clear_cache("fragmentation")
-        return outcomes
 
     def clear_cache(self, trigger: str) -> None:
         """Clear the allocator cache (call on the model thread, between batches)."""

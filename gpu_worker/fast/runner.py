@@ -1,8 +1,11 @@
 """`DirectRunner`: the batcher's runner for the `direct` engine.
 
 FunASR loads the model (weights, tokenizer, front-end config); the runner then runs its own
-pipeline per batch: waveforms padded into one (pinned, on CUDA) host buffer and copied to the
-device without blocking, batched features (`BatchFbank`), the family's network with correct
+pipeline per batch in three stages that the batcher overlaps across batches (`prepare` on a
+host thread: waveforms padded into one host buffer, on CUDA pinned and copied to the device
+without blocking on a side stream; `compute` on the model thread; `finish` on the host thread:
+token ids to text), so the host readies batch k+1 and writes batch k-1's text while the device
+runs batch k. Per batch: batched features (`BatchFbank`), the family's network with correct
 masks (`networks`), token ids back in one copy, and token ids to text on the CPU exactly as
 FunASR's `inference` does. No allocator cache clear on the hot path: the batcher's cache-clear
 policy stays in charge.
@@ -11,6 +14,8 @@ policy stays in charge.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +30,25 @@ from protos.common.worker_config import WorkerConfig
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Prepared:
+    """A batch padded on the host (and on CUDA already being copied to the device)."""
+
+    batch: list[Utterance]
+    host: torch.Tensor
+    lengths: torch.Tensor
+    wave: torch.Tensor | None = None  # on the device, written by the copy stream
+    copied: Any = None  # torch.cuda.Event recorded after the copy
+
+
+@dataclass
+class Computed:
+    """A batch's token ids, back on the host."""
+
+    batch: list[Utterance]
+    ids: list[list[int]]
+
+
 class DirectRunner:
     """One FunASR model of a supported family on one device, run batched by our code."""
 
@@ -33,6 +57,9 @@ class DirectRunner:
     padding_invariant = True
     # The device computes padded frames: the batcher's audio cap counts size x longest clip.
     padded_budget = True
+    # Batches in flight at once: one being prepared or turned into text on the host while
+    # the device computes another (`prepare` -> `compute` -> `finish`).
+    in_flight = 2
 
     def __init__(self, model_dir: str, family: Family, device: TorchDevice,
                  cfg: WorkerConfig | None = None) -> None:
@@ -50,12 +77,16 @@ class DirectRunner:
         self.frontend = auto.kwargs["frontend"]
         self.net = net_for(family.name, self.model)
         self.fbank = BatchFbank(self.frontend, device.name)
-        self._pin = device.name.startswith("cuda")
+        self._pin = device.name.startswith("cuda") and torch.cuda.is_available()
+        self._copy_stream = torch.cuda.Stream(device.name) if self._pin else None
         log.info("direct engine: %s (%s, family %s) on %s", model_dir,
                  type(self.model).__name__, family.name, device.name)
 
-    def features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad the clips into one host buffer, copy it to the device, compute features."""
+    def prepare(self, batch: list[Utterance]) -> Prepared:
+        """Host stage (while the device runs the previous batch): check the clips and pad them
+        into one host buffer; on CUDA a pinned one, copied to the device without blocking on
+        a side stream, so the copy too overlaps the previous batch's compute."""
+        audios = [u.audio for u in batch]
         for a in audios:  # FunASR refuses these too ("n must be > 0", "mel energy is nan")
             if len(a) == 0:
                 raise ValueError("empty audio")
@@ -67,15 +98,48 @@ class DirectRunner:
         for i, a in enumerate(audios):
             host[i, :len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
         lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
-        wave = host.to(self.fbank.device, non_blocking=True)
-        return self.fbank(wave, lengths)
+        prepared = Prepared(batch, host, lengths)
+        if self._copy_stream is not None:
+            with torch.cuda.stream(self._copy_stream):
+                prepared.wave = host.to(self.fbank.device, non_blocking=True)
+                prepared.copied = torch.cuda.Event()
+                prepared.copied.record(self._copy_stream)
+        return prepared
+
+    def _on_device(self, p: Prepared) -> torch.Tensor:
+        if p.wave is None:
+            return p.host.to(self.fbank.device, non_blocking=True)
+        assert p.copied is not None
+        stream = torch.cuda.current_stream(self.fbank.device)
+        stream.wait_event(p.copied)
+        p.wave.record_stream(stream)  # its memory is reused only after this stream's use
+        return p.wave
+
+    def features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the clips into one host buffer, copy it to the device, compute features."""
+        p = self.prepare([Utterance(audio=a) for a in audios])
+        return self.fbank(self._on_device(p), p.lengths)
+
+    def compute(self, p: Prepared) -> Computed:
+        """Device stage (the model thread): features, network, token ids (one host copy)."""
+        first = p.batch[0]
+        with self.device.inference(int(p.lengths.sum())):
+            feats, lens = self.fbank(self._on_device(p), p.lengths)
+            ids = self.net.tokens(feats, lens, first.language, first.use_itn)
+        return Computed(p.batch, ids)
+
+    def finish(self, c: Computed) -> list[Transcript]:
+        """Host stage (while the device runs the next batch): token ids to text."""
+        ignored = bool(c.batch[0].hotwords) and not self.family.hotwords
+        results = []
+        for ids in c.ids:
+            text, lang = self.family.postprocess(self.text(ids))
+            results.append(Transcript(text=text, language=lang, hotwords_ignored=ignored))
+        return results
 
     def token_ids(self, batch: list[Utterance]) -> list[list[int]]:
         """Token ids per utterance (all share one `options`), computed batched."""
-        first = batch[0]
-        with self.device.inference(sum(len(u.audio) for u in batch)):
-            feats, lens = self.features([u.audio for u in batch])
-            return self.net.tokens(feats, lens, first.language, first.use_itn)
+        return self.compute(self.prepare(batch)).ids
 
     def text(self, ids: list[int]) -> str:
         """Token ids to FunASR's raw text (before the family's post-processing)."""
@@ -90,14 +154,10 @@ class DirectRunner:
         return str(text)
 
     def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
+        """The three stages in a row (the batcher overlaps them across batches instead)."""
         if not batch:
             return []
-        ignored = bool(batch[0].hotwords) and not self.family.hotwords
-        results = []
-        for ids in self.token_ids(batch):
-            text, lang = self.family.postprocess(self.text(ids))
-            results.append(Transcript(text=text, language=lang, hotwords_ignored=ignored))
-        return results
+        return self.finish(self.compute(self.prepare(batch)))
 
 
 def load_direct_runner(model_dir: str, device: str = "cpu", threads: int = 1,
