@@ -110,7 +110,7 @@ class ServeConfig(BaseSettings):
                            "disables segmentation")
     vad_workers: int = Field(0, ge=0, description="VAD worker processes on CPU (0: a quarter of "
                              "the cores, at least 2 where there are 2 cores, at most 4)")
-    vad_split_s: int = Field(300, ge=0, description="Parallel VAD of one long file: audio "
+    vad_split_s: int = Field(0, ge=0, description="Parallel VAD of one long file: audio "
                              "longer than this (plus a 60 s chunk) is cut here, every this "
                              "many seconds, into pieces segmented at once on the VAD workers "
                              "and joined so the segments equal one pass; a multiple of 60; "
