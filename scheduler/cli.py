@@ -11,6 +11,7 @@ from pathlib import Path
 
 from protos.common.logs import setup_logging
 from scheduler.config import ConfigError, ServeConfig
+from scheduler.memory import tune_malloc
 from scheduler.models import ModelError, run_model_builder
 from scheduler.server import AsrService
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                  for line in exc.problems))
         return 2
     setup_logging(config.log_level, config.log_format, "scheduler")
+    tune_malloc()  # before serving: audio-sized buffers must not fragment the heap
     try:
         asyncio.run(_serve(config))
     except ModelError as exc:

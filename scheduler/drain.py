@@ -37,6 +37,7 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
+        self.admitted = 0  # calls accepted since start
         self.refused = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -75,6 +76,7 @@ class Drain:
             self.refused += 1
             raise Unavailable(REFUSED)
         self.active += 1
+        self.admitted += 1
         self._idle.clear()
         try:
             yield

@@ -31,6 +31,7 @@ from scheduler.interceptor import ErrorInterceptor
 from scheduler.limits import AudioBudget, ByteBudget, StreamLimits
 from scheduler.live import LiveRecognizer
 from scheduler.live_metrics import LiveMetrics
+from scheduler.memory import trim_when_idle
 from scheduler.metrics import Metrics
 from scheduler.models import (
     ModelSpec,
@@ -246,6 +247,9 @@ class AsrService:
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),
                                                               name=w.spec.worker_id)
                        for w in (*self.workers, *self.vad_workers)]
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            trim_when_idle(lambda: self.drain.admitted, lambda: self.drain.active),
+            name="malloc-trim"))
         log.info("listening on port %d; models %s; workers %s", self.port,
                  ", ".join(f"{m.name}={m.source}" for m in models),
                  ", ".join(w.spec.worker_id for w in self.workers))

@@ -1,0 +1,76 @@
+"""Give the scheduler's freed heap back to the operating system (glibc malloc).
+
+The scheduler allocates and frees audio-sized buffers (request bytes, decoded PCM, segment
+lists) at a high rate. glibc raises its mmap threshold each time a large mmapped block is freed
+(up to 32 MiB), after which such buffers come from the heap arenas and fragment them; freed
+memory then stays resident. Measured with 300 mixed 1-300 s requests from 48 clients on
+simulated GPUs: scheduler RSS 154 MB -> 1,115 MB (335 MB after `malloc_trim`), against
+120 MB -> 163 MB with a fixed 128 KiB threshold and 149 MB after a trim.
+
+`tune_malloc()` fixes the threshold (set once, at process start); `trim()` returns free heap
+pages; `trim_when_idle()` calls it after activity once the service has no call in progress, and
+at most every `busy_every_s` while it stays busy. Elsewhere than glibc every call is a no-op.
+Workers are left alone: torch's CPU tensors would pay an mmap per large allocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3  # <malloc.h>: a fixed value also turns the dynamic threshold off
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None  # musl, macOS: no such knobs
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold; True when applied."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(mmap_threshold)))
+
+
+def trim() -> bool:
+    """Return free heap memory to the OS; True when some was released."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.malloc_trim(ctypes.c_size_t(0)))
+
+
+async def trim_when_idle(activity: Callable[[], int], active: Callable[[], int],
+                         check_s: float = 2.0, busy_every_s: float = 60.0) -> None:
+    """Run forever (cancel to stop): trim in a thread once `activity()` (a count of calls
+    started) has moved and `active()` is 0, or every `busy_every_s` while calls keep running."""
+    if _LIBC is None:
+        return
+    seen, last = activity(), time.monotonic()
+    while True:
+        await asyncio.sleep(check_s)
+        now_seen = activity()
+        if now_seen == seen:
+            continue
+        if active() and time.monotonic() - last < busy_every_s:
+            continue
+        seen, last = now_seen, time.monotonic()
+        await asyncio.to_thread(trim)
