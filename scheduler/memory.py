@@ -8,8 +8,10 @@ simulated GPUs: scheduler RSS 154 MB -> 1,115 MB (335 MB after `malloc_trim`), a
 120 MB -> 163 MB with a fixed 128 KiB threshold and 149 MB after a trim.
 
 `tune_malloc()` fixes the threshold (set once, at process start); `trim()` returns free heap
-pages; `trim_when_idle()` calls it after activity once the service has no call in progress, and
-at most every `busy_every_s` while it stays busy. Elsewhere than glibc every call is a no-op.
+pages; `trim_when_idle()` calls it (and a hook of the caller's: the server gives the free pages
+of the workers' PCM arenas back) after activity once the service has no call in progress, and
+at most every `busy_every_s` while it stays busy. Elsewhere than glibc the malloc calls are
+no-ops.
 Workers are left alone: torch's CPU tensors would pay an mmap per large allocation.
 """
 
@@ -59,11 +61,11 @@ def trim() -> bool:
 
 
 async def trim_when_idle(activity: Callable[[], int], active: Callable[[], int],
+                         on_idle: Callable[[], object] | None = None,
                          check_s: float = 2.0, busy_every_s: float = 60.0) -> None:
-    """Run forever (cancel to stop): trim in a thread once `activity()` (a count of calls
-    started) has moved and `active()` is 0, or every `busy_every_s` while calls keep running."""
-    if _LIBC is None:
-        return
+    """Run forever (cancel to stop): once `activity()` (a count of calls started) has moved
+    and `active()` is 0, or every `busy_every_s` while calls keep running, call `on_idle` (on
+    the event loop) and trim the heap (in a thread)."""
     seen, last = activity(), time.monotonic()
     while True:
         await asyncio.sleep(check_s)
@@ -73,4 +75,7 @@ async def trim_when_idle(activity: Callable[[], int], active: Callable[[], int],
         if active() and time.monotonic() - last < busy_every_s:
             continue
         seen, last = now_seen, time.monotonic()
-        await asyncio.to_thread(trim)
+        if on_idle is not None:
+            on_idle()
+        if _LIBC is not None:
+            await asyncio.to_thread(trim)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import shutil
@@ -248,12 +249,23 @@ class AsrService:
                                                               name=w.spec.worker_id)
                        for w in (*self.workers, *self.vad_workers)]
         self._tasks.append(asyncio.get_running_loop().create_task(
-            trim_when_idle(lambda: self.drain.admitted, lambda: self.drain.active),
+            trim_when_idle(lambda: self.drain.admitted, lambda: self.drain.active,
+                           self._on_idle),
             name="malloc-trim"))
         log.info("listening on port %d; models %s; workers %s", self.port,
                  ", ".join(f"{m.name}={m.source}" for m in models),
                  ", ".join(w.spec.worker_id for w in self.workers))
         return self.port
+
+    def _on_idle(self) -> None:
+        """After activity: give the free pages of every worker's PCM arena back and, when no
+        call is in progress, collect cyclic garbage (gRPC's own calls leave some)."""
+        if not self.drain.active:
+            gc.collect()
+        for w in self.workers:
+            arena = w.link.arena if w.link is not None else None
+            if arena is not None:
+                arena.release_free()
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout_s)

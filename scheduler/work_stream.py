@@ -57,7 +57,10 @@ class WorkStream:
         self._writer: asyncio.Task[None] | None = None
         self._outbox = wpb.WorkRequest()
         self._wake = asyncio.Event()
-        self._pending: dict[int, asyncio.Future[wpb.WorkAnswer]] = {}
+        # A unit's answer, or why the call was lost (a string, not an exception: an exception
+        # kept in the future would tie, through its traceback, every frame it passes through,
+        # the unit's audio included, into a reference cycle only a full GC collects).
+        self._pending: dict[int, asyncio.Future[wpb.WorkAnswer | str]] = {}
         self._tags = itertools.count(1)
         self._closed = False
 
@@ -117,14 +120,14 @@ class WorkStream:
         self._outbox = wpb.WorkRequest()
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(WorkerLost(f"{self.worker_id}: {why}"))
+                fut.set_result(why)
 
     async def transcribe(self, unit: UnitRequest, deadline: float | None) -> UnitResult:
         """Run one unit; the same results and errors as a Transcribe call would give."""
         self._open()
         block = self.arena.put(unit.samples) if self.arena is not None else None
         tag = next(self._tags)
-        fut: asyncio.Future[wpb.WorkAnswer] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[wpb.WorkAnswer | str] = asyncio.get_running_loop().create_future()
         self._pending[tag] = fut
         unit_request(unit, block, self._outbox.units.add(tag=tag).request)
         self._wake.set()
@@ -144,6 +147,8 @@ class WorkStream:
                 self._wake.set()
             if block is not None and self.arena is not None:
                 self.arena.free(block)
+        if isinstance(answer, str):
+            raise WorkerLost(f"{self.worker_id}: {answer}")
         if answer.code:
             code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
             raise unit_error(self.worker_id, code, answer.details)

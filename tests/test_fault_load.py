@@ -42,6 +42,13 @@ def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def _workers(pid: int) -> tuple[int, int]:
+    """All worker processes together: RSS in MB, open descriptors."""
+    kids = children(pid)
+    rss = tree_rss(kids)
+    return sum(rss[k] for k in kids if k in rss) // (1024 * 1024), sum(_fds(k) for k in kids)
+
+
 def _upload(data: bytes, chunk: int = 256 * 1024) -> Iterator[pb.StreamingRecognizeRequest]:
     yield pb.StreamingRecognizeRequest(
         streaming_config=pb.StreamingRecognitionConfig(config=pb.RecognitionConfig()))
@@ -56,7 +63,7 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
     svc = ServeProcess(models_dir / "sensevoice-tiny", "--devices", "sim:4",
                        "--vad-model", str(models_dir / "fsmn-vad"), "--vad-workers", "2",
                        "--max-queue", "4096", "--queue-timeout-s", "120",
-                       "--max-attempts", "8")
+                       "--max-attempts", "8", "--runtime-dir", str(tmp_path / "run"))
     try:
         svc.wait_serving()
         with grpc.insecure_channel(svc.address) as channel:
@@ -74,6 +81,7 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
             time.sleep(2)
             base = (tree_rss([svc.proc.pid])[svc.proc.pid], _fds(svc.proc.pid),
                     _threads(svc.proc.pid))
+            workers_base = _workers(svc.proc.pid)
             rng = random.Random(7)
             plan = rng.choices(list(LENGTHS), weights=list(LENGTHS.values()), k=REQUESTS)
             streamed = [i % 4 == 3 for i in range(REQUESTS)]  # every 4th request is a stream
@@ -116,14 +124,21 @@ def test_mixed_load_while_every_worker_is_killed(models_dir: Path, tmp_path: Pat
             time.sleep(5)
             after = (tree_rss([svc.proc.pid])[svc.proc.pid], _fds(svc.proc.pid),
                      _threads(svc.proc.pid))
+            workers_after = _workers(svc.proc.pid)
+            spooled = [p.name for p in (tmp_path / "run").iterdir()
+                       if not p.name.endswith(".sock")]
         audio_h = sum(plan) / 3600
         print(f"{REQUESTS} requests ({audio_h:.1f} h audio) from {CLIENTS} clients in "
               f"{wall:.0f} s with {len(kills)} worker kills; scheduler rss/fds/threads "
-              f"{base} -> {after}; {len(wrong)} answer(s) differ from idle: {wrong[:5]}")
+              f"{base} -> {after}; workers rss MB/fds {workers_base} -> {workers_after}; "
+              f"leftover files {spooled}; {len(wrong)} answer(s) differ from idle: {wrong[:5]}")
         assert not wrong, "every answer equals the idle server's text"
         assert len(kills) >= 6, "every kind of worker should have been killed"
         assert after[0] <= base[0] * 1.10 + 20 * 1024 * 1024
         assert after[1] <= base[1] * 1.10 + 2 and after[2] <= base[2] * 1.10 + 2
+        assert workers_after[0] <= workers_base[0] * 1.10, "workers' memory back near baseline"
+        assert workers_after[1] <= workers_base[1] * 1.10 + 2, "workers' descriptors too"
+        assert not spooled, "no spool files left in the runtime directory"
     finally:
         svc.proc.kill()
         svc.proc.wait(30)

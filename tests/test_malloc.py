@@ -24,9 +24,11 @@ def test_tune_and_trim_reach_glibc() -> None:
 async def test_trimmer_waits_for_idle_after_activity(monkeypatch: pytest.MonkeyPatch) -> None:
     trims: list[int] = []
     state = {"admitted": 0, "active": 0}
+    hooks: list[int] = []
     monkeypatch.setattr(memory, "trim", lambda: trims.append(state["admitted"]) or True)
     task = asyncio.create_task(memory.trim_when_idle(
-        lambda: state["admitted"], lambda: state["active"], check_s=0.01, busy_every_s=0.3))
+        lambda: state["admitted"], lambda: state["active"],
+        lambda: hooks.append(state["admitted"]), check_s=0.01, busy_every_s=0.3))
     try:
         await asyncio.sleep(0.05)
         assert trims == [], "no activity, no trim"
@@ -41,6 +43,7 @@ async def test_trimmer_waits_for_idle_after_activity(monkeypatch: pytest.MonkeyP
         state.update(admitted=9, active=1)
         await asyncio.sleep(0.5)
         assert trims[1:] == [9], "still busy after busy_every_s: trimmed anyway, once"
+        assert hooks == trims, "the caller's hook runs with every trim"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

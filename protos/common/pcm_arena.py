@@ -8,7 +8,9 @@ parsed again on the worker side. The scheduler frees the block when the unit's a
 failure) is back.
 
 Blocks are placed first-fit from the start of the arena, so the memory actually touched (and
-resident) follows the audio in flight, not the arena's size. When the arena has no room (or
+resident) follows the audio in flight, not the arena's size; touched pages stay resident (in
+both processes) until `release_free` gives the free ones back, which the scheduler does once it
+is idle. When the arena has no room (or
 memfd does not exist on this platform) the caller sends the samples inline in the message,
 as before: the arena is an optimisation, never a limit.
 
@@ -82,6 +84,26 @@ class PcmArena:
                 return at
             at = self._ends[start]
         return at if self.size - at >= need else None
+
+    def free_ranges(self) -> list[tuple[int, int]]:
+        """The whole pages no block touches, as (offset, length)."""
+        page = mmap.PAGESIZE
+        out, at = [], 0
+        for start in [*self._starts, self.size]:
+            lo, hi = -(-at // page) * page, start // page * page
+            if hi > lo:
+                out.append((lo, hi - lo))
+            at = self._ends.get(start, start)
+        return out
+
+    def release_free(self) -> int:
+        """Give the pages of free space back to the kernel (they read as zeros when next
+        touched); bytes released. Call from the allocating thread only."""
+        released = 0
+        for offset, length in self.free_ranges():
+            self._mm.madvise(mmap.MADV_REMOVE, offset, length)
+            released += length
+        return released
 
     def put(self, samples: np.ndarray) -> PcmBlock | None:
         """Copy `samples` (int16 stays S16LE, anything else F32LE) into a free block; None
