@@ -27,6 +27,7 @@ from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.logs import setup_logging
+from protos.common.memory import trim_when_idle
 from protos.common.pcm_arena import PcmArena
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
 from protos.common.worker_auth import SECRET_ENV, server_interceptors
@@ -61,7 +62,8 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
                              interceptors=server_interceptors(os.environ.pop(SECRET_ENV, "")))
     arena = (PcmArena.attach(cfg.pcm_arena_fd, cfg.pcm_arena_bytes)
              if cfg.pcm_arena_fd >= 0 else None)
-    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, cfg.device_name, arena), server)
+    servicer = WorkerServicer(engine, cfg.device_name, arena)
+    pb_grpc.add_WorkerServicer_to_server(servicer, server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket_path)
     server.add_insecure_port(f"unix://{cfg.socket_path}")
@@ -86,8 +88,11 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     log.info("worker %s ready on %s (device %s, pid %d, engine %s, family %s)", cfg.worker_id,
              cfg.socket_path, cfg.device_name, os.getpid(), caps.engine, caps.family)
     watcher = loop.create_task(_watch_parent(cfg.parent_pid, stop))
+    # Freed batch tensors stay in the heap after load; give them back once idle.
+    trimmer = loop.create_task(trim_when_idle(lambda: servicer.served, lambda: servicer.active))
     await stop.wait()
     watcher.cancel()
+    trimmer.cancel()
     await server.stop(2.0)
     await engine.stop()
     return exit_code

@@ -51,6 +51,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.device_name = device_name
         self.arena = arena  # the scheduler's shared PCM arena (None: audio comes inline)
         self.served = 0
+        self.active = 0  # units and VAD/live sessions in progress
 
     async def GetInfo(self, request: pb.InfoRequest,
                       context: grpc.aio.ServicerContext) -> pb.InfoResponse:
@@ -134,6 +135,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     async def _unit(self, request: pb.TranscribeRequest) -> pb.TranscribeResponse:
         """One unit through the engine; failures as `UnitFailed` with their status code."""
+        self.active += 1
+        try:
+            return await self._run_unit(request)
+        finally:
+            self.active -= 1
+
+    async def _run_unit(self, request: pb.TranscribeRequest) -> pb.TranscribeResponse:
         audio = self._audio(request)
         if audio.size == 0:
             raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
@@ -169,6 +177,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 yield SessionChunk(audio=decode_pcm(req.pcm, req.sample_format),
                                    is_final=req.is_final, max_segment_ms=req.max_segment_ms)
 
+        self.active += 1
         try:
             async for segments in self.engine.segment(chunks()):
                 self.served += 1
@@ -176,6 +185,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                                for s, e in segments])
         except Unsupported as exc:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        finally:
+            self.active -= 1
 
     async def Live(self, request_iterator: AsyncIterator[pb.LiveRequest],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LiveResponse]:
@@ -200,6 +211,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             async for req in messages:
                 yield LiveChunk(decode_pcm(req.pcm, req.sample_format), req.is_final)
 
+        self.active += 1
         try:
             async for u in self.engine.live(options, chunks()):
                 yield pb.LiveResponse(
@@ -215,6 +227,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             log.exception("live stream %s failed", cfg.request_id,
                           extra={"request_id": cfg.request_id})
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.active -= 1
 
     async def ClearCache(self, request: pb.WorkerClearCacheRequest,
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from protos.common.logs import setup_logging
+from protos.common.memory import tune_malloc
 from scheduler.config import ConfigError, ServeConfig
-from scheduler.memory import tune_malloc
 from scheduler.models import ModelError, run_model_builder
 from scheduler.server import AsrService
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.asr.v1 import asr_pb2, asr_pb2_grpc
+from protos.common.memory import trim_when_idle
 from protos.common.worker_auth import new_secret
 from protos.common.worker_config import WorkerConfig
 from scheduler.auth import TokenInterceptor, read_token, server_credentials
@@ -32,7 +33,6 @@ from scheduler.interceptor import ErrorInterceptor
 from scheduler.limits import AudioBudget, ByteBudget, StreamLimits
 from scheduler.live import LiveRecognizer
 from scheduler.live_metrics import LiveMetrics
-from scheduler.memory import trim_when_idle
 from scheduler.metrics import Metrics
 from scheduler.models import (
     ModelSpec,
@@ -260,12 +260,15 @@ class AsrService:
     def _on_idle(self) -> None:
         """After activity: give the free pages of every worker's PCM arena back and, when no
         call is in progress, collect cyclic garbage (gRPC's own calls leave some)."""
-        if not self.drain.active:
-            gc.collect()
+        collected = gc.collect() if not self.drain.active else 0
+        released = 0
         for w in self.workers:
             arena = w.link.arena if w.link is not None else None
             if arena is not None:
-                arena.release_free()
+                released += arena.release_free()
+        log.debug("idle: %d call(s) in progress; %d unreachable object(s) collected, PCM "
+                 "arenas' free pages (%.0f MiB) released", self.drain.active, collected,
+                 released / 2**20)
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout_s)

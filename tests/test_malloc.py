@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from scheduler import memory
+from protos.common import memory
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -28,7 +28,7 @@ async def test_trimmer_waits_for_idle_after_activity(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(memory, "trim", lambda: trims.append(state["admitted"]) or True)
     task = asyncio.create_task(memory.trim_when_idle(
         lambda: state["admitted"], lambda: state["active"],
-        lambda: hooks.append(state["admitted"]), check_s=0.01, busy_every_s=0.3))
+        lambda: hooks.append(state["admitted"]), check_s=0.01, busy_every_s=0.4))
     try:
         await asyncio.sleep(0.05)
         assert trims == [], "no activity, no trim"
@@ -43,6 +43,11 @@ async def test_trimmer_waits_for_idle_after_activity(monkeypatch: pytest.MonkeyP
         state.update(admitted=9, active=1)
         await asyncio.sleep(0.5)
         assert trims[1:] == [9], "still busy after busy_every_s: trimmed anyway, once"
+        state["active"] = 0  # the calls running at that trim end; none started since
+        await asyncio.sleep(0.1)
+        assert trims[1:] == [9, 9], "trimmed again once idle"
+        await asyncio.sleep(0.1)
+        assert trims[1:] == [9, 9], "and then left alone"
         assert hooks == trims, "the caller's hook runs with every trim"
     finally:
         task.cancel()
