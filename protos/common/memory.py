@@ -23,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 import time
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>: a fixed value also turns the dynamic threshold off
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
