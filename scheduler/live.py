@@ -31,12 +31,12 @@ from scheduler.dispatch import Dispatcher
 from scheduler.errors import InvalidRequest, Unavailable, WorkerLost
 from scheduler.live_audio import live_blocks
 from scheduler.live_metrics import LiveMetrics
-from scheduler.workers import LostWorkers, WorkerHandle
+from scheduler.workers import LostWorkers, Stalls, WorkerHandle
 from scheduler.workers_client import LiveCall, LiveSettings, LiveStep, UnitRequest, transcribe
 
 log = logging.getLogger(__name__)
 
-MAX_RESUMES = 8  # worker losses one stream survives
+MAX_RESUMES = 8  # worker losses in a row, its safe point not moving between, one stream survives
 RESEND_SAMPLES = SAMPLE_RATE  # kept audio goes to a new worker in 1 s pieces
 SINGLE_PASS_STABILITY = 1.0  # the streaming model never revises text it has emitted
 TWO_PASS_STABILITY = 0.5  # another model writes the final text
@@ -116,7 +116,7 @@ class _Stream:
     worker: WorkerHandle | None = None
     call: LiveCall | None = None
     input_done: bool = False
-    resumes: int = 0
+    stalls: Stalls = field(default_factory=lambda: Stalls(MAX_RESUMES))
     resumed: bool = False
     last_final_end: int = -1
     interim: str = ""
@@ -212,14 +212,15 @@ class LiveRecognizer:
             s.worker = None
 
     async def _resume(self, s: _Stream, exc: WorkerLost) -> None:
-        s.resumes += 1
         log.warning("live stream %s lost its worker (%s); resuming from %.2f s",
                     s.req.request_id, exc, s.kept.start / SAMPLE_RATE)
         if s.worker is not None:
             s.avoid.add(s.worker)
         self._disconnect(s)
-        if s.resumes > MAX_RESUMES:
-            raise Unavailable(f"live stream lost its worker {s.resumes} times; retry later")
+        if s.stalls.lost(s.kept.start):
+            raise Unavailable(f"live stream lost its worker {s.stalls.in_a_row} times at "
+                              f"{s.kept.start / SAMPLE_RATE:.2f} s without progress; retry "
+                              "later")
         self.metrics.resumes.inc()
         s.resumed = True
         await self._connect(s, resumed=True)

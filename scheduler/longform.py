@@ -26,11 +26,11 @@ from scheduler.errors import Unavailable, WorkerLost
 from scheduler.limits import AudioBudget
 from scheduler.vad import VadPool, VadSession
 from scheduler.vad_resume import RESUME_CHUNKS, ChunkLog, Replay
-from scheduler.workers import LostWorkers
+from scheduler.workers import LostWorkers, Stalls
 
 log = logging.getLogger(__name__)
 
-MAX_VAD_RESTARTS = 6
+MAX_VAD_RESTARTS = 6  # VAD worker losses in a row, without progress, one request survives
 WINDOW_SLACK_MS = 10_000  # audio kept beyond the longest segment before what the VAD has seen
 
 
@@ -102,7 +102,7 @@ class Segmenter:
         self._cut = 0  # absolute sample index of the last segment end
         self._log = ChunkLog(resume_chunks)
         self._replay: Replay | None = None  # a replacement session not yet past the loss
-        self._restarts = 0
+        self._stalls = Stalls(MAX_VAD_RESTARTS)
         self._lost = LostWorkers()
         self.segments = 0
         self.total_samples = 0
@@ -195,18 +195,18 @@ class Segmenter:
     def _restart_vad(self, exc: Exception) -> None:
         """Open a fresh session later, on the chunk grid before the last cut; no audio is
         lost and, once it syncs, it segments as the lost session would have."""
-        self._restarts += 1
         if self._session is not None:
             self._lost.add(self._session.worker)
         self.close()
-        if self._restarts > MAX_VAD_RESTARTS:
-            raise Unavailable(f"voice activity detection lost its worker {self._restarts} "
-                              "times; retry later") from exc
+        until = max(self._pos, self._replay.until if self._replay else 0)
+        if self._stalls.lost(until):
+            raise Unavailable(f"voice activity detection lost its worker "
+                              f"{self._stalls.in_a_row} times at {until / SAMPLE_RATE:.1f} s "
+                              "without progress; retry later") from exc
         begin = self._log.resume_point(self._horizon())
         if begin < self._retained.start:  # cannot happen: _forget_old_audio keeps it
             log.error("VAD resume point %d is no longer kept (from %d)", begin,
                       self._retained.start)
-        until = max(self._pos, self._replay.until if self._replay else 0)
         if begin >= until:
             log.warning("VAD session lost (%s); nothing to replay, so segments from %.1f s are "
                         "clipped at the last cut (%.1f s)", exc, begin / SAMPLE_RATE,

@@ -55,12 +55,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protos.common.wire import SAMPLES_PER_MS, VAD_CHUNK_MS, VAD_CHUNK_SAMPLES
+from protos.common.wire import SAMPLE_RATE, SAMPLES_PER_MS, VAD_CHUNK_MS, VAD_CHUNK_SAMPLES
 from scheduler.errors import Unavailable, WorkerLost
 from scheduler.limits import AudioBudget
 from scheduler.longform import MAX_VAD_RESTARTS, WINDOW_SLACK_MS, Cut, _Retained
 from scheduler.vad import VadPool, VadSession
-from scheduler.workers import LostWorkers
+from scheduler.workers import LostWorkers, Stalls
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class _Piece:
     session: VadSession | None = None
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stalls: Stalls = field(default_factory=lambda: Stalls(MAX_VAD_RESTARTS))
 
     def __post_init__(self) -> None:
         self.pos = self.fresh_from = self.reach = self.begin
@@ -345,9 +346,11 @@ class ParallelSegmenter:
             self._lost.add(piece.session.worker)
             piece.session.close()
             piece.session = None
-        if self.restarts > MAX_VAD_RESTARTS * self.width:
-            raise Unavailable(f"voice activity detection lost its worker {self.restarts} "
-                              "times; retry later") from exc
+        if piece.stalls.lost(piece.reach):
+            raise Unavailable(f"voice activity detection lost its worker "
+                              f"{piece.stalls.in_a_row} times at "
+                              f"{piece.reach / SAMPLE_RATE:.1f} s without progress; retry "
+                              "later") from exc
         if piece.trusted:
             piece.pos = min(piece.pos, self._restart_point())
             self._next_emit = piece.pos // C

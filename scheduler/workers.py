@@ -113,6 +113,28 @@ class LostWorkers:
         return len(self._lost)
 
 
+class Stalls:
+    """Worker losses of one long-lived piece of work (a VAD session, a live stream) counted
+    since it last made progress: a loss after the work has moved past the point of the
+    previous one starts the count again, so a long request survives any number of unrelated
+    worker deaths spread over its life, while work that kills its worker at the same point
+    again and again (a poison input) gives up after `limit` losses in a row."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0  # all losses
+        self.in_a_row = 0  # losses without progress in between
+        self._mark = -1  # the furthest point reached at a loss
+
+    def lost(self, reached: int) -> bool:
+        """Record a loss with the work at `reached` (any measure that grows with progress:
+        samples pushed, results sent); True when it should give up."""
+        self.total += 1
+        self.in_a_row = 1 if reached > self._mark else self.in_a_row + 1
+        self._mark = max(self._mark, reached)
+        return self.in_a_row > self.limit
+
+
 class WorkerHandle:
     """One supervised worker process and the scheduler's view of its load."""
 

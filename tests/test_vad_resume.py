@@ -161,3 +161,53 @@ def test_kill_9_of_the_vad_worker_mid_file_keeps_the_idle_text(  # type: ignore[
     assert victims, "the VAD worker was not killed mid-file"
     assert "VAD session lost" in caplog.text and "in step" in caplog.text
     assert text == idle_text
+
+
+def test_a_session_lost_again_and_again_at_one_point_gives_up(  # type: ignore[no-untyped-def]
+        start_service, models_dir: Path, recording: Path, caplog) -> None:
+    """A poison input (every session dies on the same chunk) ends in UNAVAILABLE after
+    MAX_VAD_RESTARTS losses in a row; losses spread over a request's life do not add up
+    (`Stalls`, below, and the slow fault-load test, where long requests outlive many kills)."""
+    from scheduler.errors import Unavailable
+    from scheduler.longform import MAX_VAD_RESTARTS
+
+    svc = start_service(models_dir / "sensevoice-tiny", vad_model=str(models_dir / "fsmn-vad"),
+                        vad_workers=2, devices="sim:1")
+    samples = sf.read(recording, dtype="float32")[0]
+    pool = FailingVad(VadPool(svc.service.vad_workers), ())
+
+    class Poison(FailingVad):  # the chunk at 120 s kills every session that reaches it
+        async def open(self, max_segment_ms: int, avoid: LostWorkers | None = None
+                       ) -> FailingSession:
+            session = await super().open(max_segment_ms, avoid)
+            real_push = session.push
+
+            async def push(chunk: np.ndarray, is_final: bool) -> list[tuple[int, int]]:
+                if session.at >= 120 * 16000:
+                    raise WorkerLost("test: poison chunk")
+                got = await real_push(chunk, is_final)
+                session.at += len(chunk)
+                return got
+
+            session.at = 0  # type: ignore[attr-defined]
+            session.push = push  # type: ignore[method-assign]
+            return session
+
+    poison = Poison(pool.real, ())
+    with pytest.raises(Unavailable, match="without progress"):
+        svc.call(segments_of(poison, samples))
+    assert poison.opened == MAX_VAD_RESTARTS + 1
+
+
+def test_stalls_count_losses_in_a_row_without_progress() -> None:
+    from scheduler.workers import Stalls
+
+    stalls = Stalls(2)
+    assert not stalls.lost(100) and not stalls.lost(100)  # two in a row at one point
+    assert stalls.lost(100), "a third without progress gives up"
+    spread = Stalls(2)
+    assert not any(spread.lost(reached) for reached in range(10, 1000, 10)), "progress resets"
+    assert spread.total == 99 and spread.in_a_row == 1
+    back = Stalls(1)
+    assert not back.lost(500)
+    assert back.lost(300), "a loss behind the furthest point is no progress"
