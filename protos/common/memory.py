@@ -6,7 +6,13 @@ lists) at a high rate. glibc raises its mmap threshold each time a large mmapped
 (up to 32 MiB), after which such buffers come from the heap arenas and fragment them; freed
 memory then stays resident. Measured with 300 mixed 1-300 s requests from 48 clients on
 simulated GPUs: scheduler RSS 154 MB -> 1,115 MB (335 MB after `malloc_trim`), against
-120 MB -> 163 MB with a fixed 128 KiB threshold and 149 MB after a trim.
+120 MB -> 163 MB with a fixed 128 KiB threshold and 149 MB after a trim. But at 128 KiB every
+buffer of a 10 s request (gRPC's joined message, upb's decode arena, the `audio_content` bytes:
+~320 KB each) is a fresh mmap whose pages fault in on every request: 0.6-0.9 ms of scheduler
+CPU per request (`bench/frontend.py`, BENCHMARKS.md). With a 1 MiB threshold those come from
+the heap, and with glibc's default of one arena per thread (up to 8 per core) the ones gRPC's
+threads allocate pile up in per-thread arenas: 600 mixed requests with kills, +58 MB of
+anonymous memory kept; with a single arena (`M_ARENA_MAX` 1), +1.3 MB.
 
 `tune_malloc()` fixes the threshold (set once, at process start); `trim()` returns free heap
 pages; `trim_when_idle()` calls it (and a hook of the caller's: the server gives the free pages
@@ -27,7 +33,9 @@ import time
 from collections.abc import Callable
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>: a fixed value also turns the dynamic threshold off
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
+M_ARENA_MAX = -8  # <malloc.h>: how many malloc arenas threads may spread over
+MMAP_THRESHOLD_BYTES = 1024 * 1024  # above a 10 s request's buffers (320 KB PCM16)
+ARENA_MAX = 1  # one heap: what gRPC's threads free goes back where the event loop reuses it
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -46,11 +54,12 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold; True when applied."""
+def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD_BYTES, arena_max: int = ARENA_MAX) -> bool:
+    """Fix glibc's mmap threshold and its number of arenas; True when applied."""
     if _LIBC is None:
         return False
-    return bool(_LIBC.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(mmap_threshold)))
+    return (bool(_LIBC.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(mmap_threshold)))
+            and bool(_LIBC.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arena_max))))
 
 
 def trim() -> bool:
