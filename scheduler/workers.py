@@ -122,14 +122,12 @@ class Stalls:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.total = 0  # all losses
         self.in_a_row = 0  # losses without progress in between
         self._mark = -1  # the furthest point reached at a loss
 
     def lost(self, reached: int) -> bool:
         """Record a loss with the work at `reached` (any measure that grows with progress:
         samples pushed, results sent); True when it should give up."""
-        self.total += 1
         self.in_a_row = 1 if reached > self._mark else self.in_a_row + 1
         self._mark = max(self._mark, reached)
         return self.in_a_row > self.limit
