@@ -5,15 +5,19 @@ Side by side in one run, on the same 10 s clips:
   (a) a bare grpc.aio server with the same proto that only receives the bytes and answers an
       empty result: the floor of what Python gRPC costs here;
   (b) the whole service (`asr-scheduler serve --engine identity`): the scheduler and its
-      worker processes, with the same decode, dispatch and worker hand-off as a real model.
+      worker processes, with the same decode, dispatch and worker hand-off as a real model;
+      with `--frontends 0,1,2`, one such service per front-end process count (`serve
+      --frontends N`), all started first, then measured one after another on the same load.
 
 For unary and streamed requests, WAV and MP3, at each concurrency, it prints requests/s,
 p50/p99 latency, and the CPU milliseconds per request of every service process (read from
 /proc, so the load generator's own CPU is not counted), the whole service's total, and its
-ratio to (a). The load generator is one asyncio process with many concurrent calls.
+ratio to (a), in CPU and in requests/s. The load generator is one asyncio process with many
+concurrent calls.
 
     python bench/frontend.py --model models/sensevoice-tiny               # defaults
     python bench/frontend.py --concurrency 1,16,64,256 --requests 400 --json out.json
+    python bench/frontend.py --frontends 0,1,2 --concurrency 16,64 --formats wav  # front ends
 
 Targets (issue "Front end at GPU rates"): the whole service at most 1.0 ms CPU per 10 s unary
 WAV request and 1.5 ms per streamed one.
@@ -91,6 +95,21 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def service_processes(pid: int) -> dict[str, int]:
+    """The scheduler and its child processes, named: frontend0.., worker0.."""
+    named = {"scheduler": pid}
+    counts = {"frontend": 0, "worker": 0}
+    for child in sorted(children(pid)):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        kind = "frontend" if b"scheduler.frontend" in cmd else "worker"
+        named[f"{kind}{counts[kind]}"] = child
+        counts[kind] += 1
+    return named
+
+
 @dataclass
 class Row:
     target: str
@@ -120,7 +139,8 @@ async def drive(address: str, data: bytes, kind: str, concurrency: int,
                 requests: int) -> tuple[float, list[float]]:
     """Closed loop: `concurrency` calls in flight over a few channels; (wall s, latencies)."""
     channels = [grpc.aio.insecure_channel(address, options=[
-        ("grpc.max_send_message_length", 256 << 20)]) for _ in range(min(8, concurrency))]
+        ("grpc.max_send_message_length", 256 << 20),
+        ("grpc.use_local_subchannel_pool", 1)]) for _ in range(min(8, concurrency))]
     stubs = [pb_grpc.RecognizerStub(c) for c in channels]
     unary = pb.RecognizeRequest(config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER),
                                 audio_content=data)
@@ -197,14 +217,16 @@ def start_service(model: str, log: Path, extra: list[str]) -> tuple[subprocess.P
 def table(rows: list[Row]) -> str:
     floor = {(r.kind, r.fmt, r.concurrency): r for r in rows if r.target == "echo"}
     lines = ["| target | kind | format | conc. | req/s | p50 ms | p99 ms | CPU ms/request "
-             "(per process) | total CPU ms | vs echo |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(per process) | total CPU ms | CPU vs echo | req/s vs echo |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = floor.get((r.kind, r.fmt, r.concurrency))
         vs = f"{r.total_cpu_ms / base.total_cpu_ms:.1f}x" if base and base.total_cpu_ms else "-"
+        rate = f"{r.rps / base.rps:.2f}" if base and base.rps else "-"
         per = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms.items())
         lines.append(f"| {r.target} | {r.kind} | {r.fmt} | {r.concurrency} | {r.rps:.0f} | "
-                     f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {per} | {r.total_cpu_ms:.2f} | {vs} |")
+                     f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {per} | {r.total_cpu_ms:.2f} | {vs} | "
+                     f"{rate} |")
     return "\n".join(lines)
 
 
@@ -217,6 +239,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300, help="per row")
     ap.add_argument("--kinds", default="unary,stream")
     ap.add_argument("--formats", default="wav,mp3")
+    ap.add_argument("--frontends", default="0", help="front-end process counts to compare, "
+                    "e.g. 0,1,2 (0: the scheduler serves the port itself)")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra `serve` argument (repeat), e.g. --serve-arg=--workers-per-device=2")
     ap.add_argument("--json", type=Path)
@@ -232,20 +256,26 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[Row] = []
     echo, echo_address = start_echo()
-    service, address = start_service(args.model, work / "serve.log", args.serve_arg)
+    counts = [int(n) for n in args.frontends.split(",")]
+    services = []
     try:
-        workers = {f"worker{i}": pid for i, pid in enumerate(children(service.pid))}
+        for n in counts:
+            extra = [*args.serve_arg, f"--frontends={n}"]
+            services.append((f"service fe={n}" if n else "service",
+                             *start_service(args.model, work / f"serve{n}.log", extra)))
         for kind in args.kinds.split(","):
             for fmt in args.formats.split(","):
                 for c in levels:
-                    rows.append(measure("echo", echo_address, {"echo": echo.pid}, data[fmt],
-                                        kind, fmt, c, args.requests))
-                    rows.append(measure("service", address,
-                                        {"scheduler": service.pid, **workers}, data[fmt],
-                                        kind, fmt, c, args.requests))
-                    print(table(rows[-2:]).splitlines()[-1], flush=True)
+                    floor = measure("echo", echo_address, {"echo": echo.pid}, data[fmt],
+                                    kind, fmt, c, args.requests)
+                    rows.append(floor)
+                    for name, service, address in services:
+                        rows.append(measure(name, address, service_processes(service.pid),
+                                            data[fmt], kind, fmt, c, args.requests))
+                        print(table([floor, rows[-1]]).splitlines()[-1], flush=True)
     finally:
-        stop_process(service)
+        for _, service, _ in services:
+            stop_process(service)
         echo.kill()
     print()
     print(f"{args.seconds:g} s clips; {os.cpu_count()} CPUs; load generator in this process")

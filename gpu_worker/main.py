@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle
 from protos.common.pcm_arena import PcmArena
+from protos.common.process import die_with_parent, watch_parent
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
 from protos.common.worker_auth import SECRET_ENV, server_interceptors
 from protos.common.worker_config import WorkerConfig
@@ -39,21 +39,6 @@ EXIT_USAGE = 2
 EXIT_STARTUP = 3
 EXIT_UNHEALTHY = 4
 UNHEALTHY_EXIT_DELAY_S = 0.5  # time to answer waiting calls (and GetInfo) before exiting
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the scheduler dies (no-op elsewhere)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        if parent_pid and os.getppid() != parent_pid:
-            log.warning("scheduler (pid %d) is gone; exiting", parent_pid)
-            stop.set()
-        await asyncio.sleep(1.0)
 
 
 async def serve(cfg: WorkerConfig, engine: Engine) -> int:
@@ -87,7 +72,7 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     caps = engine.capabilities
     log.info("worker %s ready on %s (device %s, pid %d, engine %s, family %s)", cfg.worker_id,
              cfg.socket_path, cfg.device_name, os.getpid(), caps.engine, caps.family)
-    watcher = loop.create_task(_watch_parent(cfg.parent_pid, stop))
+    watcher = loop.create_task(watch_parent(cfg.parent_pid, stop))
     # Freed batch tensors stay in the heap after load; give them back once idle.
     trimmer = loop.create_task(trim_when_idle(lambda: servicer.served, lambda: servicer.active))
     await stop.wait()
@@ -104,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m gpu_worker '<WorkerConfig JSON>'", file=sys.stderr)
         return EXIT_USAGE
     cfg = WorkerConfig.from_json(argv[0])
-    _die_with_parent()
+    die_with_parent()
     setup_logging(cfg.log_level, cfg.log_format, cfg.worker_id)
     try:
         load_plugins()

@@ -70,21 +70,28 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        method = details.method
+        handler = await continuation(details)
+        if handler is not None:
+            refused = self.refusal(details.method,
+                                   dict(details.invocation_metadata or ()).get("authorization"))
+            if refused is not None:
+                return _deny(handler, refused)
+        return handler
+
+    def refusal(self, method: str, authorization: object) -> RequestError | None:
+        """Why a call to `method` with this `authorization` metadata is refused, or None."""
         if method.startswith("/asr.v1.Admin/"):
             needed = self.admin_token
         elif method.startswith("/asr.v1."):
             needed = self.auth_token
         else:
             needed = ""
-        handler = await continuation(details)
-        if needed and handler is not None:
-            meta = dict(details.invocation_metadata or ())
-            given = str(meta.get("authorization", ""))
-            if not given.startswith("Bearer "):
-                return _deny(handler, Unauthenticated(
-                    "missing 'authorization: Bearer <token>' metadata"))
-            if not hmac.compare_digest(given[7:].encode(), needed.encode()):
-                log.warning("rejected a call to %s with a wrong token", method)
-                return _deny(handler, PermissionDenied("wrong token"))
-        return handler
+        if not needed:
+            return None
+        given = str(authorization or "")
+        if not given.startswith("Bearer "):
+            return Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+        if not hmac.compare_digest(given[7:].encode(), needed.encode()):
+            log.warning("rejected a call to %s with a wrong token", method)
+            return PermissionDenied("wrong token")
+        return None

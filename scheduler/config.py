@@ -61,6 +61,11 @@ class ServeConfig(BaseSettings):
     host: str = Field("[::]", min_length=1, description="Address to listen on")
     port: int = Field(50051, ge=0, le=MAX_PORT, description="Public gRPC port (0 picks a free "
                       "one)")
+    frontends: int = Field(0, ge=0, le=64, description="Front-end processes on the public port "
+                           "(0: the scheduler serves it itself); N >= 1: N processes share "
+                           "the port (SO_REUSEPORT), receive the calls and relay them to the "
+                           "scheduler, which then only dispatches: for machines where one "
+                           "process's gRPC receiving is the limit")
     metrics_port: int = Field(9400, ge=0, le=MAX_PORT, description="Prometheus /metrics HTTP "
                               "port (0 disables); must differ from --port")
     metrics_host: str = Field("", description="Address /metrics listens on (default: the "

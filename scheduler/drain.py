@@ -86,6 +86,17 @@ class Drain:
                 self._idle.set()
 
 
+async def run_admitted(drain: Drain, work: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one unary recognition call, `work()`, through the drain: refused (Unavailable)
+    while draining, answered Unavailable if the drain is cut before it ends."""
+    with drain.admit():
+        finished, result = await _until_cut(drain, work())
+        if not finished:
+            raise Unavailable("the server shut down before the result was ready; retry on "
+                              "another replica")
+        return result
+
+
 async def _until_cut(drain: Drain, work: Awaitable[Any]) -> tuple[bool, Any]:
     """(True, result) when `work` ends first; (False, None) when the drain is cut first."""
     task = asyncio.ensure_future(work)
@@ -121,12 +132,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with drain.admit():
-                    finished, result = await _until_cut(drain, inner_uu(request, context))
-                    if not finished:
-                        raise Unavailable("the server shut down before the result was ready; "
-                                          "retry on another replica")
-                    return result
+                return await run_admitted(drain, lambda: inner_uu(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=handler.request_deserializer,

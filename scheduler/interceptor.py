@@ -84,36 +84,46 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _parsed(request)
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
-    if isinstance(exc, grpc.aio.AbortError):  # the handler already chose its status
-        raise exc
+Trailers = tuple[tuple[str, str], ...]
+
+
+def status_of(method: str, exc: Exception) -> tuple[grpc.StatusCode, str, Trailers]:
+    """The status (code, capped details, trailers) a call ends with when `exc` escapes its
+    handler; logged here (a traceback only for what is not a `RequestError`)."""
     if isinstance(exc, RequestError):
-        if isinstance(exc, QueueFull):
-            context.set_trailing_metadata((("retry-after-s", f"{exc.retry_after_s:g}"),))
+        trailers: Trailers = ((("retry-after-s", f"{exc.retry_after_s:g}"),)
+                              if isinstance(exc, QueueFull) else ())
         message = str(exc)
         if len(message) > MAX_DETAILS:
             message = message[:MAX_DETAILS - 3] + "..."
         log.info("%s [%s]: %s %s", method, REQUEST_ID.get(), exc.code.name, message)
-        await context.abort(exc.code, message)
+        return exc.code, message, trailers
     log.exception("%s [%s]: unexpected error", method, REQUEST_ID.get(), exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", ()
 
 
-def _set_request_id(context: grpc.aio.ServicerContext) -> None:
-    """The caller's request id (checked) or a new one; a bad one is refused once the id of
-    the call is set to a fresh one, so that the refusal itself logs safely."""
-    meta = dict(context.invocation_metadata() or ())
-    given = meta.get(REQUEST_ID_KEY)
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, grpc.aio.AbortError):  # the handler already chose its status
+        raise exc
+    code, message, trailers = status_of(method, exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, message)
+
+
+def set_request_id(given: object) -> None:
+    """The caller's request id `given` (checked) or a new one; a bad one is refused once the
+    id of the call is set to a fresh one, so that the refusal itself logs safely."""
     REQUEST_ID.set(_new_request_id())
     if given:
         REQUEST_ID.set(check_request_id(str(given)))
 
 
-def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+def code_name(exc: BaseException, context: grpc.aio.ServicerContext | None = None) -> str:
     """The status code a request ends with when `exc` escapes its handler."""
     if isinstance(exc, RequestError):
         return exc.code.name
-    if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own code
+    if isinstance(exc, grpc.aio.AbortError) and context is not None:  # the handler's own code
         code = context.code()
         return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     return "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
@@ -144,10 +154,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             done = metrics.track(rpc) if counted else None
             started, code = time.monotonic(), "OK"
             try:
-                _set_request_id(context)
+                set_request_id(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
                 yield
             except BaseException as exc:
-                code = _code_of(exc, context)
+                code = code_name(exc, context)
                 if isinstance(exc, Exception):
                     await _abort(context, method, exc)  # raises AbortError
                 raise

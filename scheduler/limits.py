@@ -117,6 +117,11 @@ class ByteBudget:
         self.held = max(0, self.held - nbytes)
 
 
+# Metadata a front-end process (`--frontends`) adds to each relayed call: the client's address
+# as it saw it. Trusted only on the scheduler's private socket, where only front ends connect.
+RELAYED_PEER_KEY = "x-asr-client-peer"
+
+
 def client_key(peer: str, authorization: str = "") -> str:
     """Who a stream belongs to: its bearer token (hashed) when there is one, else the peer's
     address without the port."""

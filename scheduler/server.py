@@ -20,15 +20,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from protos.asr.frontend.v1 import frontend_pb2_grpc
 from protos.asr.v1 import asr_pb2, asr_pb2_grpc
 from protos.common.memory import trim_when_idle
-from protos.common.worker_auth import new_secret
+from protos.common.worker_auth import SecretCheck, new_secret
 from protos.common.worker_config import WorkerConfig
 from scheduler.auth import TokenInterceptor, read_token, server_credentials
 from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.drain import Drain, DrainInterceptor
+from scheduler.frontends import FrontendLaunch, FrontendPool, LinkServicer
 from scheduler.interceptor import ErrorInterceptor
 from scheduler.limits import AudioBudget, ByteBudget, StreamLimits
 from scheduler.live import LiveRecognizer
@@ -105,6 +107,7 @@ class AsrService:
         self._ready = asyncio.Event()
         self.metrics = Metrics()
         self.drain = Drain()
+        self.frontends: FrontendPool | None = None
 
     def _on_change(self) -> None:
         ready = any(w.ready for w in self.workers)
@@ -213,20 +216,25 @@ class AsrService:
         # Transport limit above the unary limit, so a too-big Recognize reaches the handler and
         # gets a message pointing to StreamingRecognize.
         limit = max(2 * cfg.max_unary_bytes, cfg.max_unary_bytes + 16 * 1024 * 1024)
-        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.metrics),
                                                           DrainInterceptor(self.drain)]
-        if cfg.auth_token_file or cfg.admin_token_file:  # inside: refusals are counted too
-            interceptors.append(TokenInterceptor(read_token(cfg.auth_token_file),
-                                                 read_token(cfg.admin_token_file)))
+        tokens = (TokenInterceptor(read_token(cfg.auth_token_file),
+                                   read_token(cfg.admin_token_file))
+                  if cfg.auth_token_file or cfg.admin_token_file else None)
+        if tokens is not None:  # inside: refusals are counted too
+            interceptors.append(tokens)
+        frontend_secret = new_secret() if cfg.frontends else ""
+        if frontend_secret:  # the private socket front ends relay to: only they may call
+            interceptors.insert(0, SecretCheck(
+                frontend_secret, "only the service's front-end processes call this socket"))
         server = grpc.aio.server(interceptors=interceptors,
                                  options=[("grpc.max_receive_message_length", limit)])
         live = LiveRecognizer(self.dispatcher, self.catalog, LiveMetrics(self.metrics.registry),
                               cfg.max_live_streams, self._runtime_dir)
-        asr_pb2_grpc.add_RecognizerServicer_to_server(
-            RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(
-                cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s),
-                live), server)
+        recognizer = RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(
+            cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s), live,
+            relayed=bool(cfg.frontends))
+        asr_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):
@@ -234,17 +242,24 @@ class AsrService:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
-        address = f"{cfg.host}:{cfg.port}"
-        try:
-            self.port = (server.add_secure_port(address, credentials) if credentials
-                         else server.add_insecure_port(address))
-        except RuntimeError:  # gRPC's way of saying the bind failed (port in use, bad host)
-            self.port = 0
-        if self.port == 0:
-            raise OSError(f"--host {cfg.host} --port {cfg.port}: cannot listen on {address} "
-                          "(address in use or not available)")
-        self._server = server
-        await server.start()
+        if cfg.frontends:
+            socket = os.path.join(self._runtime_dir, "frontends.sock")
+            self.frontends = FrontendPool(FrontendLaunch(
+                count=cfg.frontends, host=cfg.host, port=cfg.port, dispatcher=f"unix:{socket}",
+                max_receive_bytes=limit, arena_bytes=cfg.pcm_arena_mib * 1024 * 1024,
+                secret=frontend_secret, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+                tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
+                log_format=cfg.log_format))
+            frontend_pb2_grpc.add_RelayServicer_to_server(LinkServicer(
+                self.frontends, recognizer, self.drain, self.metrics, tokens), server)
+            server.add_insecure_port(f"unix:{socket}")
+            self._server = server
+            await server.start()
+            self.port = await self.frontends.start()
+        else:
+            self.port = self._listen(server)
+            self._server = server
+            await server.start()
         self._tasks = [asyncio.get_running_loop().create_task(w.supervise(),
                                                               name=w.spec.worker_id)
                        for w in (*self.workers, *self.vad_workers)]
@@ -252,10 +267,26 @@ class AsrService:
             trim_when_idle(lambda: self.drain.admitted, lambda: self.drain.active,
                            self._on_idle),
             name="malloc-trim"))
-        log.info("listening on port %d; models %s; workers %s", self.port,
+        log.info("listening on port %d%s; models %s; workers %s", self.port,
+                 f" through {cfg.frontends} front-end process(es)" if cfg.frontends else "",
                  ", ".join(f"{m.name}={m.source}" for m in models),
                  ", ".join(w.spec.worker_id for w in self.workers))
         return self.port
+
+    def _listen(self, server: grpc.aio.Server) -> int:
+        """Bind the public port (TLS when configured); the port bound."""
+        cfg = self.config
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        address = f"{cfg.host}:{cfg.port}"
+        try:
+            port = (server.add_secure_port(address, credentials) if credentials
+                    else server.add_insecure_port(address))
+        except RuntimeError:  # gRPC's way of saying the bind failed (port in use, bad host)
+            port = 0
+        if port == 0:
+            raise OSError(f"--host {cfg.host} --port {cfg.port}: cannot listen on {address} "
+                          "(address in use or not available)")
+        return port
 
     def _on_idle(self) -> None:
         """After activity: give the free pages of every worker's PCM arena back and, when no
@@ -296,6 +327,8 @@ class AsrService:
             if not drained:
                 self.drain.cut()  # the deadline, or a second signal
                 await self.drain.wait_idle(min(0.5, max(0.0, deadline - time.monotonic())))
+            if self.frontends is not None:  # nothing left to relay: they exit at once
+                await self.frontends.stop(min(1.5, max(0.2, deadline - time.monotonic())))
             await self._server.stop(min(0.5, max(0.0, deadline - time.monotonic())))
             how = ("complete" if drained else "cut by a second signal"
                    if abort is not None and abort.is_set() else "cut at the deadline")

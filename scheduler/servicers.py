@@ -16,7 +16,7 @@ from protos.common.wire import MAX_SEGMENT_MS_RANGE
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID, check_request_id
-from scheduler.limits import StreamLimits, client_key
+from scheduler.limits import RELAYED_PEER_KEY, StreamLimits, client_key
 from scheduler.live import LiveEvent, LiveRecognizer, LiveRequest
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest
@@ -32,8 +32,9 @@ VAD_MODES = {pb.VAD_AUTO: "auto", pb.VAD_ALWAYS: "always", pb.VAD_NEVER: "never"
 
 
 def to_request(config: pb.RecognitionConfig, audio: bytes,
-               context: grpc.aio.ServicerContext) -> RecognitionRequest:
-    """Validate a RecognitionConfig and pair it with its audio (b"" for a stream)."""
+               timeout_s: float | None) -> RecognitionRequest:
+    """Validate a RecognitionConfig and pair it with its audio (b"" for a stream);
+    `timeout_s`: what is left of the call's deadline (None: none)."""
     if config.encoding == pb.LINEAR16:
         if config.sample_rate_hertz <= 0:
             raise InvalidAudio("sample_rate_hertz is required for LINEAR16 raw PCM")
@@ -57,7 +58,7 @@ def to_request(config: pb.RecognitionConfig, audio: bytes,
         enable_itn=config.enable_itn, hotwords=tuple(h for h in config.hotwords if h.strip()),
         segment_timestamps=True, request_id=check_request_id(config.request_id) if config.request_id
         else REQUEST_ID.get(),
-        timeout_s=context.time_remaining(), vad_mode=VAD_MODES[config.vad_mode],
+        timeout_s=timeout_s, vad_mode=VAD_MODES[config.vad_mode],
         max_segment_ms=config.max_segment_ms, model=config.model,
         max_new_tokens=config.max_new_tokens)
 
@@ -88,20 +89,26 @@ def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
 class RecognizerServicer(pb_grpc.RecognizerServicer):
     def __init__(self, pipeline: Pipeline, max_unary_bytes: int,
                  limits: StreamLimits | None = None,
-                 live: LiveRecognizer | None = None) -> None:
+                 live: LiveRecognizer | None = None, relayed: bool = False) -> None:
         self.pipeline = pipeline
         self.metrics: Metrics = pipeline.metrics
         self.max_unary_bytes = max_unary_bytes
         self.limits = limits or StreamLimits(1000, 100, 60.0)
         self.live = live
+        self.relayed = relayed  # behind front-end processes: they name the client's address
 
     async def Recognize(self, request: pb.RecognizeRequest,
                         context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
+        return await self.recognize(request, context.time_remaining())
+
+    async def recognize(self, request: pb.RecognizeRequest,
+                        timeout_s: float | None) -> pb.RecognizeResponse:
+        """Recognize, for a direct call or one relayed by a front-end process."""
         if len(request.audio_content) > self.max_unary_bytes:
             raise InvalidAudio(f"audio of {len(request.audio_content)} bytes is over the "
                                f"{self.max_unary_bytes}-byte limit of Recognize; send it with "
                                "StreamingRecognize instead")
-        req = to_request(request.config, request.audio_content, context)
+        req = to_request(request.config, request.audio_content, timeout_s)
         return pb.RecognizeResponse(result=to_result(await self.pipeline.recognize(req)))
 
     async def StreamingRecognize(
@@ -109,7 +116,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
         meta = dict(context.invocation_metadata() or ())
-        client = client_key(context.peer() or "", str(meta.get("authorization", "")))
+        peer = str(meta.get(RELAYED_PEER_KEY, "")) if self.relayed else ""
+        client = client_key(peer or context.peer() or "", str(meta.get("authorization", "")))
         with self.limits.admit(client):
             self.metrics.live_streams.inc()
             try:
@@ -147,7 +155,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             async for response in self._live(first.streaming_config, messages, context):
                 yield response
             return
-        req = to_request(first.streaming_config.config, b"", context)
+        req = to_request(first.streaming_config.config, b"", context.time_remaining())
 
         input_ended: list[float] = []
 
@@ -193,7 +201,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
         if self.live is None:
             raise InvalidRequest("live mode is not available on this service")
-        req = to_request(sc.config, b"", context)
+        req = to_request(sc.config, b"", context.time_remaining())
         live_req = to_live_request(sc, req)
 
         async for ev in self.live.run(live_req, self._audio(messages)):

@@ -12,7 +12,8 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["protos/asr/v1/asr.proto", "protos/asr/worker/v1/worker.proto"]
+PROTOS = ["protos/asr/v1/asr.proto", "protos/asr/worker/v1/worker.proto",
+          "protos/asr/frontend/v1/frontend.proto"]
 
 
 def generate(out_dir: Path) -> None:

@@ -30,6 +30,7 @@ from protos.common.wire import F32LE, S16LE
 
 ALIGN = 64  # block alignment, bytes
 DEFAULT_ARENA_MB = 64
+RAW = -1  # `PcmBlock.sample_format` of a block of raw bytes (`put_bytes`), not samples
 _DTYPES = {S16LE: np.dtype("<i2"), F32LE: np.dtype("<f4")}
 
 
@@ -121,6 +122,25 @@ class PcmArena:
         bisect.insort(self._starts, at)
         self._ends[at] = at + need
         return PcmBlock(at, num_bytes, fmt)
+
+    def put_bytes(self, data: bytes) -> PcmBlock | None:
+        """Copy raw bytes (a serialized message) into a free block; None when none is free."""
+        num_bytes = len(data)
+        need = (num_bytes + ALIGN - 1) // ALIGN * ALIGN
+        at = self._place(need) if num_bytes else None
+        if at is None:
+            return None
+        self._view[at:at + num_bytes] = data
+        bisect.insort(self._starts, at)
+        self._ends[at] = at + need
+        return PcmBlock(at, num_bytes, RAW)
+
+    def view(self, offset: int, num_bytes: int) -> memoryview:
+        """The `num_bytes` raw bytes at `offset`, not copied (checked against the arena's
+        size); copy what you keep, then `release()` the view."""
+        if offset < 0 or num_bytes < 0 or offset + num_bytes > self.size:
+            raise ValueError(f"block {offset}+{num_bytes} is outside the {self.size}-byte arena")
+        return self._view[offset:offset + num_bytes]
 
     def free(self, block: PcmBlock) -> None:
         """Give a block back (idempotent)."""

@@ -61,8 +61,10 @@ def client_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
 class SecretCheck(grpc.aio.ServerInterceptor):
     """Refuses (UNAUTHENTICATED) every call that does not carry the secret."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str,
+                 refusal: str = "this worker serves only its scheduler") -> None:
         self.secret = secret.encode()
+        self.refusal = refusal
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -76,13 +78,13 @@ class SecretCheck(grpc.aio.ServerInterceptor):
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "this worker serves only its scheduler")
+                                self.refusal)
 
         handler = await continuation(details)
         if handler is not None and (handler.request_streaming or handler.response_streaming):
             async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    "this worker serves only its scheduler")
+                                    self.refusal)
                 yield  # pragma: no cover  (an async generator, as stream handlers are)
             return grpc.stream_stream_rpc_method_handler(
                 refuse_stream, request_deserializer=handler.request_deserializer,

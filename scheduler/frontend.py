@@ -1,0 +1,371 @@
+"""A front-end process (`--frontends N`): takes public calls and relays them to the scheduler.
+
+With `--frontends N` the scheduler does not listen on the public port itself. N of these
+processes do, all on the same port (gRPC sets SO_REUSEPORT, so the kernel spreads incoming
+connections over them), and each relays every call to the scheduler's private Unix socket,
+where the one dispatcher, its workers, admission control, limits, drain and metrics live. What
+a front end takes off the scheduler is the expensive part of Python gRPC: a call per request,
+and receiving, framing and joining the client's request (a 10 s clip is ~320 KB). A Recognize
+request is relayed without being parsed: its bytes go into a shared-memory arena the scheduler
+created for this process, and only their place crosses the socket, as a tagged message on one
+long-lived `asr.frontend.v1.Relay/Link` call (a small message on an open stream costs a
+fraction of a call). Every other call (StreamingRecognize, Admin, Health, reflection) is
+relayed message by message as a call of its own under its own method.
+
+Nothing is decided here: status codes, details and trailers come back from the scheduler as
+they are. The client's address and the call's deadline go along (the scheduler limits streams
+per client address). The process exits when the scheduler dies; the scheduler restarts it when
+it dies. Killing a front end ends only the calls it holds (their clients see UNAVAILABLE,
+retryable); the scheduler sees those calls cancelled.
+
+Run by the scheduler: `python -m scheduler.frontend CONFIG_JSON` (secret in the environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from protos.asr.frontend.v1 import frontend_pb2 as fpb
+from protos.asr.v1 import asr_pb2
+from protos.common.logs import setup_logging
+from protos.common.memory import trim_when_idle, tune_malloc
+from protos.common.pcm_arena import PcmArena
+from protos.common.process import die_with_parent, watch_parent
+from protos.common.worker_auth import METADATA_KEY, SECRET_ENV
+from scheduler.auth import server_credentials
+from scheduler.limits import RELAYED_PEER_KEY
+
+log = logging.getLogger("scheduler.frontend")
+
+RECOGNIZE = "/asr.v1.Recognizer/Recognize"
+LINK = "/asr.frontend.v1.Relay/Link"
+FRONTEND_KEY = "x-asr-frontend"  # metadata of a Link call: the front end's index
+READY = "frontend-ready"  # first stdout line: "frontend-ready <port>"
+# Metadata a relay must not copy: HTTP/2 and gRPC's own headers, and what the relay sets.
+_DROPPED_PREFIXES = (":", "grpc-")
+_DROPPED = frozenset(("te", "content-type", "user-agent", METADATA_KEY, RELAYED_PEER_KEY))
+
+
+def _kept(key: str) -> bool:
+    return key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    """What one front-end process needs; passed as JSON on its command line (no secrets)."""
+
+    index: int
+    generation: int
+    listen: str  # host:port of the public port
+    dispatcher: str  # unix:PATH of the scheduler's private socket
+    max_receive_bytes: int
+    arena_fd: int = -1
+    arena_bytes: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    parent_pid: int = 0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> FrontendConfig:
+        return cls(**json.loads(text))
+
+
+def relayed_methods() -> dict[str, tuple[bool, bool]]:
+    """Every public method path -> (client streaming, server streaming)."""
+    services = [*asr_pb2.DESCRIPTOR.services_by_name.values(),
+                health_pb2.DESCRIPTOR.services_by_name["Health"],
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]]
+    return {f"/{s.full_name}/{m.name}": (m.client_streaming, m.server_streaming)
+            for s in services for m in s.methods}
+
+
+def forward_metadata(context: grpc.aio.ServicerContext, secret: str) -> tuple[tuple[str, Any], ...]:
+    """The caller's metadata, minus transport headers, plus its address and the secret."""
+    kept = tuple((m.key, m.value) for m in (context.invocation_metadata() or ())
+                 if _kept(m.key))
+    return (*kept, (RELAYED_PEER_KEY, context.peer() or ""), (METADATA_KEY, secret))
+
+
+async def _relay_error(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
+    """End the client's call with the scheduler's status, details and trailers."""
+    trailers = tuple((m.key, m.value) for m in (error.trailing_metadata() or ())
+                     if _kept(m.key))
+    code = error.code()
+    if code == grpc.StatusCode.CANCELLED and not context.cancelled():
+        code = grpc.StatusCode.UNAVAILABLE  # the scheduler went away under the call
+    await context.abort(code, error.details() or "", trailers)
+
+
+class Link:
+    """This front end's Link call to the scheduler: Recognize calls out as tagged messages
+    (those ready together share one), answers back by tag. Opened on first use and again after
+    it breaks; a break fails every call waiting on it (their clients get UNAVAILABLE)."""
+
+    def __init__(self, channel: grpc.aio.Channel, index: int, secret: str) -> None:
+        self._open_call = channel.stream_stream(
+            LINK, request_serializer=fpb.LinkRequest.SerializeToString,
+            response_deserializer=fpb.LinkResponse.FromString)
+        self._metadata = ((METADATA_KEY, secret), (FRONTEND_KEY, str(index)))
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._outbox = fpb.LinkRequest()
+        self._wake = asyncio.Event()
+        # An answer, or why the link broke (a string: see WorkStream on exceptions in futures).
+        self._pending: dict[int, asyncio.Future[fpb.RelayedAnswer | str]] = {}
+        self._tags = itertools.count(1)
+
+    def _open(self) -> None:
+        if self._call is None:
+            call = self._open_call(metadata=self._metadata)
+            self._call = call
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._read(call)), loop.create_task(self._write(call))]
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                message, self._outbox = self._outbox, fpb.LinkRequest()
+                try:
+                    await call.write(message)
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError,
+                        asyncio.InvalidStateError) as exc:
+                    self._broken(call, f"the link to the scheduler broke: {exc}")
+                    return
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        why = "the scheduler ended the link"
+        try:
+            async for message in call:
+                for answer in message.answers:
+                    fut = self._pending.get(answer.tag)
+                    if fut is not None and not fut.done():
+                        fut.set_result(answer)
+        except grpc.aio.AioRpcError as exc:
+            why = f"the link to the scheduler broke: {exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            why = "the front end is stopping"
+        finally:
+            self._broken(call, why)
+
+    def _broken(self, call: grpc.aio.StreamStreamCall, why: str) -> None:
+        if self._call is not call:
+            return
+        self._call = None
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._outbox = fpb.LinkRequest()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_result(why)
+
+    async def relay(self, fill: Callable[[fpb.RelayedCall], None]) -> fpb.RelayedAnswer | str:
+        """Relay one call (`fill` sets its fields); its answer, or why the link broke. If the
+        caller is cancelled, the scheduler is told to stop the call."""
+        self._open()
+        tag = next(self._tags)
+        fut: asyncio.Future[fpb.RelayedAnswer | str] = asyncio.get_running_loop().create_future()
+        self._pending[tag] = fut
+        fill(self._outbox.calls.add(tag=tag))
+        self._wake.set()
+        answered = False
+        try:
+            answer = await fut
+            answered = True
+            return answer
+        finally:
+            self._pending.pop(tag, None)
+            if not answered and self._call is not None:
+                self._outbox.cancel.append(tag)
+                self._wake.set()
+
+    async def close(self) -> None:
+        if self._call is not None:
+            call = self._call
+            self._broken(call, "the front end is stopping")
+            call.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Relay(grpc.GenericRpcHandler):
+    """Relays every public method to the scheduler's socket; Recognize on the Link."""
+
+    def __init__(self, channel: grpc.aio.Channel, cfg: FrontendConfig, secret: str,
+                 arena: PcmArena | None) -> None:
+        self.channel, self.cfg, self.secret, self.arena = channel, cfg, secret, arena
+        self.link = Link(channel, cfg.index, secret)
+        self.active = 0
+        self.started = 0
+        self._handlers = {path: self._handler(path, *kind)
+                          for path, kind in relayed_methods().items()}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(details.method)
+
+    def _handler(self, path: str, client_streaming: bool,
+                 server_streaming: bool) -> grpc.RpcMethodHandler:
+        if path == RECOGNIZE:
+            return grpc.unary_unary_rpc_method_handler(self._recognize)
+        if not client_streaming and not server_streaming:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(self.channel.unary_unary(path)))
+        if not client_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(self.channel.unary_stream(path)))
+        if not server_streaming:
+            return grpc.stream_unary_rpc_method_handler(self._unary(
+                self.channel.stream_unary(path)))
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(self.channel.stream_stream(path)))
+
+    def _unary(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        async def relay(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+            self.active += 1
+            self.started += 1
+            try:
+                return await call(request, metadata=forward_metadata(context, self.secret),
+                                  timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as exc:
+                await _relay_error(context, exc)
+                raise  # not reached: abort raises
+            finally:
+                self.active -= 1
+        return relay
+
+    def _streaming(self, call: Callable[..., Any]) -> Callable[..., AsyncIterator[bytes]]:
+        async def relay(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            self.active += 1
+            self.started += 1
+            try:
+                responses = call(request, metadata=forward_metadata(context, self.secret),
+                                 timeout=context.time_remaining())
+                async for response in responses:
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                await _relay_error(context, exc)
+            finally:
+                self.active -= 1
+        return relay
+
+    async def _recognize(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Recognize over the Link: the request's bytes into the arena (inline when the arena
+        is full or off), the call's metadata, address and deadline along."""
+        block = self.arena.put_bytes(request) if self.arena is not None else None
+        timeout = context.time_remaining()
+
+        def fill(call: fpb.RelayedCall) -> None:
+            if block is None:
+                call.request = request
+            else:
+                call.generation, call.offset, call.length = (self.cfg.generation, block.offset,
+                                                             block.num_bytes)
+            for m in context.invocation_metadata() or ():
+                if isinstance(m.value, str) and _kept(m.key):
+                    call.metadata[m.key] = m.value
+            call.peer = context.peer() or ""
+            call.timeout_s = timeout or 0.0
+
+        self.active += 1
+        self.started += 1
+        try:
+            answer = await self.link.relay(fill)
+        finally:
+            self.active -= 1
+            if block is not None:
+                self.arena.free(block)  # type: ignore[union-attr]
+        if isinstance(answer, str):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{answer}; retry")
+        assert not isinstance(answer, str)
+        if answer.code:
+            await context.abort(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN), answer.details,
+                                tuple(answer.trailers.items()))
+        return answer.response
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+async def serve(cfg: FrontendConfig, secret: str) -> int:
+    arena = PcmArena.attach(cfg.arena_fd, cfg.arena_bytes) if cfg.arena_fd >= 0 else None
+    channel = grpc.aio.insecure_channel(cfg.dispatcher, options=[
+        ("grpc.max_send_message_length", cfg.max_receive_bytes),
+        ("grpc.max_receive_message_length", cfg.max_receive_bytes)])
+    relay = Relay(channel, cfg, secret, arena)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", cfg.max_receive_bytes),
+                                      ("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers((relay,))
+    credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    try:
+        port = (server.add_secure_port(cfg.listen, credentials) if credentials
+                else server.add_insecure_port(cfg.listen))
+    except RuntimeError:
+        port = 0
+    if not port:
+        log.error("cannot listen on %s (address in use or not available)", cfg.listen)
+        return 2
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def release() -> None:
+        if arena is not None:
+            arena.release_free()
+
+    tasks = [loop.create_task(trim_when_idle(lambda: relay.started, lambda: relay.active,
+                                             release)),
+             loop.create_task(watch_parent(cfg.parent_pid, stop))]
+    sys.stdout.write(f"{READY} {port}\n")
+    sys.stdout.flush()
+    log.info("front end %d (pid %d) listening on port %d, relaying to %s", cfg.index,
+             os.getpid(), port, cfg.dispatcher)
+    await stop.wait()
+    # The scheduler stops front ends after its own drain: what is left ends quickly.
+    await server.stop(1.0)
+    for t in tasks:
+        t.cancel()
+    await relay.link.close()
+    await channel.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m scheduler.frontend CONFIG_JSON (started by "
+                         "asr-scheduler serve --frontends N)\n")
+        return 2
+    cfg = FrontendConfig.from_json(args[0])
+    setup_logging(cfg.log_level, cfg.log_format, f"frontend{cfg.index}")
+    die_with_parent()
+    tune_malloc()  # the same audio-sized buffers as the scheduler's
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(cfg, os.environ.pop(SECRET_ENV, "")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

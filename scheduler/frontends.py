@@ -1,0 +1,316 @@
+"""The scheduler's side of `--frontends N`: the front-end processes and their relayed calls.
+
+`FrontendPool` starts N `scheduler.frontend` processes on the public port (the first one binds
+it, picking the port when it is 0; the others join it through SO_REUSEPORT), restarts any that
+dies, and stops them after the scheduler's drain. Each process gets a shared-memory arena
+(memfd), new at every start; `LinkServicer` serves each front end's `asr.frontend.v1.Relay/Link`
+call: every Recognize call the front end relays on it (request bytes in that arena) is answered
+as `Recognizer.Recognize` answers a direct call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from protos.asr.frontend.v1 import frontend_pb2 as fpb
+from protos.asr.frontend.v1 import frontend_pb2_grpc as fpb_grpc
+from protos.asr.v1 import asr_pb2 as pb
+from protos.common.pcm_arena import PcmArena
+from protos.common.pcm_arena import supported as arena_supported
+from protos.common.worker_auth import SECRET_ENV
+from scheduler.auth import TokenInterceptor
+from scheduler.drain import Drain, run_admitted
+from scheduler.errors import InvalidRequest, Unavailable
+from scheduler.frontend import FRONTEND_KEY, READY, RECOGNIZE, FrontendConfig
+from scheduler.interceptor import REQUEST_ID_KEY, code_name, set_request_id, status_of
+from scheduler.metrics import Metrics
+from scheduler.servicers import RecognizerServicer
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 10.0
+STABLE_S = 30.0  # a front end that ran this long restarts without waiting
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendLaunch:
+    """What every front-end process of one service shares."""
+
+    count: int
+    host: str
+    port: int
+    dispatcher: str  # unix:PATH of the scheduler's private socket
+    max_receive_bytes: int
+    arena_bytes: int
+    secret: str
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    log_level: str = "INFO"
+    log_format: str = "text"
+    command: tuple[str, ...] = (sys.executable, "-m", "scheduler.frontend")
+
+
+class FrontendProcess:
+    """One supervised front-end process."""
+
+    def __init__(self, index: int, launch: FrontendLaunch) -> None:
+        self.index = index
+        self.launch = launch
+        self.generation = 0
+        self.restarts = 0
+        self.process: asyncio.subprocess.Process | None = None
+        self.arena: PcmArena | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int:
+        proc = self.process
+        return proc.pid if proc is not None and proc.returncode is None else 0
+
+    async def start(self, port: int) -> int:
+        """Start the process on `port` (0: any); the port it listens on. Raises OSError when it
+        does not come up."""
+        self.generation += 1
+        self._drop_arena()
+        launch = self.launch
+        if launch.arena_bytes and arena_supported():
+            self.arena = PcmArena.create(launch.arena_bytes, f"asr-frontend-{self.index}")
+        arena = self.arena
+        cfg = FrontendConfig(
+            index=self.index, generation=self.generation, listen=f"{launch.host}:{port}",
+            dispatcher=launch.dispatcher, max_receive_bytes=launch.max_receive_bytes,
+            arena_fd=arena.fd if arena else -1, arena_bytes=arena.size if arena else 0,
+            tls_cert=launch.tls_cert, tls_key=launch.tls_key, tls_client_ca=launch.tls_client_ca,
+            parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format)
+        self.process = await asyncio.create_subprocess_exec(
+            *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, SECRET_ENV: launch.secret},
+            pass_fds=(arena.fd,) if arena else ())
+        assert self.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            line = b""
+        words = line.decode(errors="replace").split()
+        if len(words) != 2 or words[0] != READY:
+            await self.kill()
+            raise OSError(f"front end {self.index} did not start on {launch.host}:{port} "
+                          f"(exit code {self.process.returncode}; see its log above)")
+        log.info("front end %d: pid %d on port %s", self.index, self.process.pid, words[1])
+        return int(words[1])
+
+    async def supervise(self, port: int) -> None:
+        """Restart the process whenever it exits, until `stop()`."""
+        backoff = INITIAL_BACKOFF_S
+        while not self._stopping:
+            assert self.process is not None
+            started = time.monotonic()
+            code = await self.process.wait()
+            if self._stopping:
+                break
+            self.restarts += 1
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            log.error("front end %d (pid %d) %s; its calls in flight are lost (their clients "
+                      "see UNAVAILABLE); restarting", self.index, self.process.pid, how)
+            if time.monotonic() - started > STABLE_S:
+                backoff = INITIAL_BACKOFF_S
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, MAX_BACKOFF_S)
+            if self._stopping:
+                break
+            with contextlib.suppress(OSError):  # logged; the loop tries again
+                await self.start(port)
+
+    async def kill(self) -> None:
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM, up to `grace_s` to exit, then SIGKILL."""
+        self._stopping = True
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except asyncio.TimeoutError:
+                await self.kill()
+        self._drop_arena()
+
+    def _drop_arena(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
+
+
+class FrontendPool:
+    """The N front-end processes of the service."""
+
+    def __init__(self, launch: FrontendLaunch) -> None:
+        self.launch = launch
+        self.processes = [FrontendProcess(i, launch) for i in range(launch.count)]
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> int:
+        """Start them all; the public port. The first picks the port when it is 0."""
+        try:
+            self.port = await self.processes[0].start(self.launch.port)
+            await asyncio.gather(*(p.start(self.port) for p in self.processes[1:]))
+        except BaseException:
+            await self.stop(1.0)
+            raise
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(p.supervise(self.port), name=f"frontend{p.index}")
+                       for p in self.processes]
+        return self.port
+
+    def arena(self, index: int, generation: int) -> PcmArena | None:
+        """The arena of front end `index` while it runs its start `generation`."""
+        if not 0 <= index < len(self.processes):
+            return None
+        process = self.processes[index]
+        return process.arena if process.generation == generation else None
+
+    async def stop(self, grace_s: float) -> None:
+        await asyncio.gather(*(p.stop(grace_s) for p in self.processes), return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class LinkServicer(fpb_grpc.RelayServicer):
+    """`Relay/Link`: the Recognize calls a front end relays, answered as Recognize is (request
+    id, token, drain, the same handler, status codes and trailers, counted in the metrics)."""
+
+    def __init__(self, pool: FrontendPool, recognizer: RecognizerServicer, drain: Drain,
+                 metrics: Metrics, tokens: TokenInterceptor | None) -> None:
+        self.pool = pool
+        self.recognizer = recognizer
+        self.drain = drain
+        self.metrics = metrics
+        self.tokens = tokens
+
+    async def Link(self, request_iterator: AsyncIterator[fpb.LinkRequest],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[fpb.LinkResponse]:
+        given = dict(context.invocation_metadata() or ()).get(FRONTEND_KEY, "")
+        try:
+            index = int(str(given))
+        except ValueError:
+            raise InvalidRequest(f"a Link call needs its front end's index in {FRONTEND_KEY}"
+                                 ) from None
+        async for message in _Link(self, index).run(request_iterator):
+            yield message
+
+    def _request(self, call: fpb.RelayedCall, index: int) -> pb.RecognizeRequest:
+        """The relayed request, parsed (a copy: the front end reuses its arena block)."""
+        data: bytes | memoryview = call.request
+        if not data:
+            arena = self.pool.arena(index, call.generation)
+            if arena is None:
+                raise Unavailable(f"front end {index} restarted while relaying this call; "
+                                  "retry")
+            try:
+                data = arena.view(call.offset, call.length)
+            except ValueError as exc:
+                raise InvalidRequest(f"relayed request: {exc}") from None
+        try:
+            return pb.RecognizeRequest.FromString(data)
+        except DecodeError as exc:
+            raise InvalidRequest(f"malformed request message: {str(exc)[:200]}") from None
+        finally:
+            if isinstance(data, memoryview):
+                data.release()
+
+    async def answer(self, call: fpb.RelayedCall, index: int) -> fpb.RelayedAnswer:
+        """Run one relayed call to its end; its answer (never raises but CancelledError)."""
+        out = fpb.RelayedAnswer(tag=call.tag)
+        done = self.metrics.track("Recognize")
+        started, code = time.monotonic(), "OK"
+        try:
+            set_request_id(call.metadata.get(REQUEST_ID_KEY))
+            refused = (self.tokens.refusal(RECOGNIZE, call.metadata.get("authorization"))
+                       if self.tokens is not None else None)
+            if refused is not None:
+                raise refused
+            request = self._request(call, index)
+            response = await run_admitted(self.drain, lambda: self.recognizer.recognize(
+                request, call.timeout_s or None))
+            out.response = response.SerializeToString()
+        except Exception as exc:
+            code = code_name(exc)
+            status, details, trailers = status_of(RECOGNIZE, exc)
+            out.code, out.details = status.value[0], details
+            out.trailers.update(trailers)
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            done(code, time.monotonic() - started)
+        return out
+
+
+class _Link:
+    """One front end's Link call: a task per relayed call, answers batched back."""
+
+    def __init__(self, owner: LinkServicer, index: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.outbox = fpb.LinkResponse()
+        self.wake = asyncio.Event()
+
+    async def run(self, requests: AsyncIterator[fpb.LinkRequest]
+                  ) -> AsyncIterator[fpb.LinkResponse]:
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if self.outbox.answers:
+                    message, self.outbox = self.outbox, fpb.LinkResponse()
+                    yield message
+                if reader.done() and not self.tasks:
+                    return
+        finally:  # the front end ended the call or died: its calls' clients are gone
+            for task in (reader, *self.tasks.values()):
+                task.cancel()
+            await asyncio.gather(reader, *self.tasks.values(), return_exceptions=True)
+
+    async def _read(self, requests: AsyncIterator[fpb.LinkRequest]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in requests:
+                for call in message.calls:
+                    self.tasks[call.tag] = loop.create_task(self._answer(call))
+                for tag in message.cancel:
+                    task = self.tasks.get(tag)
+                    if task is not None:
+                        task.cancel()
+        finally:
+            self.wake.set()
+
+    async def _answer(self, call: fpb.RelayedCall) -> None:
+        try:
+            answer = await self.owner.answer(call, self.index)
+            self.outbox.answers.append(answer)
+        finally:
+            self.tasks.pop(call.tag, None)
+            self.wake.set()

@@ -1,0 +1,296 @@
+"""`serve --frontends N`: front-end processes on one port in front of one dispatcher.
+
+Real front-end processes (SO_REUSEPORT on one loopback port), the real scheduler and an
+identity-engine worker, real gRPC clients each on its own connection. Each request carries its
+own id and audio length, so a reply that went to the wrong call, or twice, is seen.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.asr.v1 import asr_pb2 as pb
+from protos.asr.v1 import asr_pb2_grpc as pb_grpc
+from tests.conftest import RunningService
+
+pytestmark = pytest.mark.integration
+
+RATE = 16000
+
+
+def wav(seconds: float) -> bytes:
+    """A 16 kHz mono PCM16 WAV of a quiet tone (identity engine: content does not matter)."""
+    samples = (np.arange(int(seconds * RATE)) * 37 % 200 - 100).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+CLIPS = {k: wav(0.5 + 0.25 * k) for k in range(8)}  # 0.5 .. 2.25 s
+CHUNK = 16000
+
+
+def channel(address: str) -> grpc.Channel:
+    """A channel with its own connection (gRPC shares connections of equal channels)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def stream_messages(data: bytes, request_id: str,
+                    pause_s: float = 0.0) -> Iterator[pb.StreamingRecognizeRequest]:
+    yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
+        config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER, request_id=request_id)))
+    for i in range(0, len(data), CHUNK):
+        if pause_s:
+            time.sleep(pause_s)
+        yield pb.StreamingRecognizeRequest(audio_content=data[i:i + CHUNK])
+
+
+def recognize(stub: pb_grpc.RecognizerStub, k: int, request_id: str, streamed: bool,
+              pause_s: float = 0.0) -> pb.RecognitionResult:
+    """One call; the final result (its id and length checked by the caller)."""
+    if not streamed:
+        return stub.Recognize(pb.RecognizeRequest(
+            config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER, request_id=request_id),
+            audio_content=CLIPS[k]), timeout=60).result
+    finals = [r for r in stub.StreamingRecognize(stream_messages(CLIPS[k], request_id, pause_s),
+                                                 timeout=60) if r.is_last]
+    assert len(finals) == 1
+    return finals[0].result
+
+
+def expected_s(k: int) -> float:
+    return 0.5 + 0.25 * k
+
+
+def established(pid: int, port: int) -> int:
+    """TCP connections process `pid` holds on local `port` (the clients it serves)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def requests_counted(svc: RunningService, code: str) -> float:
+    total = 0.0
+    for metric in svc.service.metrics.registry.collect():
+        if metric.name == "asr_requests":
+            total += sum(s.value for s in metric.samples
+                         if s.name == "asr_requests_total" and s.labels.get("code") == code)
+    return total
+
+
+def test_calls_through_several_front_ends_are_each_answered_once(
+        start_service: Callable[..., RunningService], models_dir: Path) -> None:
+    svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=3)
+    pool = svc.service.frontends
+    assert pool is not None and len({p.pid for p in pool.processes}) == 3
+    clients, per_client = 18, 8
+    answers: dict[str, pb.RecognitionResult] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    channels = [channel(svc.address) for _ in range(clients)]
+    for ch in channels:  # every connection open before the counts below
+        grpc.channel_ready_future(ch).result(timeout=30)
+    spread = [established(p.pid, svc.port) for p in pool.processes]
+
+    def client(i: int) -> None:
+        stub = pb_grpc.RecognizerStub(channels[i])
+        try:
+            for j in range(per_client):
+                rid = f"c{i}-{j}"
+                result = recognize(stub, (i + j) % len(CLIPS), rid, streamed=j % 3 == 2)
+                with lock:
+                    assert rid not in answers
+                    answers[rid] = result
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert len(answers) == clients * per_client
+    for rid, result in answers.items():
+        i, j = (int(x) for x in rid[1:].split("-"))
+        assert result.request_id == rid
+        assert result.audio_duration_s == pytest.approx(expected_s((i + j) % len(CLIPS)))
+    # The kernel spread the connections over the processes; all requests were counted once.
+    assert sum(spread) == clients and sum(1 for n in spread if n) >= 2, spread
+    assert requests_counted(svc, "OK") == clients * per_client
+
+    # Errors, details and health come back through the relay as the scheduler gives them.
+    stub = pb_grpc.RecognizerStub(channels[0])
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.Recognize(pb.RecognizeRequest(audio_content=b"not audio"), timeout=30)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not decode the audio" in (bad.value.details() or "")
+    health = health_pb2_grpc.HealthStub(channels[0]).Check(health_pb2.HealthCheckRequest(),
+                                                           timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    for ch in channels:
+        ch.close()
+
+    # The scheduler's private socket answers only its front ends.
+    socket = pool.launch.dispatcher
+    with grpc.insecure_channel(socket) as ch, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.AdminStub(ch).GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_killing_a_front_end_loses_only_its_own_calls(
+        start_service: Callable[..., RunningService], models_dir: Path) -> None:
+    svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=2)
+    pool = svc.service.frontends
+    assert pool is not None
+    clients = 12
+    channels = [channel(svc.address) for _ in range(clients)]
+    for ch in channels:
+        grpc.channel_ready_future(ch).result(timeout=30)
+    counts = [established(p.pid, svc.port) for p in pool.processes]
+    victim = pool.processes[counts.index(max(counts))]
+    held = max(counts)
+    assert held >= 1, counts
+    stop = threading.Event()
+    lock = threading.Lock()
+    ok: dict[str, int] = {}
+    failures: dict[int, list[grpc.StatusCode]] = {i: [] for i in range(clients)}
+    unexpected: list[BaseException] = []
+
+    def client(i: int) -> None:
+        stub = pb_grpc.RecognizerStub(channels[i])
+        j = 0
+        while not stop.is_set():
+            rid = f"k{i}-{j}"
+            k = (i + j) % len(CLIPS)
+            try:
+                # Slow uploads: a call lasts ~0.3-0.9 s, so each client has one in flight.
+                result = recognize(stub, k, rid, streamed=True, pause_s=0.1)
+            except grpc.RpcError as exc:
+                with lock:
+                    failures[i].append(exc.code())
+                continue  # retried with the same id, on a new connection
+            except BaseException as exc:  # reported below
+                unexpected.append(exc)
+                return
+            with lock:
+                if result.request_id != rid or result.audio_duration_s != pytest.approx(
+                        expected_s(k)):
+                    unexpected.append(AssertionError(f"{rid}: got {result}"))
+                ok[rid] = ok.get(rid, 0) + 1
+            j += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    old_pid = victim.pid
+    os.kill(old_pid, 9)
+    deadline = time.monotonic() + 30
+    while (victim.pid in (0, old_pid) or victim.restarts < 1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)  # calls go on through the survivor and the restarted process
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not unexpected, unexpected[:3]
+    failed = {i: codes for i, codes in failures.items() if codes}
+    # Only the killed process's calls failed: one per client it served, each UNAVAILABLE.
+    assert failed, "the killed front end held calls; some must have failed"
+    assert len(failed) <= held, (failed, counts)
+    assert all(codes == [grpc.StatusCode.UNAVAILABLE] for codes in failed.values()), failed
+    # Every call that succeeded was answered once; the others went on after the kill.
+    assert all(n == 1 for n in ok.values())
+    assert len(ok) >= 4 * clients
+    assert victim.restarts == 1 and victim.pid not in (0, old_pid)
+    # The scheduler let go of the lost calls: nothing is left in flight.
+    deadline = time.monotonic() + 10
+    while svc.service.drain.active and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert svc.service.drain.active == 0
+    # The restarted process serves: new connections reach it and answer.
+    fresh = [channel(svc.address) for _ in range(16)]
+    for n, ch in enumerate(fresh):
+        result = recognize(pb_grpc.RecognizerStub(ch), n % len(CLIPS), f"after-{n}", False)
+        assert result.request_id == f"after-{n}"
+    assert established(victim.pid, svc.port) >= 1
+    for ch in (*channels, *fresh):
+        ch.close()
+
+
+def test_tokens_and_orderly_stop_through_front_ends(
+        start_service: Callable[..., RunningService], models_dir: Path, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=2,
+                        auth_token_file=str(token))
+    pool = svc.service.frontends
+    assert pool is not None
+    pids = [p.pid for p in pool.processes]
+    with channel(svc.address) as ch:
+        stub = pb_grpc.RecognizerStub(ch)
+        request = pb.RecognizeRequest(config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER),
+                                      audio_content=CLIPS[0])
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.Recognize(request, timeout=30)
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as wrong:
+            stub.Recognize(request, timeout=30, metadata=[("authorization", "Bearer nope")])
+        assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        good = stub.Recognize(request, timeout=30, metadata=[("authorization", "Bearer s3cret"),
+                                                             ("x-request-id", "tok-1")])
+        assert good.result.request_id == "tok-1"
+        assert good.result.audio_duration_s == pytest.approx(expected_s(0))
+    assert requests_counted(svc, "UNAUTHENTICATED") == 1
+    assert requests_counted(svc, "PERMISSION_DENIED") == 1
+    svc.stop()  # drain, then the front ends, then the workers: no process is left behind
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()  # exited and reaped
+
+
+def test_arena_holds_raw_bytes_and_checks_bounds() -> None:
+    from protos.common.pcm_arena import PcmArena, supported
+    if not supported():
+        pytest.skip("no memfd on this platform")
+    arena = PcmArena.create(4096)
+    message = pb.RecognizeRequest(audio_content=b"\x01\x02" * 700).SerializeToString()
+    block = arena.put_bytes(message)
+    assert block is not None and block.num_bytes == len(message)
+    assert arena.put_bytes(b"x" * 4096) is None  # no room: the caller sends it inline
+    view = arena.view(block.offset, block.num_bytes)
+    parsed = pb.RecognizeRequest.FromString(view)
+    view.release()
+    arena.free(block)
+    assert arena.put_bytes(b"\xff" * len(message)) is not None  # the block is reused ...
+    assert parsed.audio_content == b"\x01\x02" * 700  # ... and the parsed message kept a copy
+    with pytest.raises(ValueError):
+        arena.view(4000, 200)
+    arena.close()
