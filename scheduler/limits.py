@@ -117,6 +117,8 @@ class ByteBudget:
         self.held = max(0, self.held - nbytes)
 
 
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
+
 # Metadata a front-end process (`--frontends`) adds to each relayed call: the client's address
 # as it saw it. Trusted only on the scheduler's private socket, where only front ends connect.
 RELAYED_PEER_KEY = "x-asr-client-peer"
@@ -163,7 +165,11 @@ class StreamLimits:
     async def next_message(self, messages: AsyncIterator[T]) -> T:
         """The stream's next message; StreamIdle when none comes within the idle timeout."""
         try:
-            return await asyncio.wait_for(messages.__anext__(), self.idle_timeout_s)
+            if _timeout is None:  # Python 3.10
+                return await asyncio.wait_for(messages.__anext__(), self.idle_timeout_s)
+            # A timer on this task, not wait_for's task per message (a stream's hot path).
+            async with _timeout(self.idle_timeout_s):
+                return await messages.__anext__()
         except asyncio.TimeoutError:
             raise StreamIdle(f"no message for {self.idle_timeout_s:g} s "
                              "(--stream-idle-timeout-s): the stream is closed") from None

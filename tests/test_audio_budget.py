@@ -5,6 +5,7 @@ leaks when a waiter goes away."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -66,3 +67,29 @@ async def test_hold_gives_back() -> None:
     async with b.hold(70):
         assert b.held == 70
     assert b.held == 0
+
+
+async def test_stream_idle_timeout_between_messages() -> None:
+    """`StreamLimits.next_message`: messages that come in time pass; a gap longer than the
+    idle timeout ends the stream (StreamIdle, DEADLINE_EXCEEDED); the iterator is not lost."""
+    from scheduler.limits import StreamIdle, StreamLimits
+
+    limits = StreamLimits(10, 10, idle_timeout_s=0.2)
+
+    async def messages() -> AsyncIterator[int]:
+        yield 1
+        await asyncio.sleep(0.05)
+        yield 2
+        await asyncio.sleep(1.0)
+        yield 3
+
+    it = messages().__aiter__()
+    assert await limits.next_message(it) == 1
+    assert await limits.next_message(it) == 2
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StreamIdle) as idle:
+        await limits.next_message(it)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 0.6
+    assert idle.value.code.name == "DEADLINE_EXCEEDED"
+    with pytest.raises(StopAsyncIteration):  # what was cut off is not given out later
+        await limits.next_message(it)
