@@ -35,6 +35,7 @@ MIN_RATE = 1000
 MAX_RATE = 768000
 MAX_CHANNELS = 64
 MAX_DURATION_S = 6 * 3600.0
+WHOLE_DECODE_LIMIT_S = 300.0  # longer input that VAD may cut is decoded as a stream
 _BLOCK_FRAMES = 1 << 18
 
 

@@ -36,17 +36,27 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
-from protos.asr.v1 import asr_pb2
+from protos.asr.v1 import asr_pb2 as pb
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle, tune_malloc
 from protos.common.pcm_arena import PcmArena
 from protos.common.process import die_with_parent, watch_parent
 from protos.common.worker_auth import METADATA_KEY, SECRET_ENV
+from scheduler.audio import (
+    WHOLE_DECODE_LIMIT_S,
+    DecodedAudio,
+    Encoding,
+    LongerThanWholeLimit,
+    canonical_wav,
+    decode_audio,
+)
 from scheduler.auth import server_credentials
+from scheduler.errors import InvalidAudio
 from scheduler.limits import RELAYED_PEER_KEY
 
 log = logging.getLogger("scheduler.frontend")
@@ -73,6 +83,7 @@ class FrontendConfig:
     listen: str  # host:port of the public port
     dispatcher: str  # unix:PATH of the scheduler's private socket
     max_receive_bytes: int
+    max_unary_bytes: int = 0  # Recognize audio up to this is decoded here (0: none)
     arena_fd: int = -1
     arena_bytes: int = 0
     tls_cert: str = ""
@@ -92,7 +103,7 @@ class FrontendConfig:
 
 def relayed_methods() -> dict[str, tuple[bool, bool]]:
     """Every public method path -> (client streaming, server streaming)."""
-    services = [*asr_pb2.DESCRIPTOR.services_by_name.values(),
+    services = [*pb.DESCRIPTOR.services_by_name.values(),
                 health_pb2.DESCRIPTOR.services_by_name["Health"],
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]]
     return {f"/{s.full_name}/{m.name}": (m.client_streaming, m.server_streaming)
@@ -269,18 +280,63 @@ class Relay(grpc.GenericRpcHandler):
                 self.active -= 1
         return relay
 
+    async def _decode(self, request: bytes
+                      ) -> tuple[pb.RecognitionConfig, DecodedAudio | str] | None:
+        """The request's config and its audio decoded here (or why it does not decode), so
+        that decoding spreads over the front ends; None: relay the request as it is and let
+        the scheduler decide (raw PCM, too big, longer than a whole decode, not a message)."""
+        if self.arena is None:
+            return None
+        try:
+            message = pb.RecognizeRequest.FromString(request)
+        except DecodeError:
+            return None
+        config, audio = message.config, message.audio_content
+        if (config.encoding not in _CONTAINER or not audio
+                or len(audio) > self.cfg.max_unary_bytes):
+            return None
+        try:
+            decoded = canonical_wav(audio) or await asyncio.to_thread(
+                decode_audio, audio, Encoding.CONTAINER, 0, 1, WHOLE_DECODE_LIMIT_S)
+        except InvalidAudio as exc:
+            return config, str(exc)
+        except (LongerThanWholeLimit, Exception):
+            return None
+        if decoded.duration_s > WHOLE_DECODE_LIMIT_S:
+            return None
+        return config, decoded
+
     async def _recognize(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Recognize over the Link: the request's bytes into the arena (inline when the arena
-        is full or off), the call's metadata, address and deadline along."""
-        block = self.arena.put_bytes(request) if self.arena is not None else None
+        """Recognize over the Link: the audio decoded here into the arena (else the request's
+        bytes; inline when the arena is full or off), the call's metadata, address and
+        deadline along."""
+        decoded = await self._decode(request)
+        audio = decoded[1] if decoded is not None else None
+        block = None
+        if isinstance(audio, DecodedAudio):
+            block = self.arena.put(audio.samples)  # type: ignore[union-attr]
+            if block is None:  # no room for the samples: relay the request itself
+                decoded = audio = None
+        if decoded is None and self.arena is not None:
+            block = self.arena.put_bytes(request)
         timeout = context.time_remaining()
 
         def fill(call: fpb.RelayedCall) -> None:
-            if block is None:
+            call.generation = self.cfg.generation
+            if decoded is not None:
+                out = call.decoded
+                out.config.CopyFrom(decoded[0])
+                if isinstance(audio, DecodedAudio) and block is not None:
+                    out.sample_format, out.offset, out.length = (block.sample_format,
+                                                                 block.offset, block.num_bytes)
+                    out.source_rate, out.source_channels = audio.source_rate, audio.source_channels
+                    out.container = audio.container
+                else:
+                    out.error = str(audio)
+            elif block is None:
                 call.request = request
             else:
-                call.generation, call.offset, call.length = (self.cfg.generation, block.offset,
-                                                             block.num_bytes)
+                call.offset, call.length = block.offset, block.num_bytes
             for m in context.invocation_metadata() or ():
                 if isinstance(m.value, str) and _kept(m.key):
                     call.metadata[m.key] = m.value
@@ -305,6 +361,7 @@ class Relay(grpc.GenericRpcHandler):
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+_CONTAINER = (pb.AUDIO_ENCODING_UNSPECIFIED, pb.CONTAINER)
 
 
 async def serve(cfg: FrontendConfig, secret: str) -> int:

@@ -25,9 +25,10 @@ from google.protobuf.message import DecodeError
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.frontend.v1 import frontend_pb2_grpc as fpb_grpc
 from protos.asr.v1 import asr_pb2 as pb
-from protos.common.pcm_arena import PcmArena
+from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.pcm_arena import supported as arena_supported
 from protos.common.worker_auth import SECRET_ENV
+from scheduler.audio import DecodedAudio
 from scheduler.auth import TokenInterceptor
 from scheduler.drain import Drain, run_admitted
 from scheduler.errors import InvalidRequest, Unavailable
@@ -53,6 +54,7 @@ class FrontendLaunch:
     port: int
     dispatcher: str  # unix:PATH of the scheduler's private socket
     max_receive_bytes: int
+    max_unary_bytes: int
     arena_bytes: int
     secret: str
     tls_cert: str = ""
@@ -92,6 +94,7 @@ class FrontendProcess:
         cfg = FrontendConfig(
             index=self.index, generation=self.generation, listen=f"{launch.host}:{port}",
             dispatcher=launch.dispatcher, max_receive_bytes=launch.max_receive_bytes,
+            max_unary_bytes=launch.max_unary_bytes,
             arena_fd=arena.fd if arena else -1, arena_bytes=arena.size if arena else 0,
             tls_cert=launch.tls_cert, tls_key=launch.tls_key, tls_client_ca=launch.tls_client_ca,
             parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format)
@@ -219,16 +222,31 @@ class LinkServicer(fpb_grpc.RelayServicer):
         async for message in _Link(self, index).run(request_iterator):
             yield message
 
+    def _arena(self, call: fpb.RelayedCall, index: int) -> PcmArena:
+        arena = self.pool.arena(index, call.generation)
+        if arena is None:
+            raise Unavailable(f"front end {index} restarted while relaying this call; retry")
+        return arena
+
+    def _decoded(self, call: fpb.RelayedCall, index: int) -> DecodedAudio | None:
+        """The samples the front end decoded (a copy: it reuses its arena block); None when
+        it could not decode them."""
+        d = call.decoded
+        if d.error:
+            return None
+        try:
+            samples = self._arena(call, index).samples(
+                PcmBlock(d.offset, d.length, d.sample_format))
+        except ValueError as exc:
+            raise InvalidRequest(f"relayed audio: {exc}") from None
+        return DecodedAudio(samples, d.source_rate, d.source_channels, d.container)
+
     def _request(self, call: fpb.RelayedCall, index: int) -> pb.RecognizeRequest:
         """The relayed request, parsed (a copy: the front end reuses its arena block)."""
         data: bytes | memoryview = call.request
         if not data:
-            arena = self.pool.arena(index, call.generation)
-            if arena is None:
-                raise Unavailable(f"front end {index} restarted while relaying this call; "
-                                  "retry")
             try:
-                data = arena.view(call.offset, call.length)
+                data = self._arena(call, index).view(call.offset, call.length)
             except ValueError as exc:
                 raise InvalidRequest(f"relayed request: {exc}") from None
         try:
@@ -250,9 +268,14 @@ class LinkServicer(fpb_grpc.RelayServicer):
                        if self.tokens is not None else None)
             if refused is not None:
                 raise refused
-            request = self._request(call, index)
+            if call.HasField("decoded"):
+                request = pb.RecognizeRequest(config=call.decoded.config)
+                audio = self._decoded(call, index)
+                error = call.decoded.error
+            else:
+                request, audio, error = self._request(call, index), None, ""
             response = await run_admitted(self.drain, lambda: self.recognizer.recognize(
-                request, call.timeout_s or None))
+                request, call.timeout_s or None, audio, error))
             out.response = response.SerializeToString()
         except Exception as exc:
             code = code_name(exc)

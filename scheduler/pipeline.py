@@ -16,6 +16,7 @@ import numpy as np
 
 from protos.common.wire import MIN_AUDIO_S, SAMPLE_RATE
 from scheduler.audio import (
+    WHOLE_DECODE_LIMIT_S,
     DecodedAudio,
     Encoding,
     LongerThanWholeLimit,
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 BLOCK_SAMPLES = SAMPLE_RATE  # 1 s blocks when long audio already in memory goes through VAD
 MAX_IN_FLIGHT = 32  # segments of one request in flight at once (then reading input waits)
-WHOLE_DECODE_LIMIT_S = 300.0  # longer input that VAD may cut is decoded as a stream
 
 OnSegment = Callable[[Segment], Awaitable[None]]
 
@@ -62,6 +62,9 @@ class RecognitionRequest:
     max_segment_ms: int = 0  # 0: the service default
     model: str = ""  # "" for the default model
     max_new_tokens: int = 0  # LLM decoders: cap on generated tokens (0: the server's)
+    # Decoded by a front-end process (`audio` is then b""), or why it could not be.
+    decoded: DecodedAudio | None = None
+    decode_error: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +185,11 @@ class Pipeline:
 
     async def _decode(self, req: RecognitionRequest, data: bytes,
                       whole_limit_s: float | None = None) -> DecodedAudio:
+        if req.decode_error:  # a front end tried (`--frontends`)
+            raise InvalidAudio(req.decode_error)
         # A plain 16 kHz mono PCM WAV needs no decoding: read it here, without a thread hop.
-        audio = canonical_wav(data) if req.encoding is Encoding.CONTAINER else None
+        audio = req.decoded or (canonical_wav(data) if req.encoding is Encoding.CONTAINER
+                                else None)
         if audio is not None and whole_limit_s is not None \
                 and audio.duration_s > whole_limit_s:
             raise LongerThanWholeLimit(f"over {whole_limit_s:g} s")

@@ -246,7 +246,8 @@ class AsrService:
             socket = os.path.join(self._runtime_dir, "frontends.sock")
             self.frontends = FrontendPool(FrontendLaunch(
                 count=cfg.frontends, host=cfg.host, port=cfg.port, dispatcher=f"unix:{socket}",
-                max_receive_bytes=limit, arena_bytes=cfg.pcm_arena_mib * 1024 * 1024,
+                max_receive_bytes=limit, max_unary_bytes=cfg.max_unary_bytes,
+                arena_bytes=cfg.pcm_arena_mib * 1024 * 1024,
                 secret=frontend_secret, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
                 tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
                 log_format=cfg.log_format))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import grpc
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
 from protos.common.wire import MAX_SEGMENT_MS_RANGE
-from scheduler.audio import Encoding
+from scheduler.audio import DecodedAudio, Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID, check_request_id
 from scheduler.limits import RELAYED_PEER_KEY, StreamLimits, client_key
@@ -101,14 +102,18 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                         context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
         return await self.recognize(request, context.time_remaining())
 
-    async def recognize(self, request: pb.RecognizeRequest,
-                        timeout_s: float | None) -> pb.RecognizeResponse:
-        """Recognize, for a direct call or one relayed by a front-end process."""
+    async def recognize(self, request: pb.RecognizeRequest, timeout_s: float | None,
+                        decoded: DecodedAudio | None = None,
+                        decode_error: str = "") -> pb.RecognizeResponse:
+        """Recognize, for a direct call or one relayed by a front-end process (which may have
+        decoded the audio already, or found it undecodable)."""
         if len(request.audio_content) > self.max_unary_bytes:
             raise InvalidAudio(f"audio of {len(request.audio_content)} bytes is over the "
                                f"{self.max_unary_bytes}-byte limit of Recognize; send it with "
                                "StreamingRecognize instead")
         req = to_request(request.config, request.audio_content, timeout_s)
+        if decoded is not None or decode_error:
+            req = dataclasses.replace(req, decoded=decoded, decode_error=decode_error)
         return pb.RecognizeResponse(result=to_result(await self.pipeline.recognize(req)))
 
     async def StreamingRecognize(

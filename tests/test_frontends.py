@@ -294,3 +294,43 @@ def test_arena_holds_raw_bytes_and_checks_bounds() -> None:
     with pytest.raises(ValueError):
         arena.view(4000, 200)
     arena.close()
+
+
+def test_front_ends_decode_audio_exactly_as_the_scheduler(
+        start_service: Callable[..., RunningService], models_dir: Path,
+        speech: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real model: the same text, times and errors whether the scheduler decodes (no front
+    ends) or the front-end processes do; with front ends the scheduler decodes nothing."""
+    import scheduler.pipeline
+
+    decoded_here: list[int] = []
+    real = scheduler.pipeline.decode_audio
+
+    def counting(*args: object, **kw: object) -> object:
+        decoded_here.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler.pipeline, "decode_audio", counting)
+    model = models_dir / "sensevoice-tiny"
+    results: dict[int, list[tuple[object, ...]]] = {}
+    for frontends in (0, 2):
+        svc = start_service(model, frontends=frontends)
+        decoded_here.clear()
+        out = []
+        with channel(svc.address) as ch:
+            stub = pb_grpc.RecognizerStub(ch)
+            for name in ("wav16k", "wav44k_stereo", "flac", "mp3"):
+                r = stub.Recognize(pb.RecognizeRequest(audio_content=speech[name].read_bytes()),
+                                   timeout=120).result
+                out.append((name, r.text, r.language, round(r.audio_duration_s, 4),
+                            [(s.start_ms, s.end_ms, s.text) for s in r.segments]))
+            with pytest.raises(grpc.RpcError) as bad:
+                stub.Recognize(pb.RecognizeRequest(audio_content=b"RIFF0000WAVEjunk" * 8),
+                               timeout=60)
+            out.append(("bad", bad.value.code(), bad.value.details()))
+        results[frontends] = out
+        # Without front ends the scheduler decoded FLAC and MP3 itself; with them, nothing.
+        assert (len(decoded_here) >= 2) if frontends == 0 else decoded_here == [], decoded_here
+        svc.stop()
+    assert results[0] == results[2]
+    assert all(text for _, text, *_ in results[0][:4])  # the model said something for each

@@ -147,6 +147,17 @@ class PcmArena:
         if self._ends.pop(block.offset, None) is not None:
             del self._starts[bisect.bisect_left(self._starts, block.offset)]
 
+    def samples(self, block: PcmBlock) -> np.ndarray:
+        """A copy of the block's samples in the format they were put (int16 or float32)."""
+        dtype = _DTYPES.get(block.sample_format)
+        if dtype is None or block.num_bytes % dtype.itemsize:
+            raise ValueError(f"bad PCM block format {block.sample_format}/{block.num_bytes}")
+        view = self.view(block.offset, block.num_bytes)
+        try:
+            return np.frombuffer(view, dtype=dtype).astype(dtype.newbyteorder("="), copy=True)
+        finally:
+            view.release()
+
     def read(self, block: PcmBlock) -> np.ndarray:
         """The block's samples as float32 in [-1, 1] (a copy: the block is reused later)."""
         if block.offset < 0 or block.num_bytes < 0 or block.offset + block.num_bytes > self.size:

@@ -1,3 +1,4 @@
+from protos.asr.v1 import asr_pb2 as _asr_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -15,7 +16,7 @@ class LinkRequest(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[RelayedCall, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RelayedCall(_message.Message):
-    __slots__ = ("tag", "generation", "offset", "length", "request", "metadata", "peer", "timeout_s")
+    __slots__ = ("tag", "generation", "offset", "length", "request", "metadata", "peer", "timeout_s", "decoded")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +32,7 @@ class RelayedCall(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
     tag: int
     generation: int
     offset: int
@@ -39,7 +41,28 @@ class RelayedCall(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     peer: str
     timeout_s: float
-    def __init__(self, tag: _Optional[int] = ..., generation: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., peer: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    decoded: DecodedAudio
+    def __init__(self, tag: _Optional[int] = ..., generation: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., peer: _Optional[str] = ..., timeout_s: _Optional[float] = ..., decoded: _Optional[_Union[DecodedAudio, _Mapping]] = ...) -> None: ...
+
+class DecodedAudio(_message.Message):
+    __slots__ = ("config", "sample_format", "offset", "length", "source_rate", "source_channels", "container", "error")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    config: _asr_pb2.RecognitionConfig
+    sample_format: int
+    offset: int
+    length: int
+    source_rate: int
+    source_channels: int
+    container: str
+    error: str
+    def __init__(self, config: _Optional[_Union[_asr_pb2.RecognitionConfig, _Mapping]] = ..., sample_format: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., source_rate: _Optional[int] = ..., source_channels: _Optional[int] = ..., container: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LinkResponse(_message.Message):
     __slots__ = ("answers",)
