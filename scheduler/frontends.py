@@ -17,10 +17,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.frontend.v1 import frontend_pb2_grpc as fpb_grpc
@@ -199,6 +201,28 @@ class FrontendPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+class FrontendCollector(Collector):
+    """The front-end processes in the scheduler's /metrics, read at scrape time."""
+
+    def __init__(self, pool: FrontendPool, links: LinkServicer) -> None:
+        self.pool = pool
+        self.links = links
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily("asr_frontend_up", "1 while the front-end process runs",
+                               labels=["frontend"])
+        restarts = CounterMetricFamily("asr_frontend_restarts", "front-end process restarts",
+                                       labels=["frontend"])
+        relayed = GaugeMetricFamily("asr_frontend_link_calls", "Recognize calls in flight on "
+                                    "the front end's Link", labels=["frontend"])
+        for p in self.pool.processes:
+            name = str(p.index)
+            up.add_metric([name], 1.0 if p.pid else 0.0)
+            restarts.add_metric([name], p.restarts)
+            relayed.add_metric([name], self.links.in_flight.get(p.index, 0))
+        yield from (up, restarts, relayed)
+
+
 class LinkServicer(fpb_grpc.RelayServicer):
     """`Relay/Link`: the Recognize calls a front end relays, answered as Recognize is (request
     id, token, drain, the same handler, status codes and trailers, counted in the metrics)."""
@@ -210,6 +234,7 @@ class LinkServicer(fpb_grpc.RelayServicer):
         self.drain = drain
         self.metrics = metrics
         self.tokens = tokens
+        self.in_flight: dict[int, int] = {}  # front end -> relayed calls running
 
     async def Link(self, request_iterator: AsyncIterator[fpb.LinkRequest],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[fpb.LinkResponse]:
@@ -296,6 +321,7 @@ class _Link:
     def __init__(self, owner: LinkServicer, index: int) -> None:
         self.owner = owner
         self.index = index
+        owner.in_flight[index] = 0
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.outbox = fpb.LinkResponse()
         self.wake = asyncio.Event()
@@ -323,6 +349,7 @@ class _Link:
             async for message in requests:
                 for call in message.calls:
                     self.tasks[call.tag] = loop.create_task(self._answer(call))
+                self.owner.in_flight[self.index] = len(self.tasks)
                 for tag in message.cancel:
                     task = self.tasks.get(tag)
                     if task is not None:
@@ -336,4 +363,5 @@ class _Link:
             self.outbox.answers.append(answer)
         finally:
             self.tasks.pop(call.tag, None)
+            self.owner.in_flight[self.index] = len(self.tasks)
             self.wake.set()

@@ -30,7 +30,12 @@ from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.drain import Drain, DrainInterceptor
-from scheduler.frontends import FrontendLaunch, FrontendPool, LinkServicer
+from scheduler.frontends import (
+    FrontendCollector,
+    FrontendLaunch,
+    FrontendPool,
+    LinkServicer,
+)
 from scheduler.interceptor import ErrorInterceptor
 from scheduler.limits import AudioBudget, ByteBudget, StreamLimits
 from scheduler.live import LiveRecognizer
@@ -251,8 +256,9 @@ class AsrService:
                 secret=frontend_secret, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
                 tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
                 log_format=cfg.log_format))
-            frontend_pb2_grpc.add_RelayServicer_to_server(LinkServicer(
-                self.frontends, recognizer, self.drain, self.metrics, tokens), server)
+            links = LinkServicer(self.frontends, recognizer, self.drain, self.metrics, tokens)
+            frontend_pb2_grpc.add_RelayServicer_to_server(links, server)
+            self.metrics.registry.register(FrontendCollector(self.frontends, links))
             server.add_insecure_port(f"unix:{socket}")
             self._server = server
             await server.start()

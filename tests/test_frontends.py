@@ -106,6 +106,15 @@ def requests_counted(svc: RunningService, code: str) -> float:
     return total
 
 
+def sample(svc: RunningService, name: str, frontend: str) -> float:
+    """One front end's value of a metric, as /metrics would show it."""
+    for metric in svc.service.metrics.registry.collect():
+        for s in metric.samples:
+            if s.name == name and s.labels.get("frontend") == frontend:
+                return s.value
+    raise AssertionError(f"{name}{{frontend={frontend}}} is not exported")
+
+
 def test_calls_through_several_front_ends_are_each_answered_once(
         start_service: Callable[..., RunningService], models_dir: Path) -> None:
     svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=3)
@@ -146,6 +155,8 @@ def test_calls_through_several_front_ends_are_each_answered_once(
     # The kernel spread the connections over the processes; all requests were counted once.
     assert sum(spread) == clients and sum(1 for n in spread if n) >= 2, spread
     assert requests_counted(svc, "OK") == clients * per_client
+    assert [sample(svc, "asr_frontend_link_calls", str(p.index)) for p in pool.processes] == [
+        0, 0, 0]
 
     # Errors, details and health come back through the relay as the scheduler gives them.
     stub = pb_grpc.RecognizerStub(channels[0])
@@ -231,6 +242,8 @@ def test_killing_a_front_end_loses_only_its_own_calls(
     assert all(n == 1 for n in ok.values())
     assert len(ok) >= 4 * clients
     assert victim.restarts == 1 and victim.pid not in (0, old_pid)
+    assert sample(svc, "asr_frontend_restarts_total", str(victim.index)) == 1
+    assert [sample(svc, "asr_frontend_up", str(p.index)) for p in pool.processes] == [1, 1]
     # The scheduler let go of the lost calls: nothing is left in flight.
     deadline = time.monotonic() + 10
     while svc.service.drain.active and time.monotonic() < deadline:
