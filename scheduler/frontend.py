@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ from scheduler.audio import (
 from scheduler.auth import server_credentials
 from scheduler.errors import InvalidAudio
 from scheduler.limits import RELAYED_PEER_KEY
+from scheduler.tagged_call import TaggedCall
 
 log = logging.getLogger("scheduler.frontend")
 
@@ -127,106 +127,19 @@ async def _relay_error(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpc
     await context.abort(code, error.details() or "", trailers)
 
 
-class Link:
-    """This front end's Link call to the scheduler: Recognize calls out as tagged messages
-    (those ready together share one), answers back by tag. Opened on first use and again after
-    it breaks; a break fails every call waiting on it (their clients get UNAVAILABLE)."""
-
-    def __init__(self, channel: grpc.aio.Channel, index: int, secret: str) -> None:
-        self._open_call = channel.stream_stream(
-            LINK, request_serializer=fpb.LinkRequest.SerializeToString,
-            response_deserializer=fpb.LinkResponse.FromString)
-        self._metadata = ((METADATA_KEY, secret), (FRONTEND_KEY, str(index)))
-        self._call: grpc.aio.StreamStreamCall | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._outbox = fpb.LinkRequest()
-        self._wake = asyncio.Event()
-        # An answer, or why the link broke (a string: see WorkStream on exceptions in futures).
-        self._pending: dict[int, asyncio.Future[fpb.RelayedAnswer | str]] = {}
-        self._tags = itertools.count(1)
-
-    def _open(self) -> None:
-        if self._call is None:
-            call = self._open_call(metadata=self._metadata)
-            self._call = call
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._read(call)), loop.create_task(self._write(call))]
-
-    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                message, self._outbox = self._outbox, fpb.LinkRequest()
-                try:
-                    await call.write(message)
-                except (grpc.aio.AioRpcError, grpc.aio.UsageError,
-                        asyncio.InvalidStateError) as exc:
-                    self._broken(call, f"the link to the scheduler broke: {exc}")
-                    return
-
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        why = "the scheduler ended the link"
-        try:
-            async for message in call:
-                for answer in message.answers:
-                    fut = self._pending.get(answer.tag)
-                    if fut is not None and not fut.done():
-                        fut.set_result(answer)
-        except grpc.aio.AioRpcError as exc:
-            why = f"the link to the scheduler broke: {exc.code().name}: {exc.details()}"
-        except asyncio.CancelledError:
-            why = "the front end is stopping"
-        finally:
-            self._broken(call, why)
-
-    def _broken(self, call: grpc.aio.StreamStreamCall, why: str) -> None:
-        if self._call is not call:
-            return
-        self._call = None
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        self._outbox = fpb.LinkRequest()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_result(why)
-
-    async def relay(self, fill: Callable[[fpb.RelayedCall], None]) -> fpb.RelayedAnswer | str:
-        """Relay one call (`fill` sets its fields); its answer, or why the link broke. If the
-        caller is cancelled, the scheduler is told to stop the call."""
-        self._open()
-        tag = next(self._tags)
-        fut: asyncio.Future[fpb.RelayedAnswer | str] = asyncio.get_running_loop().create_future()
-        self._pending[tag] = fut
-        fill(self._outbox.calls.add(tag=tag))
-        self._wake.set()
-        answered = False
-        try:
-            answer = await fut
-            answered = True
-            return answer
-        finally:
-            self._pending.pop(tag, None)
-            if not answered and self._call is not None:
-                self._outbox.cancel.append(tag)
-                self._wake.set()
-
-    async def close(self) -> None:
-        if self._call is not None:
-            call = self._call
-            self._broken(call, "the front end is stopping")
-            call.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 class Relay(grpc.GenericRpcHandler):
     """Relays every public method to the scheduler's socket; Recognize on the Link."""
 
     def __init__(self, channel: grpc.aio.Channel, cfg: FrontendConfig, secret: str,
                  arena: PcmArena | None) -> None:
         self.channel, self.cfg, self.secret, self.arena = channel, cfg, secret, arena
-        self.link = Link(channel, cfg.index, secret)
+        # Recognize calls as tagged messages on one Link call, answers back by tag.
+        open_link = channel.stream_stream(
+            LINK, request_serializer=fpb.LinkRequest.SerializeToString,
+            response_deserializer=fpb.LinkResponse.FromString)
+        metadata = ((METADATA_KEY, secret), (FRONTEND_KEY, str(cfg.index)))
+        self.link: TaggedCall[fpb.LinkRequest, fpb.RelayedAnswer] = TaggedCall(
+            "the link to the scheduler", lambda: open_link(metadata=metadata), fpb.LinkRequest)
         self.active = 0
         self.started = 0
         self._handlers = {path: self._handler(path, *kind)
@@ -346,13 +259,14 @@ class Relay(grpc.GenericRpcHandler):
         self.active += 1
         self.started += 1
         try:
-            answer = await self.link.relay(fill)
+            answer = await self.link.request(lambda out, tag: fill(out.calls.add(tag=tag)))
         finally:
             self.active -= 1
             if block is not None:
                 self.arena.free(block)  # type: ignore[union-attr]
         if isinstance(answer, str):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{answer}; retry")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the front end lost its link to the scheduler ({answer}); retry")
         assert not isinstance(answer, str)
         if answer.code:
             await context.abort(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN), answer.details,
@@ -404,7 +318,7 @@ async def serve(cfg: FrontendConfig, secret: str) -> int:
     await server.stop(1.0)
     for t in tasks:
         t.cancel()
-    await relay.link.close()
+    await relay.link.close("the front end is stopping")
     await channel.close()
     return 0
 

@@ -22,9 +22,6 @@ reads a block that was reused for another live unit.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import logging
 import time
 
@@ -35,6 +32,7 @@ from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.pcm_arena import PcmArena
 from protos.common.worker_auth import call_metadata
 from scheduler.errors import DeadlineExceeded, WorkerLost
+from scheduler.tagged_call import TaggedCall
 from scheduler.workers_client import UnitRequest, UnitResult, unit_error, unit_request, unit_result
 
 log = logging.getLogger(__name__)
@@ -50,101 +48,31 @@ class WorkStream:
         self.worker_id = worker_id
         self.arena = arena
         self._channel = channel
-        self._stub = wpb_grpc.WorkerStub(channel)
-        self._metadata = call_metadata(secret)
-        self._call: grpc.aio.StreamStreamCall | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._outbox = wpb.WorkRequest()
-        self._wake = asyncio.Event()
-        # A unit's answer, or why the call was lost (a string, not an exception: an exception
-        # kept in the future would tie, through its traceback, every frame it passes through,
-        # the unit's audio included, into a reference cycle only a full GC collects).
-        self._pending: dict[int, asyncio.Future[wpb.WorkAnswer | str]] = {}
-        self._tags = itertools.count(1)
+        stub = wpb_grpc.WorkerStub(channel)
+        metadata = call_metadata(secret)
+        self._call: TaggedCall[wpb.WorkRequest, wpb.WorkAnswer] = TaggedCall(
+            "the Work call", lambda: stub.Work(metadata=metadata), wpb.WorkRequest)
         self._closed = False
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
-
-    def _open(self) -> None:
-        if self._closed:
-            raise WorkerLost(f"worker {self.worker_id} is gone")
-        if self._call is None:
-            call = self._stub.Work(metadata=self._metadata)
-            self._call = call
-            loop = asyncio.get_running_loop()
-            self._reader = loop.create_task(self._read(call), name=f"work-in-{self.worker_id}")
-            self._writer = loop.create_task(self._write(call), name=f"work-out-{self.worker_id}")
-
-    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        """Send what the outbox holds, as one message, whenever it holds something."""
-        with contextlib.suppress(asyncio.CancelledError):
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                msg, self._outbox = self._outbox, wpb.WorkRequest()
-                try:
-                    await call.write(msg)
-                except grpc.aio.AioRpcError as exc:
-                    self._broken(call, f"{exc.code().name}: {exc.details()}")
-                    return
-                except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                    self._broken(call, f"the Work call broke: {exc}")
-                    return
-
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        why = "the worker ended its Work call"
-        try:
-            async for msg in call:
-                for answer in msg.answers:
-                    fut = self._pending.get(answer.tag)
-                    if fut is not None and not fut.done():
-                        fut.set_result(answer)
-        except grpc.aio.AioRpcError as exc:
-            why = f"{exc.code().name}: {exc.details()}"
-        except asyncio.CancelledError:
-            why = "the scheduler closed the Work call"
-        finally:
-            self._broken(call, why)
-
-    def _broken(self, call: grpc.aio.StreamStreamCall, why: str) -> None:
-        """`call` is over: every unit still waiting on it is lost; the next unit reopens."""
-        if self._call is not call:
-            return
-        self._call = None
-        for task in (self._reader, self._writer):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        self._outbox = wpb.WorkRequest()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_result(why)
+        return self._call.pending
 
     async def transcribe(self, unit: UnitRequest, deadline: float | None) -> UnitResult:
         """Run one unit; the same results and errors as a Transcribe call would give."""
-        self._open()
+        if self._closed:
+            raise WorkerLost(f"worker {self.worker_id} is gone")
         block = self.arena.put(unit.samples) if self.arena is not None else None
-        tag = next(self._tags)
-        fut: asyncio.Future[wpb.WorkAnswer | str] = asyncio.get_running_loop().create_future()
-        self._pending[tag] = fut
-        unit_request(unit, block, self._outbox.units.add(tag=tag).request)
-        self._wake.set()
-        answered = False
         try:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
-                answer = await asyncio.wait_for(fut, timeout)
+                answer = await self._call.request(
+                    lambda out, tag: unit_request(unit, block, out.units.add(tag=tag).request),
+                    timeout)
             except TimeoutError as exc:
                 raise DeadlineExceeded(
                     "the request's deadline passed before its result") from exc
-            answered = True
-        finally:
-            self._pending.pop(tag, None)
-            if not answered and self._call is not None:
-                self._outbox.cancel.append(tag)  # the worker may still hold it: stop it
-                self._wake.set()
+        finally:  # answered, failed or given up: the worker no longer reads the block
             if block is not None and self.arena is not None:
                 self.arena.free(block)
         if isinstance(answer, str):
@@ -157,12 +85,7 @@ class WorkStream:
     async def close(self) -> None:
         """Fail what is waiting (WorkerLost), end the call, release the arena."""
         self._closed = True
-        call = self._call
-        if call is not None:
-            self._broken(call, "the worker is being replaced")
-            call.cancel()
-        await asyncio.gather(*(t for t in (self._reader, self._writer) if t is not None),
-                             return_exceptions=True)
+        await self._call.close("the worker is being replaced")
         if self.arena is not None:
             self.arena.close()
             self.arena = None

@@ -1,0 +1,130 @@
+"""One long-lived bidirectional gRPC call that carries many tagged requests.
+
+Used for the scheduler's `Work` call to each worker and for a front end's `Link` call to the
+scheduler. Requests ready at the same moment share one outgoing message (the "outbox"), answers
+come back in any order and are matched by tag; a request whose caller stops waiting (deadline,
+cancellation) is cancelled by tag; if the call breaks, every request still waiting gets the
+reason and the next request opens a new call.
+
+Both messages follow one shape: the outgoing message has a repeated `cancel` of tags, the
+incoming one a repeated `answers`, each answer with its `tag`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+OutboxT = TypeVar("OutboxT")
+AnswerT = TypeVar("AnswerT")
+
+
+class TaggedCall(Generic[OutboxT, AnswerT]):
+    """Requests out in batches, answers back by tag, over one call opened on first use."""
+
+    def __init__(self, what: str, open_call: Callable[[], grpc.aio.StreamStreamCall],
+                 new_outbox: Callable[[], OutboxT]) -> None:
+        """`what` names the call in failure reasons ("the Work call")."""
+        self.what = what
+        self._open_call = open_call
+        self._new_outbox = new_outbox
+        self._outbox = new_outbox()
+        self._wake = asyncio.Event()
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._tasks: tuple[asyncio.Task[None], ...] = ()
+        # An answer, or why the call was lost (a string, not an exception: an exception kept
+        # in the future would tie, through its traceback, every frame it passes through, the
+        # request's audio included, into a reference cycle only a full GC collects).
+        self._pending: dict[int, asyncio.Future[AnswerT | str]] = {}
+        self._tags = itertools.count(1)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _open(self) -> None:
+        if self._call is None:
+            call = self._open_call()
+            self._call = call
+            loop = asyncio.get_running_loop()
+            self._tasks = (loop.create_task(self._read(call), name=f"{self.what} in"),
+                           loop.create_task(self._write(call), name=f"{self.what} out"))
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Send what the outbox holds, as one message, whenever it holds something."""
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                message, self._outbox = self._outbox, self._new_outbox()
+                try:
+                    await call.write(message)
+                except grpc.aio.AioRpcError as exc:
+                    self._broken(call, f"{exc.code().name}: {exc.details()}")
+                    return
+                except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                    self._broken(call, f"{self.what} broke: {exc}")
+                    return
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        why = f"the other side ended {self.what}"
+        try:
+            async for message in call:
+                for answer in message.answers:
+                    fut = self._pending.get(answer.tag)
+                    if fut is not None and not fut.done():
+                        fut.set_result(answer)
+        except grpc.aio.AioRpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            why = f"{self.what} was closed"
+        finally:
+            self._broken(call, why)
+
+    def _broken(self, call: grpc.aio.StreamStreamCall, why: str) -> None:
+        """`call` is over: every request still waiting on it gets `why`; the next reopens."""
+        if self._call is not call:
+            return
+        self._call = None
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._outbox = self._new_outbox()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_result(why)
+
+    async def request(self, add: Callable[[OutboxT, int], Any],
+                      timeout_s: float | None = None) -> AnswerT | str:
+        """Send one request (`add(outbox, tag)` puts it in the next message); its answer, or
+        why the call broke. TimeoutError after `timeout_s`; whenever the caller stops
+        waiting without an answer, the other side is told to stop the request."""
+        self._open()
+        tag = next(self._tags)
+        fut: asyncio.Future[AnswerT | str] = asyncio.get_running_loop().create_future()
+        self._pending[tag] = fut
+        add(self._outbox, tag)
+        self._wake.set()
+        answered = False
+        try:
+            answer = await asyncio.wait_for(fut, timeout_s)
+            answered = True
+            return answer
+        finally:
+            self._pending.pop(tag, None)
+            if not answered and self._call is not None:
+                self._outbox.cancel.append(tag)  # type: ignore[attr-defined]
+                self._wake.set()
+
+    async def close(self, why: str) -> None:
+        """Fail what is waiting (with `why`) and end the call."""
+        call = self._call
+        if call is not None:
+            self._broken(call, why)
+            call.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
