@@ -347,3 +347,23 @@ def test_front_ends_decode_audio_exactly_as_the_scheduler(
         svc.stop()
     assert results[0] == results[2]
     assert all(text for _, text, *_ in results[0][:4])  # the model said something for each
+
+
+def test_without_shared_memory_front_ends_relay_requests_inline(
+        start_service: Callable[..., RunningService], models_dir: Path) -> None:
+    """`--pcm-arena-mib 0`: no arenas; requests (too big for the unary limit included) travel
+    inside the Link messages and are answered the same way."""
+    svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=1,
+                        pcm_arena_mib=0, max_unary_bytes=100_000)
+    pool = svc.service.frontends
+    assert pool is not None and pool.processes[0].arena is None
+    with channel(svc.address) as ch:
+        stub = pb_grpc.RecognizerStub(ch)
+        for k in (0, 3):
+            result = recognize(stub, k, f"inline-{k}", streamed=False)
+            assert result.request_id == f"inline-{k}"
+            assert result.audio_duration_s == pytest.approx(expected_s(k))
+        with pytest.raises(grpc.RpcError) as big:
+            stub.Recognize(pb.RecognizeRequest(audio_content=wav(4.0)), timeout=30)
+        assert big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit of Recognize" in (big.value.details() or "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,13 +119,24 @@ def test_fuzzed_messages_and_streams(live, config: pb.RecognitionConfig, audio: 
     assert not catcher.records, catcher.records[0].getMessage()
 
 
+def settled(port: int) -> dict:  # type: ignore[type-arg]
+    """/metrics once no call is in flight: a call is counted just after its status is sent,
+    so the client can see the status before the count moves."""
+    for _ in range(100):
+        samples = scrape(port)
+        if value(samples, "asr_requests_in_flight") == 0:
+            return samples
+        time.sleep(0.05)
+    raise AssertionError("calls still in flight after 5 s")
+
+
 def test_still_serving_and_refusals_counted(live, speech: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
     _, channel, catcher, port = live
     assert _raw_unary(channel, b"\xff\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
-    before = value(scrape(port), "asr_requests_total", rpc="Recognize",
+    before = value(settled(port), "asr_requests_total", rpc="Recognize",
                    code="INVALID_ARGUMENT")
     assert _raw_unary(channel, b"\x0a\x05\x08") == grpc.StatusCode.INVALID_ARGUMENT
-    assert value(scrape(port), "asr_requests_total", rpc="Recognize",
+    assert value(settled(port), "asr_requests_total", rpc="Recognize",
                  code="INVALID_ARGUMENT") == before + 1
     # Long values are not echoed back whole; a newline in a request id cannot reach the log.
     rec = pb_grpc.RecognizerStub(channel)
