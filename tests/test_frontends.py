@@ -8,6 +8,7 @@ own id and audio length, so a reply that went to the wrong call, or twice, is se
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
@@ -367,3 +368,47 @@ def test_without_shared_memory_front_ends_relay_requests_inline(
             stub.Recognize(pb.RecognizeRequest(audio_content=wav(4.0)), timeout=30)
         assert big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "limit of Recognize" in (big.value.details() or "")
+
+
+def test_the_client_library_rides_out_a_front_end_kill(
+        start_service: Callable[..., RunningService], models_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`AsrClient` retries UNAVAILABLE: a user transcribing through front ends sees no error
+    when the front end holding its connection is killed."""
+    from client.library import AsrClient
+
+    svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=2)
+    pool = svc.service.frontends
+    assert pool is not None
+    stop = threading.Event()
+    done: list[float] = []
+    errors: list[BaseException] = []
+    with AsrClient(svc.address) as client:
+        client.transcribe(CLIPS[0], timeout=30)  # connected
+        holder = next(p for p in pool.processes if established(p.pid, svc.port))
+
+        def loop(k: int) -> None:
+            while not stop.is_set():
+                try:
+                    t = client.transcribe(CLIPS[k], timeout=60)
+                    done.append(t.audio_duration_s)
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        caplog.set_level(logging.INFO, logger="client.library")
+        os.kill(holder.pid, 9)
+        time.sleep(2.0)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]
+    retried = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert retried, "calls were in flight on the killed front end and were retried"
+    assert all("UNAVAILABLE" in r.getMessage() for r in retried), retried[0].getMessage()
+    assert holder.restarts == 1
+    assert len(done) > 12 and all(d in {expected_s(k) for k in range(6)} for d in done)
