@@ -56,6 +56,7 @@ from scheduler.audio import (
 )
 from scheduler.auth import server_credentials
 from scheduler.errors import InvalidAudio
+from scheduler.grpc_fixes import keep_delivered_status
 from scheduler.limits import RELAYED_PEER_KEY
 from scheduler.tagged_call import TaggedCall
 
@@ -117,14 +118,23 @@ def forward_metadata(context: grpc.aio.ServicerContext, secret: str) -> tuple[tu
     return (*kept, (RELAYED_PEER_KEY, context.peer() or ""), (METADATA_KEY, secret))
 
 
-async def _relay_error(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
-    """End the client's call with the scheduler's status, details and trailers."""
+def _set_status(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
+    """Give the client's call the scheduler's status, details and trailers (the handler then
+    returns; a streaming handler does not `abort` while its pump still reads the client)."""
     trailers = tuple((m.key, m.value) for m in (error.trailing_metadata() or ())
                      if _kept(m.key))
     code = error.code()
     if code == grpc.StatusCode.CANCELLED and not context.cancelled():
         code = grpc.StatusCode.UNAVAILABLE  # the scheduler went away under the call
-    await context.abort(code, error.details() or "", trailers)
+    context.set_trailing_metadata(trailers)
+    context.set_details(error.details() or "")
+    context.set_code(code)
+
+
+async def _relay_error(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
+    """End the client's call with the scheduler's status, details and trailers."""
+    _set_status(context, error)
+    await context.abort(context.code(), context.details() or "", ())
 
 
 class Relay(grpc.GenericRpcHandler):
@@ -162,7 +172,7 @@ class Relay(grpc.GenericRpcHandler):
             return grpc.stream_unary_rpc_method_handler(self._unary(
                 self.channel.stream_unary(path)))
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(self.channel.stream_stream(path)))
+            self._duplex(self.channel.stream_stream(path)))
 
     def _unary(self, call: Callable[..., Any]) -> Callable[..., Any]:
         async def relay(request: Any, context: grpc.aio.ServicerContext) -> bytes:
@@ -190,6 +200,41 @@ class Relay(grpc.GenericRpcHandler):
             except grpc.aio.AioRpcError as exc:
                 await _relay_error(context, exc)
             finally:
+                self.active -= 1
+        return relay
+
+    def _duplex(self, open_call: Callable[..., Any]) -> Callable[..., AsyncIterator[bytes]]:
+        """A bidirectional call: a task of ours pumps the client's messages to the
+        scheduler while the scheduler's answers go back; the scheduler's status ends both."""
+        async def relay(requests: AsyncIterator[bytes],
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            self.active += 1
+            self.started += 1
+            call = open_call(metadata=forward_metadata(context, self.secret),
+                             timeout=context.time_remaining())
+
+            async def pump() -> None:
+                # Ends when the client half-closes or either call ends (their status says
+                # why; the errors of a write into an ended call are not news).
+                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.AbortError,
+                                         grpc.aio.UsageError, asyncio.InvalidStateError):
+                    async for message in requests:
+                        await call.write(message)
+                    await call.done_writing()
+
+            pumper = asyncio.get_running_loop().create_task(pump())
+            try:
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    yield response
+                if await call.code() != grpc.StatusCode.OK:
+                    raise grpc.aio.AioRpcError(await call.code(), await call.initial_metadata(),
+                                               await call.trailing_metadata(),
+                                               await call.details())
+            except grpc.aio.AioRpcError as exc:
+                _set_status(context, exc)
+            finally:
+                pumper.cancel()
+                call.cancel()  # no-op once it ended; stops the scheduler's side otherwise
                 self.active -= 1
         return relay
 
@@ -331,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = FrontendConfig.from_json(args[0])
     setup_logging(cfg.log_level, cfg.log_format, f"frontend{cfg.index}")
+    keep_delivered_status()  # the scheduler's early status reaches the client as it is
     die_with_parent()
     tune_malloc()  # the same audio-sized buffers as the scheduler's
     with contextlib.suppress(KeyboardInterrupt):

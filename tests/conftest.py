@@ -80,6 +80,10 @@ def make_config(model: Path | str | list[str], **kw: Any) -> ServeConfig:
                             "port": 0, "metrics_port": 0, "worker_threads": 1,
                             "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 10.0,
                             "vad_model": "none"}
+    # ASR_TEST_FRONTENDS=N runs every service of these tests behind N front-end processes
+    # (the relay must be invisible to clients); tests that set `frontends` keep theirs.
+    if os.environ.get("ASR_TEST_FRONTENDS"):
+        base["frontends"] = int(os.environ["ASR_TEST_FRONTENDS"])
     base.update(kw)
     return ServeConfig(**base)
 
