@@ -17,7 +17,7 @@ DEFAULT_MAX_SEGMENT_MS = 30000  # longest VAD segment unless configured or asked
 MAX_SEGMENT_MS_RANGE = (1000, 600_000)  # what a request or the service may ask for, ms
 MAX_WORKER_MESSAGE_BYTES = 512 * 1024 * 1024  # gRPC message limit on the worker socket
 DTYPES = ("fp32", "bf16", "fp16")  # inference precision (bf16/fp16: autocast on CUDA)
-MIN_AUDIO_S = 0.01  # shorter audio cannot fill one 25 ms analysis frame
+MIN_AUDIO_S = 0.025  # shorter audio cannot fill one 25 ms analysis frame (400 samples)
 WORKER_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_WORKER_MESSAGE_BYTES),
                           ("grpc.max_send_message_length", MAX_WORKER_MESSAGE_BYTES))
 
