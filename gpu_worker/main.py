@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 
 import grpc
@@ -24,7 +25,9 @@ import grpc
 from gpu_worker.engines.base import Engine, StartupError, create_engine
 from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
+from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from protos.common.framed import FramedStream
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle
 from protos.common.pcm_arena import PcmArena
@@ -73,14 +76,31 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     log.info("worker %s ready on %s (device %s, pid %d, engine %s, family %s)", cfg.worker_id,
              cfg.socket_path, cfg.device_name, os.getpid(), caps.engine, caps.family)
     watcher = loop.create_task(watch_parent(cfg.parent_pid, stop))
+    units = (loop.create_task(serve_work_socket(servicer, cfg.work_socket_fd))
+             if cfg.work_socket_fd >= 0 else None)
     # Freed batch tensors stay in the heap after load; give them back once idle.
     trimmer = loop.create_task(trim_when_idle(lambda: servicer.served, lambda: servicer.active))
     await stop.wait()
     watcher.cancel()
     trimmer.cancel()
+    if units is not None:
+        units.cancel()
     await server.stop(2.0)
     await engine.stop()
     return exit_code
+
+
+async def serve_work_socket(servicer: WorkerServicer, fd: int) -> None:
+    """The scheduler's units over the socket pair end this process inherited: the `Work`
+    call's messages as frames (`protos.common.framed`), served by the same code."""
+    stream = FramedStream(socket.socket(fileno=fd), wpb.WorkRequest.FromString)
+    try:
+        async for response in servicer.Work(stream, None):
+            await stream.write(response)
+    except ConnectionError as exc:
+        log.warning("the unit socket broke: %s", exc)
+    finally:
+        stream.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ OnSegment = Callable[[Segment], Awaitable[None]]
 class RecognitionRequest:
     """One request, whatever RPC it came through."""
 
-    audio: bytes
+    audio: bytes | memoryview  # a view into the received message (scheduler.request_views)
     encoding: Encoding = Encoding.CONTAINER
     sample_rate: int = 0
     channels: int = 1

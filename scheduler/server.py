@@ -50,6 +50,7 @@ from scheduler.models import (
 )
 from scheduler.monitor import GIB, GpuMonitor, open_monitor
 from scheduler.pipeline import Pipeline, StreamSettings
+from scheduler.request_views import add_recognizer_to_server
 from scheduler.runtime import private_runtime_dir
 from scheduler.servicers import AdminServicer, RecognizerServicer
 from scheduler.status import StatusReporter
@@ -239,7 +240,7 @@ class AsrService:
         recognizer = RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(
             cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s), live,
             relayed=bool(cfg.frontends))
-        asr_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)
+        add_recognizer_to_server(recognizer, server)
         asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(reporter), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", *SERVICE_NAMES):

@@ -21,6 +21,7 @@ from scheduler.limits import RELAYED_PEER_KEY, StreamLimits, client_key
 from scheduler.live import LiveEvent, LiveRecognizer, LiveRequest
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest
+from scheduler.request_views import RecognizeView
 from scheduler.results import RecognitionOutcome, Segment
 from scheduler.status import StatusReporter
 from scheduler.workers_client import LiveSettings
@@ -32,7 +33,7 @@ VAD_MODES = {pb.VAD_AUTO: "auto", pb.VAD_ALWAYS: "always", pb.VAD_NEVER: "never"
 
 
 
-def to_request(config: pb.RecognitionConfig, audio: bytes,
+def to_request(config: pb.RecognitionConfig, audio: bytes | memoryview,
                timeout_s: float | None) -> RecognitionRequest:
     """Validate a RecognitionConfig and pair it with its audio (b"" for a stream);
     `timeout_s`: what is left of the call's deadline (None: none)."""
@@ -98,20 +99,21 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self.live = live
         self.relayed = relayed  # behind front-end processes: they name the client's address
 
-    async def Recognize(self, request: pb.RecognizeRequest,
+    async def Recognize(self, request: pb.RecognizeRequest | RecognizeView,
                         context: grpc.aio.ServicerContext) -> pb.RecognizeResponse:
         return await self.recognize(request, context.time_remaining())
 
-    async def recognize(self, request: pb.RecognizeRequest, timeout_s: float | None,
-                        decoded: DecodedAudio | None = None,
+    async def recognize(self, request: pb.RecognizeRequest | RecognizeView,
+                        timeout_s: float | None, decoded: DecodedAudio | None = None,
                         decode_error: str = "") -> pb.RecognizeResponse:
         """Recognize, for a direct call or one relayed by a front-end process (which may have
         decoded the audio already, or found it undecodable)."""
-        if len(request.audio_content) > self.max_unary_bytes:
-            raise InvalidAudio(f"audio of {len(request.audio_content)} bytes is over the "
+        audio = request.audio_content  # read once: a protobuf message copies it on each read
+        if len(audio) > self.max_unary_bytes:
+            raise InvalidAudio(f"audio of {len(audio)} bytes is over the "
                                f"{self.max_unary_bytes}-byte limit of Recognize; send it with "
                                "StreamingRecognize instead")
-        req = to_request(request.config, request.audio_content, timeout_s)
+        req = to_request(request.config, audio, timeout_s)
         if decoded is not None or decode_error:
             req = dataclasses.replace(req, decoded=decoded, decode_error=decode_error)
         return pb.RecognizeResponse(result=to_result(await self.pipeline.recognize(req)))

@@ -6,8 +6,10 @@ come back in any order and are matched by tag; a request whose caller stops wait
 cancellation) is cancelled by tag; if the call breaks, every request still waiting gets the
 reason and the next request opens a new call.
 
-Both messages follow one shape: the outgoing message has a repeated `cancel` of tags, the
-incoming one a repeated `answers`, each answer with its `tag`.
+The call is a gRPC stream-stream call or anything of its shape (`write`, async iteration,
+`cancel`), such as a `protos.common.framed.FramedStream`. Both messages follow one shape: the
+outgoing message has a repeated `cancel` of tags, the incoming one a repeated `answers`, each
+answer with its `tag`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ AnswerT = TypeVar("AnswerT")
 class TaggedCall(Generic[OutboxT, AnswerT]):
     """Requests out in batches, answers back by tag, over one call opened on first use."""
 
-    def __init__(self, what: str, open_call: Callable[[], grpc.aio.StreamStreamCall],
+    def __init__(self, what: str, open_call: Callable[[], Any],
                  new_outbox: Callable[[], OutboxT]) -> None:
         """`what` names the call in failure reasons ("the Work call")."""
         self.what = what
@@ -35,7 +37,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         self._new_outbox = new_outbox
         self._outbox = new_outbox()
         self._wake = asyncio.Event()
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._call: Any = None  # the open call (None: opened on first use)
         self._tasks: tuple[asyncio.Task[None], ...] = ()
         # An answer, or why the call was lost (a string, not an exception: an exception kept
         # in the future would tie, through its traceback, every frame it passes through, the
@@ -55,7 +57,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
             self._tasks = (loop.create_task(self._read(call), name=f"{self.what} in"),
                            loop.create_task(self._write(call), name=f"{self.what} out"))
 
-    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _write(self, call: Any) -> None:
         """Send what the outbox holds, as one message, whenever it holds something."""
         with contextlib.suppress(asyncio.CancelledError):
             while True:
@@ -67,11 +69,11 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                 except grpc.aio.AioRpcError as exc:
                     self._broken(call, f"{exc.code().name}: {exc.details()}")
                     return
-                except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                except (grpc.aio.UsageError, asyncio.InvalidStateError, ConnectionError) as exc:
                     self._broken(call, f"{self.what} broke: {exc}")
                     return
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, call: Any) -> None:
         why = f"the other side ended {self.what}"
         try:
             async for message in call:
@@ -81,12 +83,14 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                         fut.set_result(answer)
         except grpc.aio.AioRpcError as exc:
             why = f"{exc.code().name}: {exc.details()}"
+        except ConnectionError as exc:  # a framed stream (protos.common.framed)
+            why = f"{self.what} broke: {exc}"
         except asyncio.CancelledError:
             why = f"{self.what} was closed"
         finally:
             self._broken(call, why)
 
-    def _broken(self, call: grpc.aio.StreamStreamCall, why: str) -> None:
+    def _broken(self, call: Any, why: str) -> None:
         """`call` is over: every request still waiting on it gets `why`; the next reopens."""
         if self._call is not call:
             return

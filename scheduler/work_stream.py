@@ -10,7 +10,9 @@ message on an open stream). Now:
   spawn, one per worker process) and the message carries only their place; a unit that does
   not fit goes inline as before;
 - units travel as tagged messages on one `Work` call per worker process, opened on first use;
-  answers come back in any order and are matched by tag.
+  answers come back in any order and are matched by tag. The call is a framed stream over a
+  socket pair the worker inherits at spawn (`protos.common.framed`: no gRPC per message); a
+  gRPC `Work` call on the worker's socket if that ever breaks while the process lives on.
 
 Semantics are those of a `Transcribe` call per unit: per-unit status codes map to the same
 errors (`workers_client.unit_error`); if the call breaks (the worker died or was killed),
@@ -23,12 +25,15 @@ reads a block that was reused for another live unit.
 from __future__ import annotations
 
 import logging
+import socket
 import time
+from typing import Any
 
 import grpc
 
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.framed import FramedStream
 from protos.common.pcm_arena import PcmArena
 from protos.common.worker_auth import call_metadata
 from scheduler.errors import DeadlineExceeded, WorkerLost
@@ -42,16 +47,27 @@ class WorkStream:
     """Units to one worker process over its `Work` call (see the module docstring)."""
 
     def __init__(self, channel: grpc.aio.Channel, worker_id: str,
-                 arena: PcmArena | None = None, secret: str = "") -> None:
+                 arena: PcmArena | None = None, secret: str = "",
+                 sock: socket.socket | None = None) -> None:
         """`channel`: a channel of its own without interceptors; the worker secret goes in
-        the call's metadata."""
+        the call's metadata. `sock`: the scheduler's end of the socket pair the worker
+        inherited; units go over it first, and over a gRPC `Work` call on `channel` if it
+        ever breaks while the worker lives on."""
         self.worker_id = worker_id
         self.arena = arena
         self._channel = channel
+        self._sock = sock
         stub = wpb_grpc.WorkerStub(channel)
         metadata = call_metadata(secret)
+
+        def open_call() -> Any:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                return FramedStream(sock, wpb.WorkResponse.FromString)
+            return stub.Work(metadata=metadata)
+
         self._call: TaggedCall[wpb.WorkRequest, wpb.WorkAnswer] = TaggedCall(
-            "the Work call", lambda: stub.Work(metadata=metadata), wpb.WorkRequest)
+            "the Work call", open_call, wpb.WorkRequest)
         self._closed = False
 
     @property
@@ -86,6 +102,9 @@ class WorkStream:
         """Fail what is waiting (WorkerLost), end the call, release the arena."""
         self._closed = True
         await self._call.close("the worker is being replaced")
+        if self._sock is not None:  # never used
+            self._sock.close()
+            self._sock = None
         if self.arena is not None:
             self.arena.close()
             self.arena = None

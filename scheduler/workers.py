@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +82,7 @@ class WorkerLaunch:
     initial_backoff_s: float = 1.0
     secret: str = ""  # the per-start secret every worker call carries (worker_auth)
     pcm_arena_bytes: int = 0  # shared PCM arena per worker process (0: audio goes inline)
+    work_socket: bool = True  # units over an inherited socket pair (False: a gRPC Work call)
     extra_env: dict[str, str] = field(default_factory=dict)
     # The worker program; the JSON config is appended. Tests swap in failing programs.
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "gpu_worker"])
@@ -154,6 +156,7 @@ class WorkerHandle:
         self.stub: wpb_grpc.WorkerStub | None = None
         self.link: WorkStream | None = None  # the unit hand-off of the current process
         self._arena: PcmArena | None = None  # created at spawn, handed to `link`
+        self._work_sock: socket.socket | None = None  # our end of the unit socket pair, too
         self._channel: grpc.aio.Channel | None = None
         self._crashes: collections.deque[float] = collections.deque()
         self._stopping = False
@@ -201,14 +204,15 @@ class WorkerHandle:
         """Where units go: the Work stream, or plain Transcribe calls (None: not connected)."""
         return self.link or self.stub
 
-    def worker_config(self) -> WorkerConfig:
-        """This worker's settings: the pool's, with its own id, device and socket."""
+    def worker_config(self, work_fd: int = -1) -> WorkerConfig:
+        """This worker's settings: the pool's, with its own id, device and socket;
+        `work_fd`: the worker's end of the unit socket pair (-1: none)."""
         arena = self._arena
         return dataclasses.replace(
             self.launch.worker, worker_id=self.spec.worker_id, socket_path=self.socket_path,
             torch_device=self.spec.torch_device, device_name=self.spec.device_name,
             parent_pid=os.getpid(), pcm_arena_fd=arena.fd if arena else -1,
-            pcm_arena_bytes=arena.size if arena else 0)
+            pcm_arena_bytes=arena.size if arena else 0, work_socket_fd=work_fd)
 
     def absorb(self, info: WorkerInfo) -> None:
         """Fold a worker's own counters into totals that survive its restarts."""
@@ -255,14 +259,23 @@ class WorkerHandle:
         if self.launch.pcm_arena_bytes and pcm_arena_supported():
             self._arena = PcmArena.create(self.launch.pcm_arena_bytes,
                                           f"asr-pcm-{self.spec.worker_id}")
+        theirs = None
+        if self.launch.work_socket:
+            self._work_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = tuple(fd for fd in (self._arena.fd if self._arena else -1,
+                                  theirs.fileno() if theirs else -1) if fd >= 0)
         try:
             self.process = subprocess.Popen(
-                [*self.launch.command, self.worker_config().to_json()], env=env,
+                [*self.launch.command,
+                 self.worker_config(theirs.fileno() if theirs else -1).to_json()], env=env,
                 stderr=subprocess.PIPE, umask=0o077,  # its socket: 0600
-                pass_fds=(self._arena.fd,) if self._arena else ())
+                pass_fds=fds)
         except BaseException:
             self._drop_arena()
             raise
+        finally:
+            if theirs is not None:
+                theirs.close()  # the worker holds its end; its exit is our end-of-file
         assert self.process.stderr is not None
         threading.Thread(target=self._forward_stderr, args=(self.process.stderr,),
                          name=f"stderr-{self.spec.worker_id}", daemon=True).start()
@@ -270,12 +283,18 @@ class WorkerHandle:
                  self.spec.torch_device)
 
     def _drop_arena(self) -> None:
+        """Close what was made for a process at spawn and not handed to its link yet."""
         if self._arena is not None:
             self._arena.close()
             self._arena = None
+        if self._work_sock is not None:
+            self._work_sock.close()
+            self._work_sock = None
 
     async def _connect(self) -> None:
-        arena, self._arena = self._arena, None  # the new process's arena goes to its link
+        # The new process's arena and unit socket go to its link.
+        arena, self._arena = self._arena, None
+        sock, self._work_sock = self._work_sock, None
         await self._close_channel()
         self._channel = grpc.aio.insecure_channel(
             f"unix://{self.socket_path}",
@@ -284,7 +303,8 @@ class WorkerHandle:
         self.stub = wpb_grpc.WorkerStub(self._channel)
         work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
                                                  options=list(WORKER_CHANNEL_OPTIONS))
-        self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret)
+        self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret,
+                               sock)
 
     async def _close_channel(self) -> None:
         self._drop_arena()

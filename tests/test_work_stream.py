@@ -4,9 +4,12 @@ the real worker servicer on a real gRPC Unix socket (an engine stand-in answers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import mmap
 import os
+import socket
+import struct
 import weakref
 from pathlib import Path
 
@@ -22,8 +25,11 @@ from gpu_worker.engines.base import (
     Transcript,
     Utterance,
 )
+from gpu_worker.main import serve_work_socket
 from gpu_worker.service import WorkerServicer
+from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.framed import FramedStream
 from protos.common.pcm_arena import ALIGN, PcmArena, PcmBlock, supported
 from protos.common.wire import F32LE, S16LE, WORKER_CHANNEL_OPTIONS
 from protos.common.worker_auth import new_secret, server_interceptors
@@ -79,27 +85,42 @@ def expected(samples: np.ndarray) -> str:
 class Worker:
     """The worker servicer on a Unix socket, with an arena shared with the test."""
 
-    def __init__(self, tmp: Path, arena_bytes: int) -> None:
+    def __init__(self, tmp: Path, arena_bytes: int, framed: bool = False) -> None:
+        """`framed`: units also served over a socket pair, as a spawned worker does."""
         self.path = str(tmp / "w.sock")
         self.secret = new_secret()
         self.engine = EchoEngine()
         self.arena = PcmArena.create(arena_bytes) if arena_bytes else None
+        self.framed = framed
+        self.ours: socket.socket | None = None
+        self.units: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         worker_side = (PcmArena.attach(os.dup(self.arena.fd), self.arena.size)
                        if self.arena else None)
         self.server = grpc.aio.server(options=list(WORKER_CHANNEL_OPTIONS),
                                       interceptors=server_interceptors(self.secret))
-        wpb_grpc.add_WorkerServicer_to_server(
-            WorkerServicer(self.engine, "cpu", worker_side), self.server)
+        servicer = WorkerServicer(self.engine, "cpu", worker_side)
+        wpb_grpc.add_WorkerServicer_to_server(servicer, self.server)
         self.server.add_insecure_port(f"unix://{self.path}")
         await self.server.start()
+        if self.framed:
+            self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.units = asyncio.create_task(serve_work_socket(servicer, theirs.detach()))
 
     def link(self, secret: str | None = None) -> WorkStream:
         channel = grpc.aio.insecure_channel(f"unix://{self.path}",
                                             options=list(WORKER_CHANNEL_OPTIONS))
+        sock, self.ours = self.ours, None
         return WorkStream(channel, "w#0", self.arena,
-                          self.secret if secret is None else secret)
+                          self.secret if secret is None else secret, sock)
+
+    async def stop(self) -> None:
+        if self.units is not None:
+            self.units.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.units
+        await self.server.stop(0)
 
 
 def test_arena_places_first_fit_and_falls_back_when_full() -> None:
@@ -168,10 +189,12 @@ def test_arena_gives_free_pages_back_and_keeps_blocks_in_use() -> None:
         arena.close()
 
 
+@pytest.mark.parametrize("framed", [True, False], ids=["framed", "grpc"])
 @pytest.mark.parametrize("arena_bytes", [4 * 1024 * 1024, 0], ids=["arena", "inline"])
 async def test_units_are_answered_by_tag_with_their_own_audio(tmp_path: Path,
-                                                             arena_bytes: int) -> None:
-    worker = Worker(tmp_path, arena_bytes)
+                                                             arena_bytes: int,
+                                                             framed: bool) -> None:
+    worker = Worker(tmp_path, arena_bytes, framed)
     await worker.start()
     link = worker.link()
     try:
@@ -187,11 +210,12 @@ async def test_units_are_answered_by_tag_with_their_own_audio(tmp_path: Path,
             assert worker.arena.in_use == 0, "every block is freed once answered"
     finally:
         await link.close()
-        await worker.server.stop(0)
+        await worker.stop()
 
 
-async def test_unit_errors_deadlines_and_cancellation(tmp_path: Path) -> None:
-    worker = Worker(tmp_path, 1024 * 1024)
+@pytest.mark.parametrize("framed", [True, False], ids=["framed", "grpc"])
+async def test_unit_errors_deadlines_and_cancellation(tmp_path: Path, framed: bool) -> None:
+    worker = Worker(tmp_path, 1024 * 1024, framed)
     await worker.start()
     link = worker.link()
     try:
@@ -224,7 +248,7 @@ async def test_unit_errors_deadlines_and_cancellation(tmp_path: Path) -> None:
         assert (await link.transcribe(UnitRequest("c", ok), None)).text == expected(ok)
     finally:
         await link.close()
-        await worker.server.stop(0)
+        await worker.stop()
 
 
 async def test_worker_loss_fails_waiting_units_and_the_next_call_reopens(tmp_path: Path) -> None:
@@ -253,7 +277,7 @@ async def test_worker_loss_fails_waiting_units_and_the_next_call_reopens(tmp_pat
             pytest.fail("the link never reopened")
     finally:
         await link.close()
-        await worker.server.stop(0)
+        await worker.stop()
     with pytest.raises(WorkerLost, match="gone"):
         await link.transcribe(UnitRequest("late", clip(1600, 1)), None)
 
@@ -288,7 +312,7 @@ async def test_a_lost_unit_leaves_no_reference_cycle(tmp_path: Path) -> None:
     finally:
         gc.enable()
         await link.close()
-        await worker.server.stop(0)
+        await worker.stop()
 
 
 async def test_work_call_without_the_secret_is_refused(tmp_path: Path) -> None:
@@ -300,4 +324,55 @@ async def test_work_call_without_the_secret_is_refused(tmp_path: Path) -> None:
             await link.transcribe(UnitRequest("a", clip(1600, 1)), None)
     finally:
         await link.close()
-        await worker.server.stop(0)
+        await worker.stop()
+
+
+async def test_a_broken_unit_socket_fails_its_units_then_units_go_over_grpc(
+        tmp_path: Path) -> None:
+    """The framed socket breaks while the worker lives on: the units it held get WorkerLost
+    (the dispatcher runs them again), and the next ones travel on a gRPC Work call."""
+    worker = Worker(tmp_path, 1024 * 1024, framed=True)
+    await worker.start()
+    link = worker.link()
+    try:
+        waiting = [asyncio.create_task(link.transcribe(UnitRequest(f"s{i}", clip(SLOW_LEN, i)),
+                                                       None)) for i in range(3)]
+        await asyncio.sleep(0.3)
+        assert worker.units is not None
+        worker.units.cancel()  # the worker's end of the socket pair closes
+        for t in waiting:
+            with pytest.raises(WorkerLost, match="Work call"):
+                await asyncio.wait_for(t, 10)
+        assert link.pending == 0 and worker.arena is not None and worker.arena.in_use == 0
+        unit = clip(3200, 9)
+        assert (await link.transcribe(UnitRequest("x", unit), None)).text == expected(unit)
+    finally:
+        await link.close()
+        await worker.stop()
+
+
+async def test_framed_stream_frames_and_refuses_what_is_not_a_frame() -> None:
+    async def pair() -> tuple[FramedStream[wpb.WorkRequest], socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return FramedStream(ours, wpb.WorkRequest.FromString), theirs
+
+    # Messages of any size round-trip, in order; the peer's close ends the iteration.
+    a, b_sock = await pair()
+    b = FramedStream(b_sock, wpb.WorkRequest.FromString)
+    sent = [wpb.WorkRequest(cancel=list(range(n))) for n in (0, 1, 300, 70_000)]
+    for m in sent:
+        await a.write(m)
+    a.cancel()
+    assert [m async for m in b] == sent
+    b.cancel()
+    # A frame cut short, a length over the limit, bytes that do not parse: ConnectionError.
+    for raw, why in ((struct.pack("<I", 10) + b"abc", "inside a frame"),
+                     (b"\x01\x00", "frame header"),
+                     (struct.pack("<I", 1 << 30), "over the limit"),
+                     (struct.pack("<I", 3) + b"\xff\xff\xff", "did not parse")):
+        s, raw_sock = await pair()
+        raw_sock.sendall(raw)
+        raw_sock.close()
+        with pytest.raises(ConnectionError, match=why):
+            await anext(aiter(s))
+        s.cancel()

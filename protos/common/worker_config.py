@@ -33,6 +33,7 @@ class WorkerConfig:
     vad_model: str = ""  # FSMN-VAD directory for live streams (streaming models); "" none
     pcm_arena_fd: int = -1  # inherited descriptor of the scheduler's shared PCM arena; -1 none
     pcm_arena_bytes: int = 0
+    work_socket_fd: int = -1  # inherited end of the scheduler's unit socket pair; -1 none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
