@@ -78,7 +78,11 @@ class Dispatcher:
         self.cpu_only_reason = cpu_only_reason
 
     def notify(self) -> None:
-        """Wake waiting requests: a worker changed state or finished work."""
+        """Wake waiting requests: a worker changed state or finished work. Nothing to do
+        when none waits (a request that comes to `place` later looks for itself)."""
+        if not self.waiting:
+            return
+
         async def _notify() -> None:
             async with self._changed:
                 self._changed.notify_all()
@@ -143,6 +147,9 @@ class Dispatcher:
     async def place(self, audio_s: float, avoid: LostWorkers | None = None,
                     gpu_allowed: bool = True, model: str = "") -> Placement:
         """Wait (bounded) for a placement."""
+        placement = self.choose(audio_s, avoid, gpu_allowed, model)
+        if placement is not None:  # the common case: no lock, no wait
+            return placement
         deadline = time.monotonic() + self.policy.queue_timeout_s
         self.waiting += 1
         try:

@@ -171,7 +171,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                 yield chunk
             input_ended.append(time.monotonic())
 
-        out: asyncio.Queue[pb.StreamingRecognizeResponse] = asyncio.Queue()
+        out: asyncio.Queue[pb.StreamingRecognizeResponse | None] = asyncio.Queue()
         processed_ms = 0
 
         async def on_segment(seg: Segment) -> None:
@@ -184,14 +184,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
         task = asyncio.get_running_loop().create_task(
             self.pipeline.recognize_stream(req, chunks(), on_segment))
+        # The task's end follows its last segment in the queue (None marks it).
+        task.add_done_callback(lambda _: out.put_nowait(None))
         try:
-            while not task.done() or not out.empty():
-                getter = asyncio.ensure_future(out.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            while (response := await out.get()) is not None:
+                yield response
             outcome = task.result()
         finally:
             task.cancel()

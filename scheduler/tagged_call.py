@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
+
 OutboxT = TypeVar("OutboxT")
 AnswerT = TypeVar("AnswerT")
 
@@ -44,6 +46,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         # request's audio included, into a reference cycle only a full GC collects).
         self._pending: dict[int, asyncio.Future[AnswerT | str]] = {}
         self._tags = itertools.count(1)
+        self._writing = False  # the writer task is sending a message
 
     @property
     def pending(self) -> int:
@@ -64,6 +67,9 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                 await self._wake.wait()
                 self._wake.clear()
                 message, self._outbox = self._outbox, self._new_outbox()
+                if message.ByteSize() == 0:  # already sent by `_flush`
+                    continue
+                self._writing = True
                 try:
                     await call.write(message)
                 except grpc.aio.AioRpcError as exc:
@@ -72,6 +78,8 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                 except (grpc.aio.UsageError, asyncio.InvalidStateError, ConnectionError) as exc:
                     self._broken(call, f"{self.what} broke: {exc}")
                     return
+                finally:
+                    self._writing = False
 
     async def _read(self, call: Any) -> None:
         why = f"the other side ended {self.what}"
@@ -103,6 +111,16 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
             if not fut.done():
                 fut.set_result(why)
 
+    def _flush(self) -> None:
+        """Send the outbox now if the call can take it without waiting (a framed stream's
+        `send_now`, and no message of the writer task's still on its way), else wake the
+        writer task: one task switch less per request."""
+        send_now = getattr(self._call, "send_now", None)
+        if send_now is not None and not self._writing and send_now(self._outbox):
+            self._outbox = self._new_outbox()
+        else:
+            self._wake.set()
+
     async def request(self, add: Callable[[OutboxT, int], Any],
                       timeout_s: float | None = None) -> AnswerT | str:
         """Send one request (`add(outbox, tag)` puts it in the next message); its answer, or
@@ -113,17 +131,23 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         fut: asyncio.Future[AnswerT | str] = asyncio.get_running_loop().create_future()
         self._pending[tag] = fut
         add(self._outbox, tag)
-        self._wake.set()
+        self._flush()
         answered = False
         try:
-            answer = await asyncio.wait_for(fut, timeout_s)
+            if timeout_s is None:
+                answer = await fut
+            elif _timeout is None:  # Python 3.10
+                answer = await asyncio.wait_for(fut, timeout_s)
+            else:
+                async with _timeout(timeout_s):  # cheaper than wait_for's extra future
+                    answer = await fut
             answered = True
             return answer
         finally:
             self._pending.pop(tag, None)
             if not answered and self._call is not None:
                 self._outbox.cancel.append(tag)  # type: ignore[attr-defined]
-                self._wake.set()
+                self._flush()
 
     async def close(self, why: str) -> None:
         """Fail what is waiting (with `why`) and end the call."""

@@ -27,6 +27,7 @@ In = TypeVar("In")
 
 HEADER = struct.Struct("<I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024  # a unit inline (no arena room) is at most this big
+SEND_NOW_BUFFER_BYTES = 1024 * 1024  # `send_now` declines while more than this is unsent
 
 
 class FramedStream(Generic[In]):
@@ -58,6 +59,17 @@ class FramedStream(Generic[In]):
         if writer.transport.is_closing():
             raise ConnectionError("the peer closed the framed stream")
         await writer.drain()
+
+    def send_now(self, message: Any) -> bool:
+        """Send one message at once if the stream is open and the peer keeps up (nothing
+        waiting in the write buffer beyond `SEND_NOW_BUFFER_BYTES`); False: use `write`."""
+        writer = self._writer
+        if (writer is None or self._closed or writer.transport.is_closing()
+                or writer.transport.get_write_buffer_size() > SEND_NOW_BUFFER_BYTES):
+            return False
+        data = message.SerializeToString()
+        writer.write(HEADER.pack(len(data)) + data)
+        return True
 
     def __aiter__(self) -> FramedStream[In]:
         return self
