@@ -42,6 +42,8 @@ class Drain:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cut = asyncio.Event()
+        # Tasks inside `_until_cut` -> whether the cut cancelled them.
+        self._cuttable: dict[asyncio.Task[Any], bool] = {}
 
     def begin(self) -> None:
         if not self.draining:
@@ -53,6 +55,10 @@ class Drain:
         if not self._cut.is_set() and self.active:
             log.warning("drain deadline: cutting %d call(s) still running", self.active)
         self._cut.set()
+        for task, cut in list(self._cuttable.items()):
+            if not cut:
+                self._cuttable[task] = True
+                task.cancel()
 
     @property
     def is_cut(self) -> bool:
@@ -98,19 +104,30 @@ async def run_admitted(drain: Drain, work: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def _until_cut(drain: Drain, work: Awaitable[Any]) -> tuple[bool, Any]:
-    """(True, result) when `work` ends first; (False, None) when the drain is cut first."""
-    task = asyncio.ensure_future(work)
-    cut = asyncio.ensure_future(drain.wait_cut())
-    try:
-        await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        cut.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
+    """(True, result) when `work` ends first; (False, None) when the drain is cut first.
+    `work` runs in the calling task (no task of its own, no `asyncio.wait` per call: this is
+    on every request's path); `Drain.cut` cancels that task, and the cancellation is taken
+    back here."""
+    task = asyncio.current_task()
+    if task is None or task in drain._cuttable:  # no task, or an outer call watches already
+        return True, await work
+    if drain.is_cut:
+        close = getattr(work, "close", None)
+        if close is not None:
+            close()  # never started: no "never awaited" warning
         return False, None
-    return True, task.result()
+    drain._cuttable[task] = False
+    try:
+        return True, await work
+    except asyncio.CancelledError:
+        if not drain._cuttable.get(task):
+            raise  # the caller's cancellation (client gone), not the cut
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+        return False, None
+    finally:
+        drain._cuttable.pop(task, None)
 
 
 class DrainInterceptor(grpc.aio.ServerInterceptor):

@@ -223,3 +223,39 @@ def test_cut_stream_gets_recognised_segments_then_unavailable(
     limit = 3.0 if how == "second-sigterm" else grace
     assert exit_s < limit, (exit_s, log[-2000:])
     assert ("cut at the deadline" if how == "deadline" else "cut by a second signal") in log
+
+
+async def test_until_cut_runs_work_in_the_calling_task_and_takes_the_cut_back() -> None:
+    """`_until_cut`: the work's result when it ends first; (False, None) when the drain is cut
+    first, with the calling task usable afterwards (the cut's cancellation taken back); the
+    caller's own cancellation still propagates; nothing started once the drain is cut."""
+    from scheduler.drain import _until_cut
+
+    drain = Drain()
+    outer = asyncio.current_task()
+
+    async def work(seconds: float) -> str:
+        assert asyncio.current_task() is outer, "no task of its own"
+        await asyncio.sleep(seconds)
+        return "done"
+
+    assert await _until_cut(drain, work(0)) == (True, "done")
+    asyncio.get_running_loop().call_later(0.05, drain.cut)
+    assert await _until_cut(drain, work(30)) == (False, None)
+    assert outer is not None and outer.cancelling() == 0
+    await asyncio.sleep(0.01)  # the task is not left cancelled
+    started = []
+
+    async def never() -> None:
+        started.append(1)
+
+    assert await _until_cut(drain, never()) == (False, None) and not started
+
+    async def caller() -> tuple[bool, object]:
+        return await _until_cut(Drain(), asyncio.sleep(30))
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
