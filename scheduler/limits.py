@@ -117,8 +117,6 @@ class ByteBudget:
         self.held = max(0, self.held - nbytes)
 
 
-_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
-
 # Metadata a front-end process (`--frontends`) adds to each relayed call: the client's address
 # as it saw it. Trusted only on the scheduler's private socket, where only front ends connect.
 RELAYED_PEER_KEY = "x-asr-client-peer"
@@ -162,14 +160,66 @@ class StreamLimits:
             if self.by_client[client] <= 0:
                 del self.by_client[client]
 
+    def idle_watch(self) -> IdleWatch:
+        """The idle timeout of one stream's reads (close it when the stream ends)."""
+        return IdleWatch(self.idle_timeout_s)
+
     async def next_message(self, messages: AsyncIterator[T]) -> T:
-        """The stream's next message; StreamIdle when none comes within the idle timeout."""
+        """The stream's next message; StreamIdle when none comes within the idle timeout (one
+        read; a stream reads through its `idle_watch`)."""
+        watch = self.idle_watch()
         try:
-            if _timeout is None:  # Python 3.10
-                return await asyncio.wait_for(messages.__anext__(), self.idle_timeout_s)
-            # A timer on this task, not wait_for's task per message (a stream's hot path).
-            async with _timeout(self.idle_timeout_s):
-                return await messages.__anext__()
-        except asyncio.TimeoutError:
+            return await watch.next(messages)
+        finally:
+            watch.close()
+
+
+class IdleWatch:
+    """One stream's idle timeout: while it waits for its next message, at most
+    `idle_timeout_s`, then StreamIdle. One timer per stream, re-armed only when it fires (a
+    stream's messages come far more often than the timeout), not a timer per message: this is
+    on every message's path."""
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._reader: asyncio.Task[object] | None = None  # the task waiting for a message
+        self._since = 0.0  # when it began to wait
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    async def next(self, messages: AsyncIterator[T]) -> T:
+        """The next message of `messages`; StopAsyncIteration at its end."""
+        task = asyncio.current_task()
+        self._reader, self._since = task, self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._since + self.idle_timeout_s, self._check)
+        try:
+            return await messages.__anext__()
+        except asyncio.CancelledError:
+            if not self._expired or task is None:
+                raise
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
             raise StreamIdle(f"no message for {self.idle_timeout_s:g} s "
                              "(--stream-idle-timeout-s): the stream is closed") from None
+        finally:
+            self._reader = None
+
+    def _check(self) -> None:
+        self._timer = None
+        reader = self._reader
+        if reader is None or self._expired:
+            return  # not waiting now: the next read arms the timer again
+        due = self._since + self.idle_timeout_s
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self._expired = True
+        reader.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

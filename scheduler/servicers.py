@@ -17,7 +17,7 @@ from protos.common.wire import MAX_SEGMENT_MS_RANGE
 from scheduler.audio import DecodedAudio, Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID, check_request_id
-from scheduler.limits import RELAYED_PEER_KEY, StreamLimits, client_key
+from scheduler.limits import RELAYED_PEER_KEY, IdleWatch, StreamLimits, client_key
 from scheduler.live import LiveEvent, LiveRecognizer, LiveRequest
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest
@@ -133,12 +133,12 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             finally:
                 self.metrics.live_streams.dec()
 
-    async def _audio(self, messages: AsyncIterator[pb.StreamingRecognizeRequest]
-                     ) -> AsyncIterator[bytes]:
+    async def _audio(self, messages: AsyncIterator[pb.StreamingRecognizeRequest],
+                     idle: IdleWatch) -> AsyncIterator[bytes]:
         """The audio bytes of a stream's later messages, each within the idle timeout."""
         while True:
             try:
-                message = await self.limits.next_message(messages)
+                message = await idle.next(messages)
             except StopAsyncIteration:
                 return
             if message.WhichOneof("streaming_request") == "streaming_config":
@@ -150,8 +150,19 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
         messages = request_iterator.__aiter__()
+        idle = self.limits.idle_watch()
         try:
-            first = await self.limits.next_message(messages)
+            async for response in self._stream_with(messages, idle, context):
+                yield response
+        finally:
+            idle.close()
+
+    async def _stream_with(
+        self, messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+        try:
+            first = await idle.next(messages)
         except StopAsyncIteration:
             raise InvalidRequest("the stream ended without a streaming_config message") from None
         kind = first.WhichOneof("streaming_request")
@@ -159,7 +170,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             raise InvalidRequest("the first message of a stream must carry streaming_config "
                                  f"(got {kind or 'an empty message'})")
         if first.streaming_config.live:
-            async for response in self._live(first.streaming_config, messages, context):
+            async for response in self._live(first.streaming_config, messages, idle, context):
                 yield response
             return
         req = to_request(first.streaming_config.config, b"", context.time_remaining())
@@ -167,7 +178,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         input_ended: list[float] = []
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in self._audio(messages):
+            async for chunk in self._audio(messages, idle):
                 yield chunk
             input_ended.append(time.monotonic())
 
@@ -200,7 +211,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
 
     async def _live(self, sc: pb.StreamingRecognitionConfig,
-                    messages: AsyncIterator[pb.StreamingRecognizeRequest],
+                    messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
                     context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
         if self.live is None:
@@ -208,7 +219,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         req = to_request(sc.config, b"", context.time_remaining())
         live_req = to_live_request(sc, req)
 
-        async for ev in self.live.run(live_req, self._audio(messages)):
+        async for ev in self.live.run(live_req, self._audio(messages, idle)):
             yield live_response(ev, req.request_id)
 
 

@@ -93,3 +93,35 @@ async def test_stream_idle_timeout_between_messages() -> None:
     assert idle.value.code.name == "DEADLINE_EXCEEDED"
     with pytest.raises(StopAsyncIteration):  # what was cut off is not given out later
         await limits.next_message(it)
+
+
+async def test_idle_watch_one_timer_per_stream() -> None:
+    """`IdleWatch`: messages spaced just under the idle timeout pass however long the stream
+    lasts (its one timer re-arms), time spent between reads does not count, a gap longer than
+    the timeout ends the stream with StreamIdle, and the reading task is not left cancelled."""
+    from scheduler.limits import StreamIdle, StreamLimits
+
+    limits = StreamLimits(10, 10, idle_timeout_s=0.2)
+
+    async def messages() -> AsyncIterator[int]:
+        for i in range(8):
+            await asyncio.sleep(0.12)
+            yield i
+        await asyncio.sleep(1.0)
+        yield 99
+
+    watch = limits.idle_watch()
+    it = messages().__aiter__()
+    got = []
+    for _ in range(8):
+        got.append(await watch.next(it))
+        await asyncio.sleep(0.15)  # busy with the message: not idle time
+    assert got == list(range(8))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StreamIdle):
+        await watch.next(it)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 0.6
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.01)
+    watch.close()
