@@ -27,6 +27,7 @@ from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from protos.common.event_loop import run as run_loop
 from protos.common.framed import FramedStream
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle
@@ -124,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_worker: could not load model {cfg.model} with engine {cfg.engine!r} on "
               f"{cfg.torch_device}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    return asyncio.run(serve(cfg, engine))
+    return run_loop(serve(cfg, engine), cfg.event_loop)

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from protos.common.event_loop import run as run_loop
 from protos.common.logs import setup_logging
 from protos.common.memory import tune_malloc
 from scheduler.config import ConfigError, ServeConfig
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level, config.log_format, "scheduler")
     tune_malloc()  # before serving: audio-sized buffers must not fragment the heap
     try:
-        asyncio.run(_serve(config))
+        run_loop(_serve(config), config.event_loop)
     except ModelError as exc:
         log.error("%s", exc)
         return 2

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from protos.common.event_loop import EVENT_LOOPS
 from protos.common.wire import DTYPES, MAX_SEGMENT_MS_RANGE
 from scheduler.config_sources import ConfigError, add_arguments, build_config
 
@@ -184,6 +185,9 @@ class ServeConfig(BaseSettings):
                            + " (any case)")
     log_format: Literal[LOG_FORMATS] = Field(  # type: ignore[valid-type]
         "text", description="Log format: text | json (one JSON object a line)")
+    event_loop: Literal[EVENT_LOOPS] = Field(  # type: ignore[valid-type]
+        "auto", description="Event loop of the scheduler, its workers and front ends: auto "
+        "(uvloop when installed) | uvloop | asyncio")
 
     @classmethod
     def settings_customise_sources(

@@ -41,6 +41,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.v1 import asr_pb2 as pb
+from protos.common.event_loop import run as run_loop
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle, tune_malloc
 from protos.common.pcm_arena import PcmArena
@@ -93,6 +94,7 @@ class FrontendConfig:
     parent_pid: int = 0
     log_level: str = "INFO"
     log_format: str = "text"
+    event_loop: str = "auto"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     tune_malloc()  # the same audio-sized buffers as the scheduler's
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(cfg, os.environ.pop(SECRET_ENV, "")))
+        return run_loop(serve(cfg, os.environ.pop(SECRET_ENV, "")), cfg.event_loop)
     return 0
 
 

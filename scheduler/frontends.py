@@ -64,6 +64,7 @@ class FrontendLaunch:
     tls_client_ca: str = ""
     log_level: str = "INFO"
     log_format: str = "text"
+    event_loop: str = "auto"
     command: tuple[str, ...] = (sys.executable, "-m", "scheduler.frontend")
 
 
@@ -99,7 +100,8 @@ class FrontendProcess:
             max_unary_bytes=launch.max_unary_bytes,
             arena_fd=arena.fd if arena else -1, arena_bytes=arena.size if arena else 0,
             tls_cert=launch.tls_cert, tls_key=launch.tls_key, tls_client_ca=launch.tls_client_ca,
-            parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format)
+            parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format,
+            event_loop=launch.event_loop)
         self.process = await asyncio.create_subprocess_exec(
             *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,
             env={**os.environ, SECRET_ENV: launch.secret},

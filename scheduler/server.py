@@ -147,7 +147,8 @@ class AsrService:
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
             engine=cfg.engine, max_new_tokens=cfg.max_new_tokens,
-            log_level=cfg.log_level, log_format=cfg.log_format, vad_model=vad_model or "")
+            log_level=cfg.log_level, log_format=cfg.log_format, vad_model=vad_model or "",
+            event_loop=cfg.event_loop)
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
@@ -256,7 +257,7 @@ class AsrService:
                 arena_bytes=cfg.pcm_arena_mib * 1024 * 1024,
                 secret=frontend_secret, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
                 tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
-                log_format=cfg.log_format))
+                log_format=cfg.log_format, event_loop=cfg.event_loop))
             links = LinkServicer(self.frontends, recognizer, self.drain, self.metrics, tokens)
             frontend_pb2_grpc.add_RelayServicer_to_server(links, server)
             self.metrics.registry.register(FrontendCollector(self.frontends, links))

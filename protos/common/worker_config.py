@@ -30,6 +30,7 @@ class WorkerConfig:
     parent_pid: int = 0
     log_level: str = "INFO"
     log_format: str = "text"
+    event_loop: str = "auto"  # protos.common.event_loop
     vad_model: str = ""  # FSMN-VAD directory for live streams (streaming models); "" none
     pcm_arena_fd: int = -1  # inherited descriptor of the scheduler's shared PCM arena; -1 none
     pcm_arena_bytes: int = 0
