@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -42,6 +43,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.v1 import asr_pb2 as pb
 from protos.common.event_loop import run as run_loop
+from protos.common.framed import FramedStream
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle, tune_malloc
 from protos.common.pcm_arena import PcmArena
@@ -87,6 +89,7 @@ class FrontendConfig:
     max_receive_bytes: int
     max_unary_bytes: int = 0  # Recognize audio up to this is decoded here (0: none)
     arena_fd: int = -1
+    link_fd: int = -1  # inherited end of the scheduler's Link socket pair; -1 none
     arena_bytes: int = 0
     tls_cert: str = ""
     tls_key: str = ""
@@ -150,8 +153,18 @@ class Relay(grpc.GenericRpcHandler):
             LINK, request_serializer=fpb.LinkRequest.SerializeToString,
             response_deserializer=fpb.LinkResponse.FromString)
         metadata = ((METADATA_KEY, secret), (FRONTEND_KEY, str(cfg.index)))
+        # First over the socket pair end the scheduler handed over at spawn (framed messages,
+        # no gRPC per call: protos.common.framed); a gRPC Link call if that ever breaks.
+        self._link_fd = cfg.link_fd
+
+        def open_call() -> Any:
+            fd, self._link_fd = self._link_fd, -1
+            if fd >= 0:
+                return FramedStream(socket.socket(fileno=fd), fpb.LinkResponse.FromString)
+            return open_link(metadata=metadata)
+
         self.link: TaggedCall[fpb.LinkRequest, fpb.RelayedAnswer] = TaggedCall(
-            "the link to the scheduler", lambda: open_link(metadata=metadata), fpb.LinkRequest)
+            "the link to the scheduler", open_call, fpb.LinkRequest)
         self.active = 0
         self.started = 0
         self._handlers = {path: self._handler(path, *kind)

@@ -15,9 +15,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.frontend.v1 import frontend_pb2_grpc as fpb_grpc
 from protos.asr.v1 import asr_pb2 as pb
+from protos.common.framed import FramedStream
 from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.pcm_arena import supported as arena_supported
 from protos.common.worker_auth import SECRET_ENV
@@ -79,6 +81,9 @@ class FrontendProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.arena: PcmArena | None = None
         self._stopping = False
+        # Serves the Link of one process over our end of its socket pair (LinkServicer).
+        self.link_handler: Callable[[int, socket.socket], Awaitable[None]] | None = None
+        self._link_task: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -94,6 +99,8 @@ class FrontendProcess:
         if launch.arena_bytes and arena_supported():
             self.arena = PcmArena.create(launch.arena_bytes, f"asr-frontend-{self.index}")
         arena = self.arena
+        ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                        if self.link_handler is not None else (None, None))
         cfg = FrontendConfig(
             index=self.index, generation=self.generation, listen=f"{launch.host}:{port}",
             dispatcher=launch.dispatcher, max_receive_bytes=launch.max_receive_bytes,
@@ -101,11 +108,24 @@ class FrontendProcess:
             arena_fd=arena.fd if arena else -1, arena_bytes=arena.size if arena else 0,
             tls_cert=launch.tls_cert, tls_key=launch.tls_key, tls_client_ca=launch.tls_client_ca,
             parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format,
-            event_loop=launch.event_loop)
-        self.process = await asyncio.create_subprocess_exec(
-            *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, SECRET_ENV: launch.secret},
-            pass_fds=(arena.fd,) if arena else ())
+            event_loop=launch.event_loop, link_fd=theirs.fileno() if theirs else -1)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, SECRET_ENV: launch.secret},
+                pass_fds=(*((arena.fd,) if arena else ()),
+                          *((theirs.fileno(),) if theirs else ())))
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            raise
+        finally:
+            if theirs is not None:
+                theirs.close()  # the process holds its end: its exit is our end-of-file
+        if ours is not None and self.link_handler is not None:
+            self._end_link()
+            self._link_task = asyncio.get_running_loop().create_task(
+                self.link_handler(self.index, ours), name=f"frontend{self.index} link")
         assert self.process.stdout is not None
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT_S)
@@ -161,7 +181,13 @@ class FrontendProcess:
                 await self.kill()
         self._drop_arena()
 
+    def _end_link(self) -> None:
+        if self._link_task is not None:
+            self._link_task.cancel()
+            self._link_task = None
+
     def _drop_arena(self) -> None:
+        self._end_link()
         if self.arena is not None:
             self.arena.close()
             self.arena = None
@@ -188,6 +214,12 @@ class FrontendPool:
         self._tasks = [loop.create_task(p.supervise(self.port), name=f"frontend{p.index}")
                        for p in self.processes]
         return self.port
+
+    def serve_links(self, handler: Callable[[int, socket.socket], Awaitable[None]]) -> None:
+        """Each process started from now on gets a Link socket pair, our end served by
+        `handler(index, sock)` (`LinkServicer.serve_framed`)."""
+        for process in self.processes:
+            process.link_handler = handler
 
     def arena(self, index: int, generation: int) -> PcmArena | None:
         """The arena of front end `index` while it runs its start `generation`."""
@@ -246,8 +278,22 @@ class LinkServicer(fpb_grpc.RelayServicer):
         except ValueError:
             raise InvalidRequest(f"a Link call needs its front end's index in {FRONTEND_KEY}"
                                  ) from None
+        log.info("front end %d: Link call over gRPC (its socket pair broke)", index)
         async for message in _Link(self, index).run(request_iterator):
             yield message
+
+    async def serve_framed(self, index: int, sock: socket.socket) -> None:
+        """Front end `index`'s Link over our end of its socket pair: the same messages as
+        frames (`protos.common.framed`), until the process ends (end-of-file)."""
+        stream = FramedStream(sock, fpb.LinkRequest.FromString)
+        log.debug("front end %d: Link over its socket pair", index)
+        try:
+            async for message in _Link(self, index).run(stream, gone_at_end=True):
+                await stream.write(message)
+        except ConnectionError as exc:
+            log.warning("front end %d: its Link socket broke: %s", index, exc)
+        finally:
+            stream.cancel()
 
     def _arena(self, call: fpb.RelayedCall, index: int) -> PcmArena:
         arena = self.pool.arena(index, call.generation)
@@ -328,8 +374,11 @@ class _Link:
         self.outbox = fpb.LinkResponse()
         self.wake = asyncio.Event()
 
-    async def run(self, requests: AsyncIterator[fpb.LinkRequest]
+    async def run(self, requests: AsyncIterator[fpb.LinkRequest], gone_at_end: bool = False
                   ) -> AsyncIterator[fpb.LinkResponse]:
+        """Answers as they finish. `gone_at_end`: the end of `requests` means the front end
+        is gone (a socket pair has no half-close): its calls are cancelled then, as a gRPC
+        Link call's are when it breaks."""
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             while True:
@@ -338,7 +387,7 @@ class _Link:
                 if self.outbox.answers:
                     message, self.outbox = self.outbox, fpb.LinkResponse()
                     yield message
-                if reader.done() and not self.tasks:
+                if reader.done() and (gone_at_end or not self.tasks):
                     return
         finally:  # the front end ended the call or died: its calls' clients are gone
             for task in (reader, *self.tasks.values()):

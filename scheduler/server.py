@@ -259,6 +259,7 @@ class AsrService:
                 tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
                 log_format=cfg.log_format, event_loop=cfg.event_loop))
             links = LinkServicer(self.frontends, recognizer, self.drain, self.metrics, tokens)
+            self.frontends.serve_links(links.serve_framed)
             frontend_pb2_grpc.add_RelayServicer_to_server(links, server)
             self.metrics.registry.register(FrontendCollector(self.frontends, links))
             server.add_insecure_port(f"unix:{socket}")
