@@ -61,7 +61,7 @@ from scheduler.auth import server_credentials
 from scheduler.errors import InvalidAudio
 from scheduler.grpc_fixes import keep_delivered_status
 from scheduler.limits import RELAYED_PEER_KEY
-from scheduler.tagged_call import TaggedCall
+from scheduler.tagged_call import TaggedCall, answer_code
 
 log = logging.getLogger("scheduler.frontend")
 
@@ -329,12 +329,11 @@ class Relay(grpc.GenericRpcHandler):
                                 f"the front end lost its link to the scheduler ({answer}); retry")
         assert not isinstance(answer, str)
         if answer.code:
-            await context.abort(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN), answer.details,
+            await context.abort(answer_code(answer.code), answer.details,
                                 tuple(answer.trailers.items()))
         return answer.response
 
 
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CONTAINER = (pb.AUDIO_ENCODING_UNSPECIFIED, pb.CONTAINER)
 
 

@@ -24,7 +24,15 @@ import grpc
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
+_STATUS = {c.value[0]: c for c in grpc.StatusCode}
+
 OutboxT = TypeVar("OutboxT")
+
+
+def answer_code(value: int) -> grpc.StatusCode:
+    """The status code an answer carries as its number (UNKNOWN for a number gRPC lacks)."""
+    return _STATUS.get(value, grpc.StatusCode.UNKNOWN)
+
 AnswerT = TypeVar("AnswerT")
 
 

@@ -37,7 +37,7 @@ from protos.common.framed import FramedStream
 from protos.common.pcm_arena import PcmArena
 from protos.common.worker_auth import call_metadata
 from scheduler.errors import DeadlineExceeded, WorkerLost
-from scheduler.tagged_call import TaggedCall
+from scheduler.tagged_call import TaggedCall, answer_code
 from scheduler.workers_client import UnitRequest, UnitResult, unit_error, unit_request, unit_result
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class WorkStream:
         if isinstance(answer, str):
             raise WorkerLost(f"{self.worker_id}: {answer}")
         if answer.code:
-            code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
+            code = answer_code(answer.code)
             raise unit_error(self.worker_id, code, answer.details)
         return unit_result(answer.result)
 
@@ -110,5 +110,3 @@ class WorkStream:
             self.arena = None
         await self._channel.close()
 
-
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
