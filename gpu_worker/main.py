@@ -27,8 +27,8 @@ from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from protos.common import framed
 from protos.common.event_loop import run as run_loop
-from protos.common.framed import FramedStream
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle
 from protos.common.pcm_arena import PcmArena
@@ -77,8 +77,8 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     log.info("worker %s ready on %s (device %s, pid %d, engine %s, family %s)", cfg.worker_id,
              cfg.socket_path, cfg.device_name, os.getpid(), caps.engine, caps.family)
     watcher = loop.create_task(watch_parent(cfg.parent_pid, stop))
-    units = (loop.create_task(serve_work_socket(servicer, cfg.work_socket_fd))
-             if cfg.work_socket_fd >= 0 else None)
+    units = (loop.create_task(serve_work_socket(
+        servicer, socket.socket(fileno=cfg.work_socket_fd))) if cfg.work_socket_fd >= 0 else None)
     # Freed batch tensors stay in the heap after load; give them back once idle.
     trimmer = loop.create_task(trim_when_idle(lambda: servicer.served, lambda: servicer.active))
     await stop.wait()
@@ -91,17 +91,11 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     return exit_code
 
 
-async def serve_work_socket(servicer: WorkerServicer, fd: int) -> None:
+async def serve_work_socket(servicer: WorkerServicer, sock: socket.socket) -> None:
     """The scheduler's units over the socket pair end this process inherited: the `Work`
     call's messages as frames (`protos.common.framed`), served by the same code."""
-    stream = FramedStream(socket.socket(fileno=fd), wpb.WorkRequest.FromString)
-    try:
-        async for response in servicer.Work(stream, None):
-            await stream.write(response)
-    except ConnectionError as exc:
-        log.warning("the unit socket broke: %s", exc)
-    finally:
-        stream.cancel()
+    await framed.serve(sock, wpb.WorkRequest.FromString,
+                       lambda units: servicer.Work(units, None), "the unit socket")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,9 +64,6 @@ class Drain:
     def is_cut(self) -> bool:
         return self._cut.is_set()
 
-    async def wait_cut(self) -> None:
-        await self._cut.wait()
-
     async def wait_idle(self, timeout_s: float) -> bool:
         """True when no accepted call is left within `timeout_s`."""
         try:

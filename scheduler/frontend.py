@@ -43,7 +43,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.v1 import asr_pb2 as pb
 from protos.common.event_loop import run as run_loop
-from protos.common.framed import FramedStream
+from protos.common.framed import FramedFirst
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle, tune_malloc
 from protos.common.pcm_arena import PcmArena
@@ -155,14 +155,9 @@ class Relay(grpc.GenericRpcHandler):
         metadata = ((METADATA_KEY, secret), (FRONTEND_KEY, str(cfg.index)))
         # First over the socket pair end the scheduler handed over at spawn (framed messages,
         # no gRPC per call: protos.common.framed); a gRPC Link call if that ever breaks.
-        self._link_fd = cfg.link_fd
-
-        def open_call() -> Any:
-            fd, self._link_fd = self._link_fd, -1
-            if fd >= 0:
-                return FramedStream(socket.socket(fileno=fd), fpb.LinkResponse.FromString)
-            return open_link(metadata=metadata)
-
+        open_call = FramedFirst(socket.socket(fileno=cfg.link_fd) if cfg.link_fd >= 0 else None,
+                                fpb.LinkResponse.FromString,
+                                lambda: open_link(metadata=metadata))
         self.link: TaggedCall[fpb.LinkRequest, fpb.RelayedAnswer] = TaggedCall(
             "the link to the scheduler", open_call, fpb.LinkRequest)
         self.active = 0

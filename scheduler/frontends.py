@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.frontend.v1 import frontend_pb2_grpc as fpb_grpc
 from protos.asr.v1 import asr_pb2 as pb
-from protos.common.framed import FramedStream
+from protos.common import framed
 from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.pcm_arena import supported as arena_supported
 from protos.common.worker_auth import SECRET_ENV
@@ -94,7 +94,7 @@ class FrontendProcess:
         """Start the process on `port` (0: any); the port it listens on. Raises OSError when it
         does not come up."""
         self.generation += 1
-        self._drop_arena()
+        self._drop_spawned()
         launch = self.launch
         if launch.arena_bytes and arena_supported():
             self.arena = PcmArena.create(launch.arena_bytes, f"asr-frontend-{self.index}")
@@ -179,14 +179,15 @@ class FrontendProcess:
                 await asyncio.wait_for(proc.wait(), grace_s)
             except asyncio.TimeoutError:
                 await self.kill()
-        self._drop_arena()
+        self._drop_spawned()
 
     def _end_link(self) -> None:
         if self._link_task is not None:
             self._link_task.cancel()
             self._link_task = None
 
-    def _drop_arena(self) -> None:
+    def _drop_spawned(self) -> None:
+        """Release what was made for the current process: its arena, its Link task."""
         self._end_link()
         if self.arena is not None:
             self.arena.close()
@@ -285,15 +286,10 @@ class LinkServicer(fpb_grpc.RelayServicer):
     async def serve_framed(self, index: int, sock: socket.socket) -> None:
         """Front end `index`'s Link over our end of its socket pair: the same messages as
         frames (`protos.common.framed`), until the process ends (end-of-file)."""
-        stream = FramedStream(sock, fpb.LinkRequest.FromString)
         log.debug("front end %d: Link over its socket pair", index)
-        try:
-            async for message in _Link(self, index).run(stream, gone_at_end=True):
-                await stream.write(message)
-        except ConnectionError as exc:
-            log.warning("front end %d: its Link socket broke: %s", index, exc)
-        finally:
-            stream.cancel()
+        await framed.serve(sock, fpb.LinkRequest.FromString,
+                           lambda calls: _Link(self, index).run(calls, gone_at_end=True),
+                           f"front end {index}'s Link socket")
 
     def _arena(self, call: fpb.RelayedCall, index: int) -> PcmArena:
         arena = self.pool.arena(index, call.generation)

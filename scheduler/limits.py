@@ -164,15 +164,6 @@ class StreamLimits:
         """The idle timeout of one stream's reads (close it when the stream ends)."""
         return IdleWatch(self.idle_timeout_s)
 
-    async def next_message(self, messages: AsyncIterator[T]) -> T:
-        """The stream's next message; StreamIdle when none comes within the idle timeout (one
-        read; a stream reads through its `idle_watch`)."""
-        watch = self.idle_watch()
-        try:
-            return await watch.next(messages)
-        finally:
-            watch.close()
-
 
 class IdleWatch:
     """One stream's idle timeout: while it waits for its next message, at most

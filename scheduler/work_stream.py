@@ -27,13 +27,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any
 
 import grpc
 
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
-from protos.common.framed import FramedStream
+from protos.common.framed import FramedFirst
 from protos.common.pcm_arena import PcmArena
 from protos.common.worker_auth import call_metadata
 from scheduler.errors import DeadlineExceeded, WorkerLost
@@ -56,18 +55,12 @@ class WorkStream:
         self.worker_id = worker_id
         self.arena = arena
         self._channel = channel
-        self._sock = sock
         stub = wpb_grpc.WorkerStub(channel)
         metadata = call_metadata(secret)
-
-        def open_call() -> Any:
-            sock, self._sock = self._sock, None
-            if sock is not None:
-                return FramedStream(sock, wpb.WorkResponse.FromString)
-            return stub.Work(metadata=metadata)
-
+        self._open_call = FramedFirst(sock, wpb.WorkResponse.FromString,
+                                      lambda: stub.Work(metadata=metadata))
         self._call: TaggedCall[wpb.WorkRequest, wpb.WorkAnswer] = TaggedCall(
-            "the Work call", open_call, wpb.WorkRequest)
+            "the Work call", self._open_call, wpb.WorkRequest)
         self._closed = False
 
     @property
@@ -102,9 +95,7 @@ class WorkStream:
         """Fail what is waiting (WorkerLost), end the call, release the arena."""
         self._closed = True
         await self._call.close("the worker is being replaced")
-        if self._sock is not None:  # never used
-            self._sock.close()
-            self._sock = None
+        self._open_call.close()
         if self.arena is not None:
             self.arena.close()
             self.arena = None

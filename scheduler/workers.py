@@ -271,7 +271,7 @@ class WorkerHandle:
                 stderr=subprocess.PIPE, umask=0o077,  # its socket: 0600
                 pass_fds=fds)
         except BaseException:
-            self._drop_arena()
+            self._drop_spawned()
             raise
         finally:
             if theirs is not None:
@@ -282,7 +282,7 @@ class WorkerHandle:
         log.info("worker %s: started pid %d on %s", self.spec.worker_id, self.process.pid,
                  self.spec.torch_device)
 
-    def _drop_arena(self) -> None:
+    def _drop_spawned(self) -> None:
         """Close what was made for a process at spawn and not handed to its link yet."""
         if self._arena is not None:
             self._arena.close()
@@ -307,7 +307,7 @@ class WorkerHandle:
                                sock)
 
     async def _close_channel(self) -> None:
-        self._drop_arena()
+        self._drop_spawned()
         if self.link is not None:
             await self.link.close()  # units still waiting on the old process: WorkerLost
             self.link = None

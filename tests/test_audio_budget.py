@@ -70,7 +70,7 @@ async def test_hold_gives_back() -> None:
 
 
 async def test_stream_idle_timeout_between_messages() -> None:
-    """`StreamLimits.next_message`: messages that come in time pass; a gap longer than the
+    """A stream's `IdleWatch`: messages that come in time pass; a gap longer than the
     idle timeout ends the stream (StreamIdle, DEADLINE_EXCEEDED); the iterator is not lost."""
     from scheduler.limits import StreamIdle, StreamLimits
 
@@ -84,15 +84,17 @@ async def test_stream_idle_timeout_between_messages() -> None:
         yield 3
 
     it = messages().__aiter__()
-    assert await limits.next_message(it) == 1
-    assert await limits.next_message(it) == 2
+    watch = limits.idle_watch()
+    assert await watch.next(it) == 1
+    assert await watch.next(it) == 2
     started = asyncio.get_running_loop().time()
     with pytest.raises(StreamIdle) as idle:
-        await limits.next_message(it)
+        await watch.next(it)
     assert 0.15 < asyncio.get_running_loop().time() - started < 0.6
     assert idle.value.code.name == "DEADLINE_EXCEEDED"
     with pytest.raises(StopAsyncIteration):  # what was cut off is not given out later
-        await limits.next_message(it)
+        await watch.next(it)
+    watch.close()
 
 
 async def test_idle_watch_one_timer_per_stream() -> None:

@@ -106,7 +106,7 @@ class Worker:
         await self.server.start()
         if self.framed:
             self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.units = asyncio.create_task(serve_work_socket(servicer, theirs.detach()))
+            self.units = asyncio.create_task(serve_work_socket(servicer, theirs))
 
     def link(self, secret: str | None = None) -> WorkStream:
         channel = grpc.aio.insecure_channel(f"unix://{self.path}",

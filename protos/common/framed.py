@@ -18,12 +18,15 @@ something that is not a frame).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 In = TypeVar("In")
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024  # a unit inline (no arena room) is at most this big
@@ -54,8 +57,7 @@ class FramedStream(Generic[In]):
     async def write(self, message: Any) -> None:
         """Send one message (waits only while the peer is not reading)."""
         _, writer = await self._open()
-        data = message.SerializeToString()
-        writer.write(HEADER.pack(len(data)) + data)
+        writer.write(_frame(message))
         if writer.transport.is_closing():
             raise ConnectionError("the peer closed the framed stream")
         await writer.drain()
@@ -67,8 +69,7 @@ class FramedStream(Generic[In]):
         if (writer is None or self._closed or writer.transport.is_closing()
                 or writer.transport.get_write_buffer_size() > SEND_NOW_BUFFER_BYTES):
             return False
-        data = message.SerializeToString()
-        writer.write(HEADER.pack(len(data)) + data)
+        writer.write(_frame(message))
         return True
 
     def __aiter__(self) -> FramedStream[In]:
@@ -104,3 +105,43 @@ class FramedStream(Generic[In]):
             self._opening.result()[1].close()
         else:
             self._sock.close()
+
+
+def _frame(message: Any) -> bytes:
+    data = message.SerializeToString()
+    return HEADER.pack(len(data)) + data
+
+
+class FramedFirst:
+    """A `TaggedCall`'s `open_call`: the framed stream over `sock` the first time, `fallback()`
+    (a gRPC call of the same messages) every time after, should the socket ever break while
+    the peer lives on."""
+
+    def __init__(self, sock: socket.socket | None, parse: Callable[[bytes], Any],
+                 fallback: Callable[[], Any]) -> None:
+        self._sock, self._parse, self._fallback = sock, parse, fallback
+
+    def __call__(self) -> Any:
+        sock, self._sock = self._sock, None
+        return FramedStream(sock, self._parse) if sock is not None else self._fallback()
+
+    def close(self) -> None:
+        """Close the socket if it was never used."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+async def serve(sock: socket.socket, parse: Callable[[bytes], In],
+                respond: Callable[[AsyncIterator[In]], AsyncIterator[Any]], what: str) -> None:
+    """The peer's side of a `FramedFirst` stream: `respond` turns the messages received into
+    the messages sent back, until the other process closes its end (or the task is
+    cancelled)."""
+    stream = FramedStream(sock, parse)
+    try:
+        async for message in respond(stream):
+            await stream.write(message)
+    except ConnectionError as exc:
+        log.warning("%s broke: %s", what, exc)
+    finally:
+        stream.cancel()
