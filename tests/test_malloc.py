@@ -52,3 +52,26 @@ async def test_trimmer_waits_for_idle_after_activity(monkeypatch: pytest.MonkeyP
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.skipif(not GLIBC, reason="the trimmer is a no-op without glibc")
+async def test_trimmer_leaves_steady_load_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call at a time, back to back: no call is in progress at most checks, but calls
+    start in every interval, so it is not idle: only the busy-interval trim runs."""
+    trims: list[int] = []
+    started = {"n": 0}
+
+    def activity() -> int:  # a new call started before every check
+        started["n"] += 1
+        return started["n"]
+
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(started["n"]) or True)
+    task = asyncio.create_task(memory.trim_when_idle(
+        activity, lambda: 0, check_s=0.01, busy_every_s=10.0))
+    try:
+        await asyncio.sleep(0.3)
+        assert started["n"] > 5, "the trimmer checked"
+        assert trims == [], "calls kept starting: never idle, busy interval not reached"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
