@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from protos.common.wrapping import HandlerWrapper, same_kind
 from scheduler.errors import PermissionDenied, RequestError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -42,50 +43,56 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
                                        root_certificates=ca, require_client_auth=ca is not None)
 
 
-def _deny(handler: grpc.RpcMethodHandler, error: RequestError) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that only refuses (with `error`, which the
-    error interceptor around it maps to its code and counts)."""
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        raise error
-
-    async def abort_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        raise error
-        yield  # pragma: no cover - makes this an async generator
-
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(abort_stream, **kw)
-    return grpc.unary_unary_rpc_method_handler(abort, **kw)
-
-
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Checks bearer tokens on the asr.v1 services."""
+class TokenInterceptor(HandlerWrapper):
+    """Checks bearer tokens on the asr.v1 services: a refused call raises its `RequestError`
+    (`ErrorInterceptor`, outside, maps it to its code and counts it)."""
 
     def __init__(self, auth_token: str, admin_token: str) -> None:
         self.auth_token = auth_token
         self.admin_token = admin_token or auth_token
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is not None:
-            refused = self.refusal(details.method,
-                                   dict(details.invocation_metadata or ()).get("authorization"))
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if not self._needed(method):
+            return handler
+        refusal = self.refusal
+
+        def check(context: grpc.aio.ServicerContext) -> None:
+            refused = refusal(method,
+                              dict(context.invocation_metadata() or ()).get("authorization"))
             if refused is not None:
-                return _deny(handler, refused)
-        return handler
+                raise refused
+
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                check(context)
+                return await inner_uu(request, context)
+
+            return same_kind(handler, unary_unary=unary_unary)
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: AsyncIterator[Any],
+                                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                check(context)
+                async for item in inner_ss(requests, context):
+                    yield item
+
+            return same_kind(handler, stream_stream=stream_stream)
+        raise TypeError(f"{method}: token checks cover unary and bidirectional-stream methods "
+                        "only")  # fail closed, at start-up
+
+    def _needed(self, method: str) -> str:
+        if method.startswith("/asr.v1.Admin/"):
+            return self.admin_token
+        if method.startswith("/asr.v1."):
+            return self.auth_token
+        return ""
 
     def refusal(self, method: str, authorization: object) -> RequestError | None:
         """Why a call to `method` with this `authorization` metadata is refused, or None."""
-        if method.startswith("/asr.v1.Admin/"):
-            needed = self.admin_token
-        elif method.startswith("/asr.v1."):
-            needed = self.auth_token
-        else:
-            needed = ""
+        needed = self._needed(method)
         if not needed:
             return None
         given = str(authorization or "")

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from protos.common.wrapping import HandlerWrapper, same_kind
 from scheduler.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -127,19 +128,15 @@ async def _until_cut(drain: Drain, work: Awaitable[Any]) -> tuple[bool, Any]:
         drain._cuttable.pop(task, None)
 
 
-class DrainInterceptor(grpc.aio.ServerInterceptor):
+class DrainInterceptor(HandlerWrapper):
     """Admits `asr.v1.Recognizer` calls through a `Drain`; place it inside `ErrorInterceptor`
     so that its `Unavailable` becomes the UNAVAILABLE status and is counted."""
 
     def __init__(self, drain: Drain) -> None:
         self.drain = drain
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(DRAINED_PREFIX):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if not method.startswith(DRAINED_PREFIX):
             return handler
         drain = self.drain
         if handler.unary_unary:
@@ -148,9 +145,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 return await run_admitted(drain, lambda: inner_uu(request, context))
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+            return same_kind(handler, unary_unary=unary_unary)
         if handler.stream_stream:
             inner_ss = handler.stream_stream
 
@@ -174,7 +169,5 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
                                           float(getattr(item, "audio_processed_s", 0.0)))
                         yield item
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+            return same_kind(handler, stream_stream=stream_stream)
         return handler

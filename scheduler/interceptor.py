@@ -12,18 +12,18 @@ metadata) or is made up, and is available to handlers and logs through `REQUEST_
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import itertools
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from protos.common.wrapping import HandlerWrapper, same_kind
 from scheduler.errors import InvalidRequest, QueueFull, RequestError
 from scheduler.metrics import Metrics
 
@@ -129,62 +129,67 @@ def code_name(exc: BaseException, context: grpc.aio.ServicerContext | None = Non
     return "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class _Guard:
+    """One call's request id, its exceptions mapped to status codes, its outcome counted (an
+    async context manager: one small object per call)."""
+
+    __slots__ = ("context", "done", "method", "started")
+
+    def __init__(self, context: grpc.aio.ServicerContext, method: str,
+                 done: Callable[[str, float], None] | None) -> None:
+        self.context, self.method, self.done = context, method, done
+        self.started = time.monotonic()
+
+    async def __aenter__(self) -> None:
+        try:  # a bad request id is refused and counted like any other error
+            set_request_id(dict(self.context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
+        except Exception as exc:
+            await self.__aexit__(type(exc), exc, None)
+            raise
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        code = "OK" if exc is None else code_name(exc, self.context)
+        try:
+            if isinstance(exc, Exception):
+                await _abort(self.context, self.method, exc)  # raises AbortError
+        finally:
+            if self.done is not None:
+                self.done(code, time.monotonic() - self.started)
+
+
+class ErrorInterceptor(HandlerWrapper):
     """Maps exceptions of every unary and streaming handler to status codes, and counts
-    every request with its final code in `metrics`."""
+    every request with its final code in `metrics`. Wraps each method once where the server
+    is a `WrappedServer`; works as a per-call interceptor elsewhere."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         rpc = method.rsplit("/", 1)[-1]
-        counted = method.startswith("/asr.v1.")  # health checks and reflection are not counted
-        metrics = self.metrics
-
-        @contextlib.asynccontextmanager
-        async def guarded(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            """Request id in, exceptions to status codes, the outcome counted."""
-            done = metrics.track(rpc) if counted else None
-            started, code = time.monotonic(), "OK"
-            try:
-                set_request_id(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
-                yield
-            except BaseException as exc:
-                code = code_name(exc, context)
-                if isinstance(exc, Exception):
-                    await _abort(context, method, exc)  # raises AbortError
-                raise
-            finally:
-                if done:
-                    done(code, time.monotonic() - started)
+        # Health checks and reflection are not counted.
+        track = self.metrics.track if method.startswith("/asr.v1.") else None
+        deserializer = _tolerant(handler.request_deserializer)
 
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with guarded(context):
+                async with _Guard(context, method, track(rpc) if track else None):
                     return await inner_uu(_parsed(request), context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer)
+            return same_kind(handler, unary_unary=unary_unary,
+                             request_deserializer=deserializer)
         if handler.stream_stream:
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with guarded(context):
+                async with _Guard(context, method, track(rpc) if track else None):
                     async for item in inner_ss(_checked(requests), context):
                         yield item
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer)
+            return same_kind(handler, stream_stream=stream_stream,
+                             request_deserializer=deserializer)
         return handler

@@ -25,6 +25,7 @@ from protos.asr.v1 import asr_pb2, asr_pb2_grpc
 from protos.common.memory import trim_when_idle
 from protos.common.worker_auth import SecretCheck, new_secret
 from protos.common.worker_config import WorkerConfig
+from protos.common.wrapping import HandlerWrapper, WrappedServer
 from scheduler.auth import TokenInterceptor, read_token, server_credentials
 from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.config import ServeConfig
@@ -223,19 +224,20 @@ class AsrService:
         # Transport limit above the unary limit, so a too-big Recognize reaches the handler and
         # gets a message pointing to StreamingRecognize.
         limit = max(2 * cfg.max_unary_bytes, cfg.max_unary_bytes + 16 * 1024 * 1024)
-        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(self.metrics),
-                                                          DrainInterceptor(self.drain)]
+        # Wrapped around each method's handler once, when it is registered (not per call).
+        wrappers: list[HandlerWrapper] = [ErrorInterceptor(self.metrics),
+                                          DrainInterceptor(self.drain)]
         tokens = (TokenInterceptor(read_token(cfg.auth_token_file),
                                    read_token(cfg.admin_token_file))
                   if cfg.auth_token_file or cfg.admin_token_file else None)
         if tokens is not None:  # inside: refusals are counted too
-            interceptors.append(tokens)
+            wrappers.append(tokens)
         frontend_secret = new_secret() if cfg.frontends else ""
         if frontend_secret:  # the private socket front ends relay to: only they may call
-            interceptors.insert(0, SecretCheck(
+            wrappers.insert(0, SecretCheck(
                 frontend_secret, "only the service's front-end processes call this socket"))
-        server = grpc.aio.server(interceptors=interceptors,
-                                 options=[("grpc.max_receive_message_length", limit)])
+        server = WrappedServer(grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit)]), wrappers)
         live = LiveRecognizer(self.dispatcher, self.catalog, LiveMetrics(self.metrics.registry),
                               cfg.max_live_streams, self._runtime_dir)
         recognizer = RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(

@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from protos.common.wrapping import HandlerWrapper, same_kind
+
 SECRET_ENV = "ASR_WORKER_SECRET"
 METADATA_KEY = "x-asr-worker-secret"
 
@@ -58,33 +60,61 @@ def client_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
     return [_AttachUnary(secret), _AttachStream(secret)] if secret else []
 
 
-class SecretCheck(grpc.aio.ServerInterceptor):
-    """Refuses (UNAUTHENTICATED) every call that does not carry the secret."""
+class SecretCheck(HandlerWrapper):
+    """Refuses (UNAUTHENTICATED) every call that does not carry the secret. As an interceptor
+    (the worker's server) it also refuses calls to methods that do not exist, so that they
+    tell an outsider nothing; wrapped once per method (`WrappedServer`) it checks the calls
+    to the methods it wraps."""
 
     def __init__(self, secret: str,
                  refusal: str = "this worker serves only its scheduler") -> None:
         self.secret = secret.encode()
         self.refusal = refusal
 
+    def _carries(self, metadata: Any) -> bool:
+        given = dict(metadata or ()).get(METADATA_KEY, "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        return hmac.compare_digest(given_bytes, self.secret)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        carries, refusal = self._carries, self.refusal
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if not carries(context.invocation_metadata()):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+                return await inner_uu(request, context)
+
+            return same_kind(handler, unary_unary=unary_unary)
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                if not carries(context.invocation_metadata()):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+                async for item in inner_ss(requests, context):
+                    yield item
+
+            return same_kind(handler, stream_stream=stream_stream)
+        return self._refusing(handler)  # no kind the service uses: refuse every call
+
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],
                                      Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        given = dict(details.invocation_metadata or ()).get(METADATA_KEY, "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self.secret):
+        if self._carries(details.invocation_metadata):
             return await continuation(details)
+        return self._refusing(await continuation(details))
 
+    def _refusing(self, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                self.refusal)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, self.refusal)
 
-        handler = await continuation(details)
         if handler is not None and (handler.request_streaming or handler.response_streaming):
             async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    self.refusal)
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, self.refusal)
                 yield  # pragma: no cover  (an async generator, as stream handlers are)
             return grpc.stream_stream_rpc_method_handler(
                 refuse_stream, request_deserializer=handler.request_deserializer,
