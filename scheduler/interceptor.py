@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -79,9 +79,24 @@ def _parsed(request: Any) -> Any:
     return request
 
 
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        yield _parsed(request)
+class _Checked:
+    """A stream's requests, each checked as it is read (one that did not parse raises
+    InvalidRequest). A plain iterator: no async generator made per stream."""
+
+    __slots__ = ("_iterator", "_requests")
+
+    def __init__(self, requests: AsyncIterable[Any]) -> None:
+        self._requests = requests
+        # Made at the first read: gRPC's receiver starts a coroutine when asked for one.
+        self._iterator: AsyncIterator[Any] | None = None
+
+    def __aiter__(self) -> _Checked:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._requests.__aiter__()
+        return _parsed(await self._iterator.__anext__())
 
 
 Trailers = tuple[tuple[str, str], ...]
@@ -187,7 +202,7 @@ class ErrorInterceptor(HandlerWrapper):
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with _Guard(context, method, track(rpc) if track else None):
-                    async for item in inner_ss(_checked(requests), context):
+                    async for item in inner_ss(_Checked(requests), context):
                         yield item
 
             return same_kind(handler, stream_stream=stream_stream,

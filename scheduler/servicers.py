@@ -125,63 +125,53 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         meta = dict(context.invocation_metadata() or ())
         peer = str(meta.get(RELAYED_PEER_KEY, "")) if self.relayed else ""
         client = client_key(peer or context.peer() or "", str(meta.get("authorization", "")))
+        messages = request_iterator.__aiter__()
         with self.limits.admit(client):
             self.metrics.live_streams.inc()
+            idle = self.limits.idle_watch()
             try:
-                async for response in self._stream(request_iterator, context):
+                try:
+                    first = await idle.next(messages)
+                except StopAsyncIteration:
+                    raise InvalidRequest("the stream ended without a streaming_config "
+                                         "message") from None
+                kind = first.WhichOneof("streaming_request")
+                if kind != "streaming_config":
+                    raise InvalidRequest("the first message of a stream must carry "
+                                         f"streaming_config (got {kind or 'an empty message'})")
+                responses = (self._live(first.streaming_config, messages, idle, context)
+                             if first.streaming_config.live else
+                             self._upload(first.streaming_config, messages, idle, context))
+                async for response in responses:
                     yield response
             finally:
+                idle.close()
                 self.metrics.live_streams.dec()
 
     async def _audio(self, messages: AsyncIterator[pb.StreamingRecognizeRequest],
-                     idle: IdleWatch) -> AsyncIterator[bytes]:
-        """The audio bytes of a stream's later messages, each within the idle timeout."""
+                     idle: IdleWatch, ended: list[float] | None = None) -> AsyncIterator[bytes]:
+        """The audio bytes of a stream's later messages, each within the idle timeout; the
+        time the input ended is appended to `ended`."""
         while True:
             try:
                 message = await idle.next(messages)
             except StopAsyncIteration:
+                if ended is not None:
+                    ended.append(time.monotonic())
                 return
             if message.WhichOneof("streaming_request") == "streaming_config":
                 raise InvalidRequest("streaming_config may only be sent once, first")
             yield message.audio_content
 
-    async def _stream(
-        self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
+    async def _upload(
+        self, sc: pb.StreamingRecognitionConfig,
+        messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
-        messages = request_iterator.__aiter__()
-        idle = self.limits.idle_watch()
-        try:
-            async for response in self._stream_with(messages, idle, context):
-                yield response
-        finally:
-            idle.close()
-
-    async def _stream_with(
-        self, messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
-        try:
-            first = await idle.next(messages)
-        except StopAsyncIteration:
-            raise InvalidRequest("the stream ended without a streaming_config message") from None
-        kind = first.WhichOneof("streaming_request")
-        if kind != "streaming_config":
-            raise InvalidRequest("the first message of a stream must carry streaming_config "
-                                 f"(got {kind or 'an empty message'})")
-        if first.streaming_config.live:
-            async for response in self._live(first.streaming_config, messages, idle, context):
-                yield response
-            return
-        req = to_request(first.streaming_config.config, b"", context.time_remaining())
-
+        """A stream that uploads a file: each segment's final result as it finishes, then the
+        whole file's."""
+        req = to_request(sc.config, b"", context.time_remaining())
         input_ended: list[float] = []
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in self._audio(messages, idle):
-                yield chunk
-            input_ended.append(time.monotonic())
-
         out: asyncio.Queue[pb.StreamingRecognizeResponse | None] = asyncio.Queue()
         processed_ms = 0
 
@@ -193,8 +183,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                                       req.request_id),
                 is_final=True, audio_processed_s=processed_ms / 1000))
 
-        task = asyncio.get_running_loop().create_task(
-            self.pipeline.recognize_stream(req, chunks(), on_segment))
+        task = asyncio.get_running_loop().create_task(self.pipeline.recognize_stream(
+            req, self._audio(messages, idle, input_ended), on_segment))
         # The task's end follows its last segment in the queue (None marks it).
         task.add_done_callback(lambda _: out.put_nowait(None))
         try:
@@ -208,7 +198,6 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         yield pb.StreamingRecognizeResponse(result=to_result(outcome), is_final=True,
                                             is_last=True,
                                             audio_processed_s=outcome.audio_duration_s)
-
 
     async def _live(self, sc: pb.StreamingRecognitionConfig,
                     messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
