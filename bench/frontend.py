@@ -214,6 +214,17 @@ def start_service(model: str, log: Path, extra: list[str]) -> tuple[subprocess.P
     raise RuntimeError("the service did not become ready")
 
 
+def speed_check() -> float:
+    """CPU milliseconds of a fixed pure-Python loop: how fast this machine is right now. A
+    shared 2-core VM's speed drifts by 1.5x over a day; figures from runs whose checks differ
+    that much are not comparable (compare the ratios to echo instead)."""
+    started = time.process_time()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    return (time.process_time() - started) * 1000
+
+
 def table(rows: list[Row]) -> str:
     floor = {(r.kind, r.fmt, r.concurrency): r for r in rows if r.target == "echo"}
     lines = ["| target | kind | format | conc. | req/s | p50 ms | p99 ms | CPU ms/request "
@@ -254,6 +265,7 @@ def main() -> int:
                         "64k", str(mp3)], check=True)
         data["mp3"] = mp3.read_bytes()
     levels = [int(c) for c in args.concurrency.split(",")]
+    speed = [speed_check()]
     rows: list[Row] = []
     echo, echo_address = start_echo()
     counts = [int(n) for n in args.frontends.split(",")]
@@ -277,12 +289,16 @@ def main() -> int:
         for _, service, _ in services:
             stop_process(service)
         echo.kill()
+    speed.append(speed_check())
     print()
-    print(f"{args.seconds:g} s clips; {os.cpu_count()} CPUs; load generator in this process")
+    print(f"{args.seconds:g} s clips; {os.cpu_count()} CPUs; load generator in this process; "
+          f"speed check (a fixed Python loop, lower is faster): {speed[0]:.0f} ms before, "
+          f"{speed[1]:.0f} ms after")
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps([{**asdict(r), "total_cpu_ms": r.total_cpu_ms}
-                                         for r in rows], indent=1))
+        args.json.write_text(json.dumps({
+            "speed_check_ms": speed,
+            "rows": [{**asdict(r), "total_cpu_ms": r.total_cpu_ms} for r in rows]}, indent=1))
     return 0
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from protos.common.wire import int16_to_float
 from scheduler.errors import InvalidAudio
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class DecodedAudio:
 
     def as_float32(self) -> np.ndarray:
         if self.samples.dtype == np.int16:
-            return (self.samples / np.float32(32768.0)).astype(np.float32)
+            return int16_to_float(self.samples)
         return self.samples
 
 
@@ -123,7 +124,7 @@ def _decode_raw(data: bytes, rate: int, channels: int) -> DecodedAudio:
     _check_length(len(pcm), rate)
     if rate == TARGET_RATE and channels == 1:
         return _finish(pcm[:, 0], rate, channels, "raw")
-    x = pcm.astype(np.float32) / np.float32(32768.0)
+    x = int16_to_float(pcm)
     return _finish(_mono(x), rate, channels, "raw")
 
 

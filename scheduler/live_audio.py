@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import soxr
 
-from protos.common.wire import SAMPLE_RATE
+from protos.common.wire import SAMPLE_RATE, int16_to_float
 from scheduler.audio import Encoding
 from scheduler.errors import InvalidAudio
 from scheduler.stream_decode import StreamDecoder
@@ -38,7 +38,7 @@ async def _linear16(chunks: AsyncIterator[bytes], rate: int,
         rest = data[n:]
         if not n:
             continue
-        x = np.frombuffer(data[:n], dtype="<i2").astype(np.float32) / np.float32(32768.0)
+        x = int16_to_float(np.frombuffer(data[:n], dtype="<i2"))
         if channels > 1:
             x = x.reshape(-1, channels).mean(axis=1, dtype=np.float32)
         if resampler is not None:

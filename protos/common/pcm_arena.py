@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protos.common.wire import F32LE, S16LE
+from protos.common.wire import F32LE, S16LE, int16_to_float
 
 ALIGN = 64  # block alignment, bytes
 DEFAULT_ARENA_MB = 64
@@ -170,7 +170,7 @@ class PcmArena:
             raise ValueError(f"bad PCM block format {block.sample_format}/{block.num_bytes}")
         raw = np.frombuffer(self._view[block.offset:block.offset + block.num_bytes], dtype=dtype)
         if dtype == np.int16:
-            return raw.astype(np.float32) / np.float32(32768.0)
+            return int16_to_float(raw)
         return raw.astype(np.float32, copy=True)
 
     def close(self) -> None:
