@@ -121,6 +121,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     cpu_ms: dict[str, float] = field(default_factory=dict)  # per process, per request
+    speed_ms: float = 0.0  # `speed_check()` just before the row: the machine's pace then
 
     @property
     def total_cpu_ms(self) -> float:
@@ -172,6 +173,7 @@ async def drive(address: str, data: bytes, kind: str, concurrency: int,
 def measure(target: str, address: str, pids: dict[str, int], data: bytes, kind: str, fmt: str,
             concurrency: int, requests: int) -> Row:
     asyncio.run(drive(address, data, kind, min(concurrency, 8), min(requests, 40)))  # warm up
+    speed = speed_check()
     before = {name: cpu_ticks(pid) for name, pid in pids.items()}
     wall, lat = asyncio.run(drive(address, data, kind, concurrency, requests))
     after = {name: cpu_ticks(pid) for name, pid in pids.items()}
@@ -179,7 +181,7 @@ def measure(target: str, address: str, pids: dict[str, int], data: bytes, kind: 
     cpu = {name: (after[name] - before[name]) / HZ * 1000 / requests for name in pids}
     return Row(target, kind, fmt, concurrency, requests, requests / wall,
                statistics.median(lat) * 1000, lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000,
-               cpu)
+               cpu, speed)
 
 
 def start_echo() -> tuple[subprocess.Popen[bytes], str]:
@@ -215,9 +217,10 @@ def start_service(model: str, log: Path, extra: list[str]) -> tuple[subprocess.P
 
 
 def speed_check() -> float:
-    """CPU milliseconds of a fixed pure-Python loop: how fast this machine is right now. A
-    shared 2-core VM's speed drifts by 1.5x over a day; figures from runs whose checks differ
-    that much are not comparable (compare the ratios to echo instead)."""
+    """CPU milliseconds of a fixed pure-Python loop: how fast this machine is right now. The
+    shared 2-core VM's pace drifts, by up to 1.75x within one run (91 ms, then 52 ms, on
+    2026-12-06): compare rows measured at similar checks, or their ratios to the echo row
+    measured just before them."""
     started = time.process_time()
     total = 0
     for i in range(2_000_000):
@@ -228,8 +231,8 @@ def speed_check() -> float:
 def table(rows: list[Row]) -> str:
     floor = {(r.kind, r.fmt, r.concurrency): r for r in rows if r.target == "echo"}
     lines = ["| target | kind | format | conc. | req/s | p50 ms | p99 ms | CPU ms/request "
-             "(per process) | total CPU ms | CPU vs echo | req/s vs echo |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(per process) | total CPU ms | CPU vs echo | req/s vs echo | speed check ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = floor.get((r.kind, r.fmt, r.concurrency))
         vs = f"{r.total_cpu_ms / base.total_cpu_ms:.1f}x" if base and base.total_cpu_ms else "-"
@@ -237,7 +240,7 @@ def table(rows: list[Row]) -> str:
         per = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms.items())
         lines.append(f"| {r.target} | {r.kind} | {r.fmt} | {r.concurrency} | {r.rps:.0f} | "
                      f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {per} | {r.total_cpu_ms:.2f} | {vs} | "
-                     f"{rate} |")
+                     f"{rate} | {r.speed_ms:.0f} |")
     return "\n".join(lines)
 
 
