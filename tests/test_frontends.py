@@ -62,14 +62,17 @@ def stream_messages(data: bytes, request_id: str,
 
 
 def recognize(stub: pb_grpc.RecognizerStub, k: int, request_id: str, streamed: bool,
-              pause_s: float = 0.0) -> pb.RecognitionResult:
-    """One call; the final result (its id and length checked by the caller)."""
+              pause_s: float = 0.0, wait_for_ready: bool = False) -> pb.RecognitionResult:
+    """One call; the final result (its id and length checked by the caller). With
+    `wait_for_ready`, a call made while the channel reconnects waits for the connection
+    instead of failing at once (how a client retries after UNAVAILABLE)."""
     if not streamed:
         return stub.Recognize(pb.RecognizeRequest(
             config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER, request_id=request_id),
-            audio_content=CLIPS[k]), timeout=60).result
+            audio_content=CLIPS[k]), timeout=60, wait_for_ready=wait_for_ready).result
     finals = [r for r in stub.StreamingRecognize(stream_messages(CLIPS[k], request_id, pause_s),
-                                                 timeout=60) if r.is_last]
+                                                 timeout=60, wait_for_ready=wait_for_ready)
+              if r.is_last]
     assert len(finals) == 1
     return finals[0].result
 
@@ -200,19 +203,26 @@ def test_killing_a_front_end_loses_only_its_own_calls(
     def client(i: int) -> None:
         stub = pb_grpc.RecognizerStub(channels[i])
         j = 0
+        retrying = False
         while not stop.is_set():
             rid = f"k{i}-{j}"
             k = (i + j) % len(CLIPS)
             try:
                 # Slow uploads: a call lasts ~0.3-0.9 s, so each client has one in flight.
-                result = recognize(stub, k, rid, streamed=True, pause_s=0.1)
+                # A retry waits for the channel's new connection: should a reconnection attempt
+                # fail (one that raced the kill, say), the channel backs off, and calls made
+                # then fail at once without reaching any server (seen under heavy load).
+                result = recognize(stub, k, rid, streamed=True, pause_s=0.1,
+                                   wait_for_ready=retrying)
             except grpc.RpcError as exc:
                 with lock:
                     failures[i].append(exc.code())
+                retrying = True
                 continue  # retried with the same id, on a new connection
             except BaseException as exc:  # reported below
                 unexpected.append(exc)
                 return
+            retrying = False
             with lock:
                 if result.request_id != rid or result.audio_duration_s != pytest.approx(
                         expected_s(k)):
