@@ -40,9 +40,12 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
     """Requests out in batches, answers back by tag, over one call opened on first use."""
 
     def __init__(self, what: str, open_call: Callable[[], Any],
-                 new_outbox: Callable[[], OutboxT]) -> None:
-        """`what` names the call in failure reasons ("the Work call")."""
+                 new_outbox: Callable[[], OutboxT],
+                 on_broken: Callable[[str], object] | None = None) -> None:
+        """`what` names the call in failure reasons ("the Work call"); `on_broken(why)` is
+        told when the other side ends the call or it breaks (not when `close` ends it)."""
         self.what = what
+        self._on_broken = on_broken
         self._open_call = open_call
         self._new_outbox = new_outbox
         self._outbox = new_outbox()
@@ -81,16 +84,17 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                 try:
                     await call.write(message)
                 except grpc.aio.AioRpcError as exc:
-                    self._broken(call, f"{exc.code().name}: {exc.details()}")
+                    self._broken(call, f"{exc.code().name}: {exc.details()}", notify=True)
                     return
                 except (grpc.aio.UsageError, asyncio.InvalidStateError, ConnectionError) as exc:
-                    self._broken(call, f"{self.what} broke: {exc}")
+                    self._broken(call, f"{self.what} broke: {exc}", notify=True)
                     return
                 finally:
                     self._writing = False
 
     async def _read(self, call: Any) -> None:
         why = f"the other side ended {self.what}"
+        closed = False
         try:
             async for message in call:
                 for answer in message.answers:
@@ -102,12 +106,13 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         except ConnectionError as exc:  # a framed stream (protos.common.framed)
             why = f"{self.what} broke: {exc}"
         except asyncio.CancelledError:
-            why = f"{self.what} was closed"
+            why, closed = f"{self.what} was closed", True
         finally:
-            self._broken(call, why)
+            self._broken(call, why, notify=not closed)
 
-    def _broken(self, call: Any, why: str) -> None:
-        """`call` is over: every request still waiting on it gets `why`; the next reopens."""
+    def _broken(self, call: Any, why: str, notify: bool = False) -> None:
+        """`call` is over: every request still waiting on it gets `why`; the next reopens.
+        `notify`: it ended from the other side (or broke): tell `on_broken`."""
         if self._call is not call:
             return
         self._call = None
@@ -118,6 +123,8 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_result(why)
+        if notify and self._on_broken is not None:
+            self._on_broken(why)
 
     def _flush(self) -> None:
         """Send the outbox now if the call can take it without waiting (a framed stream's

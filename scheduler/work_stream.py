@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -47,11 +48,13 @@ class WorkStream:
 
     def __init__(self, channel: grpc.aio.Channel, worker_id: str,
                  arena: PcmArena | None = None, secret: str = "",
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None,
+                 on_broken: Callable[[str], object] | None = None) -> None:
         """`channel`: a channel of its own without interceptors; the worker secret goes in
         the call's metadata. `sock`: the scheduler's end of the socket pair the worker
         inherited; units go over it first, and over a gRPC `Work` call on `channel` if it
-        ever breaks while the worker lives on."""
+        ever breaks while the worker lives on. `on_broken(why)`: told when the worker's end
+        of the call ends (almost always: the process is exiting)."""
         self.worker_id = worker_id
         self.arena = arena
         self._channel = channel
@@ -60,7 +63,7 @@ class WorkStream:
         self._open_call = FramedFirst(sock, wpb.WorkResponse.FromString,
                                       lambda: stub.Work(metadata=metadata))
         self._call: TaggedCall[wpb.WorkRequest, wpb.WorkAnswer] = TaggedCall(
-            "the Work call", self._open_call, wpb.WorkRequest)
+            "the Work call", self._open_call, wpb.WorkRequest, on_broken)
         self._closed = False
 
     @property

@@ -160,6 +160,11 @@ class WorkerHandle:
         self._channel: grpc.aio.Channel | None = None
         self._crashes: collections.deque[float] = collections.deque()
         self._stopping = False
+        # The unit call of the current process ended from its side: almost always the
+        # process is exiting. No units go to it until `_watch` knows (its exit, or that it
+        # still answers and units can take the gRPC fallback).
+        self._suspect = False
+        self._link_broke = asyncio.Event()
         self.allocated_bytes = 0
         self.reserved_bytes = 0
         self.capabilities: Capabilities | None = None  # from the ready handshake
@@ -182,7 +187,20 @@ class WorkerHandle:
 
     @property
     def ready(self) -> bool:
-        return self.state == WorkerState.READY
+        return self.state == WorkerState.READY and not self._suspect
+
+    def _set_suspect(self, suspect: bool) -> None:
+        if suspect != self._suspect:
+            self._suspect = suspect
+            self.on_change()
+
+    def _on_link_broken(self, why: str) -> None:
+        if self._stopping:
+            return
+        log.info("worker %s: its unit call ended (%s); no units go to it until it is known "
+                 "to be alive", self.spec.worker_id, why)
+        self._set_suspect(True)
+        self._link_broke.set()
 
     def expected_finish_s(self, audio_s: float) -> float:
         """Seconds until this worker would finish a new request of `audio_s` seconds."""
@@ -303,8 +321,10 @@ class WorkerHandle:
         self.stub = wpb_grpc.WorkerStub(self._channel)
         work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
                                                  options=list(WORKER_CHANNEL_OPTIONS))
+        self._set_suspect(False)
+        self._link_broke.clear()
         self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret,
-                               sock)
+                               sock, self._on_link_broken)
 
     async def _close_channel(self) -> None:
         self._drop_spawned()
@@ -356,7 +376,9 @@ class WorkerHandle:
             if reason is not None:
                 await asyncio.sleep(0.1)  # let the stderr thread catch the last lines
                 return self._failure(reason)
-            if time.monotonic() >= next_beat:
+            if self._suspect and await self._exits_soon():
+                continue  # its exit is read above
+            if time.monotonic() >= next_beat or self._suspect:
                 try:
                     assert self.stub is not None
                     self.absorb(await get_info(self.stub, self.launch.heartbeat_timeout_s))
@@ -364,9 +386,26 @@ class WorkerHandle:
                     if self._exit_reason() is None:
                         await self._kill()
                         return f"no heartbeat ({exc.code().name}); killed"
+                    continue  # it exited: read above
+                if self._suspect:  # alive and answering: units take the gRPC fallback
+                    log.warning("worker %s: its unit call broke but it still answers; units "
+                                "go over gRPC", self.spec.worker_id)
+                    self._set_suspect(False)
                 next_beat = time.monotonic() + self.launch.heartbeat_interval_s
-            await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):  # woken at once if the unit call ends
+                await asyncio.wait_for(self._link_broke.wait(), 0.1)
         return "stopping"
+
+    async def _exits_soon(self, within_s: float = 1.0) -> bool:
+        """After the unit call ended: whether the process exits within `within_s` (its
+        sockets close while it exits, a moment before it can be reaped)."""
+        self._link_broke.clear()
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and not self._stopping:
+            if self._exit_reason() is not None:
+                return True
+            await asyncio.sleep(0.01)
+        return False
 
     async def supervise(self) -> None:
         """Keep the worker running until `stop()`."""
