@@ -1,0 +1,127 @@
+"""A/B of the service's own cost: two or more checkouts served side by side, load alternated.
+
+On a shared machine whose pace drifts by more than the change being measured, two runs of
+`bench/frontend.py` minutes apart cannot be compared. Here every checkout (a git worktree or
+any directory holding the project) runs its own `asr-scheduler serve --engine identity`, all
+started first; then, round after round, the same load goes to each in turn, so that each
+round's figures were taken within seconds of each other. It prints every round, the median
+per checkout, and the mean of the per-round differences against the first checkout with its
+standard error.
+
+    git worktree add /tmp/base <commit>
+    python bench/ab.py --trees /tmp/base,. --kinds stream,unary --concurrency 1 --rounds 10
+
+A checkout may carry environment variables for its service: `/tmp/base|VAR=1;OTHER=2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port, make_clips, stop_process  # noqa: E402
+from bench.frontend import HZ, cpu_ticks, drive, service_processes, speed_check  # noqa: E402
+from protos.asr.v1 import asr_pb2 as pb  # noqa: E402
+from protos.asr.v1 import asr_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def start(spec: str, model: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    tree, _, envs = spec.partition("|")
+    tree = str(Path(tree).resolve())
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": tree,
+           **dict(e.split("=", 1) for e in envs.split(";") if e)}
+    cmd = [sys.executable, "-c", "import sys; from scheduler.cli import main; sys.exit(main())",
+           "serve", "--model", model, "--engine", "identity", "--devices", "cpu",
+           "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+           "--vad-model", "none"]
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    return proc, f"127.0.0.1:{port}"
+
+
+def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"a service exited with code {proc.returncode}")
+        try:
+            with grpc.insecure_channel(address) as ch:
+                status = pb_grpc.AdminStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
+            if all(w.state == "ready" for d in status.devices for w in d.workers):
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{address} not ready in {timeout_s:.0f} s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trees", required=True, help="checkouts, comma-separated; the first is "
+                    "the baseline")
+    ap.add_argument("--model", default=str(ROOT / "models" / "sensevoice-tiny"))
+    ap.add_argument("--kinds", default="stream,unary")
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=800, help="per round and checkout")
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    specs = args.trees.split(",")
+    kinds = args.kinds.split(",")
+    work = Path(tempfile.mkdtemp(prefix="ab-bench-"))
+    data = make_clips(1, 10.0, work)[0].path.read_bytes()
+    services = [(spec, *start(spec, args.model, work / f"serve{i}.log"))
+                for i, spec in enumerate(specs)]
+    totals: dict[tuple[str, str], list[float]] = {}
+    try:
+        for _, proc, address in services:
+            wait_ready(address, proc)
+            asyncio.run(drive(address, data, "unary", 8, 100))  # warm up
+        for r in range(args.rounds):
+            for kind in kinds:
+                for spec, proc, address in services:
+                    pids = service_processes(proc.pid)
+                    speed = speed_check()
+                    before = {k: cpu_ticks(p) for k, p in pids.items()}
+                    wall, _ = asyncio.run(drive(address, data, kind, args.concurrency,
+                                                args.requests))
+                    cpu = {k: (cpu_ticks(p) - before[k]) / HZ * 1000 / args.requests
+                           for k, p in pids.items()}
+                    total = sum(cpu.values())
+                    totals.setdefault((spec, kind), []).append(total)
+                    per = ", ".join(f"{k} {v:.3f}" for k, v in cpu.items())
+                    print(f"round {r} {kind} {spec}: {total:.3f} ms/request ({per}); "
+                          f"{args.requests / wall:.0f} req/s; speed check {speed:.0f} ms",
+                          flush=True)
+    finally:
+        for _, proc, _ in services:
+            stop_process(proc)
+    print()
+    for kind in kinds:
+        base = totals[(specs[0], kind)]
+        print(f"{kind}, concurrency {args.concurrency}, {args.rounds} rounds of "
+              f"{args.requests}: {specs[0]} median {statistics.median(base):.3f} ms")
+        for spec in specs[1:]:
+            ours = totals[(spec, kind)]
+            diff = [b - a for a, b in zip(base, ours, strict=True)]
+            se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0
+            print(f"  {spec}: median {statistics.median(ours):.3f} ms; mean difference "
+                  f"{statistics.mean(diff):+.3f} ms (std. error {se:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
