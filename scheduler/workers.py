@@ -135,6 +135,11 @@ class Stalls:
         return self.in_a_row > self.limit
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class WorkerHandle:
     """One supervised worker process and the scheduler's view of its load."""
 
@@ -164,7 +169,7 @@ class WorkerHandle:
         # process is exiting. No units go to it until `_watch` knows (its exit, or that it
         # still answers and units can take the gRPC fallback).
         self._suspect = False
-        self._link_broke = asyncio.Event()
+        self._nap_waiter: asyncio.Future[None] | None = None  # `_watch` between its checks
         self.allocated_bytes = 0
         self.reserved_bytes = 0
         self.capabilities: Capabilities | None = None  # from the ready handshake
@@ -200,7 +205,8 @@ class WorkerHandle:
         log.info("worker %s: its unit call ended (%s); no units go to it until it is known "
                  "to be alive", self.spec.worker_id, why)
         self._set_suspect(True)
-        self._link_broke.set()
+        if self._nap_waiter is not None:
+            _wake(self._nap_waiter)
 
     def expected_finish_s(self, audio_s: float) -> float:
         """Seconds until this worker would finish a new request of `audio_s` seconds."""
@@ -322,7 +328,6 @@ class WorkerHandle:
         work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
                                                  options=list(WORKER_CHANNEL_OPTIONS))
         self._set_suspect(False)
-        self._link_broke.clear()
         self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret,
                                sock, self._on_link_broken)
 
@@ -392,14 +397,24 @@ class WorkerHandle:
                                 "go over gRPC", self.spec.worker_id)
                     self._set_suspect(False)
                 next_beat = time.monotonic() + self.launch.heartbeat_interval_s
-            with contextlib.suppress(TimeoutError):  # woken at once if the unit call ends
-                await asyncio.wait_for(self._link_broke.wait(), 0.1)
+            await self._nap(0.1)
         return "stopping"
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the unit call ends meanwhile (a future and a timer:
+        no task or exception per nap, this runs ten times a second per worker)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._nap_waiter = loop.create_future()
+        timer = loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._nap_waiter = None
 
     async def _exits_soon(self, within_s: float = 1.0) -> bool:
         """After the unit call ended: whether the process exits within `within_s` (its
         sockets close while it exits, a moment before it can be reaped)."""
-        self._link_broke.clear()
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline and not self._stopping:
             if self._exit_reason() is not None:
