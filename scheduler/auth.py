@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from protos.common.wrapping import HandlerWrapper, same_kind
+from protos.common.wrapping import HandlerWrapper, checked_first
 from scheduler.errors import PermissionDenied, RequestError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -56,30 +54,15 @@ class TokenInterceptor(HandlerWrapper):
             return handler
         refusal = self.refusal
 
-        def check(context: grpc.aio.ServicerContext) -> None:
+        async def check(context: grpc.aio.ServicerContext) -> None:
             refused = refusal(method,
                               dict(context.invocation_metadata() or ()).get("authorization"))
             if refused is not None:
                 raise refused
 
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                check(context)
-                return await inner_uu(request, context)
-
-            return same_kind(handler, unary_unary=unary_unary)
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(requests: AsyncIterator[Any],
-                                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                check(context)
-                async for item in inner_ss(requests, context):
-                    yield item
-
-            return same_kind(handler, stream_stream=stream_stream)
+        wrapped = checked_first(handler, check)
+        if wrapped is not None:
+            return wrapped
         raise TypeError(f"{method}: token checks cover unary and bidirectional-stream methods "
                         "only")  # fail closed, at start-up
 

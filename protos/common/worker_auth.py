@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from protos.common.wrapping import HandlerWrapper, same_kind
+from protos.common.wrapping import HandlerWrapper, checked_first
 
 SECRET_ENV = "ASR_WORKER_SECRET"
 METADATA_KEY = "x-asr-worker-secret"
@@ -78,26 +78,13 @@ class SecretCheck(HandlerWrapper):
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         carries, refusal = self._carries, self.refusal
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if not carries(context.invocation_metadata()):
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-                return await inner_uu(request, context)
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            if not carries(context.invocation_metadata()):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
 
-            return same_kind(handler, unary_unary=unary_unary)
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                if not carries(context.invocation_metadata()):
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-                async for item in inner_ss(requests, context):
-                    yield item
-
-            return same_kind(handler, stream_stream=stream_stream)
-        return self._refusing(handler)  # no kind the service uses: refuse every call
+        # A kind the service does not use: refuse every call.
+        return checked_first(handler, check) or self._refusing(handler)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],

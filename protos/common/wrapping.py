@@ -12,7 +12,7 @@ for servers and tests that pass it to `grpc.aio.server(interceptors=...)`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -42,6 +42,32 @@ def same_kind(handler: grpc.RpcMethodHandler, unary_unary: Any = None,
     if handler.request_streaming or handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
     return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+
+
+def checked_first(handler: grpc.RpcMethodHandler,
+                  check: Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+                  ) -> grpc.RpcMethodHandler | None:
+    """A handler like `handler` that awaits `check(context)` (which raises to refuse the call)
+    before running it; None for a kind other than unary or bidirectional streaming."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(context)
+            return await inner_uu(request, context)
+
+        return same_kind(handler, unary_unary=unary_unary)
+    if handler.stream_stream:
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any],
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await check(context)
+            async for item in inner_ss(requests, context):
+                yield item
+
+        return same_kind(handler, stream_stream=stream_stream)
+    return None
 
 
 class _CachedGeneric(grpc.GenericRpcHandler):
