@@ -15,9 +15,11 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from scheduler.loop_metrics import LoopCounter, LoopHistogram
 
 if TYPE_CHECKING:
     from scheduler.dispatch import Dispatcher
@@ -41,48 +43,54 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("asr_requests", "Finished requests by RPC, mode and status code",
-                                ["rpc", "mode", "code"], registry=r)
+        # Per-request series: observed on the event loop without locks (scheduler.loop_metrics).
+        self.requests = LoopCounter("asr_requests",
+                                    "Finished requests by RPC, mode and status code",
+                                    ["rpc", "mode", "code"], registry=r)
         self.in_flight = Gauge("asr_requests_in_flight", "Requests being handled", registry=r)
-        self.latency = Histogram("asr_request_latency_seconds", "End-to-end request latency",
-                                 ["rpc"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("asr_queue_wait_seconds",
-                                    "Time from acceptance to the start of inference",
-                                    ["device"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_inference = Histogram("asr_batch_inference_seconds",
-                                         "Model time per batch", ["device", "model"],
-                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("asr_batch_size", "Requests per batch", ["device", "model"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.request_audio = Histogram("asr_request_audio_seconds", "Audio length per request",
-                                       buckets=AUDIO_BUCKETS, registry=r)
-        self.rtf = Histogram("asr_real_time_factor",
-                             "Processing seconds per audio second (lower is faster)",
-                             ["device"], buckets=RTF_BUCKETS, registry=r)
-        self.audio_seconds = Counter("asr_audio_seconds", "Audio seconds transcribed",
-                                     ["device", "model"], registry=r)
+        self.latency = LoopHistogram("asr_request_latency_seconds",
+                                     "End-to-end request latency", ["rpc"],
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = LoopHistogram("asr_queue_wait_seconds",
+                                        "Time from acceptance to the start of inference",
+                                        ["device"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_inference = LoopHistogram("asr_batch_inference_seconds",
+                                             "Model time per batch", ["device", "model"],
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = LoopHistogram("asr_batch_size", "Requests per batch",
+                                        ["device", "model"], buckets=BATCH_BUCKETS, registry=r)
+        self.request_audio = LoopHistogram("asr_request_audio_seconds",
+                                           "Audio length per request", buckets=AUDIO_BUCKETS,
+                                           registry=r)
+        self.rtf = LoopHistogram("asr_real_time_factor",
+                                 "Processing seconds per audio second (lower is faster)",
+                                 ["device"], buckets=RTF_BUCKETS, registry=r)
+        self.audio_seconds = LoopCounter("asr_audio_seconds", "Audio seconds transcribed",
+                                         ["device", "model"], registry=r)
         self.live_streams = Gauge("asr_live_streams", "Open StreamingRecognize streams",
                                   registry=r)
-        self.stream_final_latency = Histogram(
+        self.stream_final_latency = LoopHistogram(
             "asr_stream_final_latency_seconds",
             "Time from a stream's last audio to its final result", buckets=LATENCY_BUCKETS,
             registry=r)
-        self.fallbacks = Counter("asr_cpu_fallbacks", "Requests run on CPU, by reason",
-                                 ["reason"], registry=r)
+        self.fallbacks = LoopCounter("asr_cpu_fallbacks", "Requests run on CPU, by reason",
+                                     ["reason"], registry=r)
         # LLM decoders (Fun-ASR-Nano): tokens, decoding steps per batch, time per output token.
-        self.generated_tokens = Counter("asr_generated_tokens", "Tokens generated by LLM "
-                                        "decoders", ["device", "model"], registry=r)
-        self.decode_steps = Histogram("asr_decode_steps", "Decoding steps per LLM batch "
-                                      "(step-wise decoding: per sequence)",
-                                      ["device", "model"], buckets=STEP_BUCKETS, registry=r)
-        self.time_per_token = Histogram("asr_time_per_output_token_seconds",
-                                        "Model time per decoding step of an LLM batch "
-                                        "(step-wise decoding: of one sequence)",
-                                        ["device", "model"], buckets=TPOT_BUCKETS, registry=r)
+        self.generated_tokens = LoopCounter("asr_generated_tokens",
+                                            "Tokens generated by LLM decoders",
+                                            ["device", "model"], registry=r)
+        self.decode_steps = LoopHistogram("asr_decode_steps", "Decoding steps per LLM batch "
+                                          "(step-wise decoding: per sequence)",
+                                          ["device", "model"], buckets=STEP_BUCKETS, registry=r)
+        self.time_per_token = LoopHistogram("asr_time_per_output_token_seconds",
+                                            "Model time per decoding step of an LLM batch "
+                                            "(step-wise decoding: of one sequence)",
+                                            ["device", "model"], buckets=TPOT_BUCKETS,
+                                            registry=r)
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for a device", registry=r)
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
-        # Labelled series by (metric, label values): `labels()` validates and locks on every
-        # call, and a request touches several; the label values come from small fixed sets.
+        # Labelled series by (metric, label values), looked up once: a request touches
+        # several; the label values come from small fixed sets.
         self._series: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._http: Any = None
 

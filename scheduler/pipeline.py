@@ -124,12 +124,17 @@ class Pipeline:
         """Whole audio in one message."""
         model = self.model_for(req)
         with self.dispatcher.admit():
-            return await self._recognize_bytes(req, model, req.audio, _ignore)
+            audio = await self._prepare_bytes(req, req.audio)
+            if isinstance(audio, np.ndarray):
+                return await self._recognize_samples(req, model, audio)
+            return await self._recognize_blocks(req, model, audio, _ignore)
 
-    async def recognize_stream(self, req: RecognitionRequest, chunks: AsyncIterator[bytes],
-                               on_segment: OnSegment = _ignore) -> RecognitionOutcome:
-        """Audio as a stream of byte chunks; `on_segment` sees each VAD segment's result as it
-        finishes (long streams)."""
+    async def recognize_stream(self, req: RecognitionRequest, chunks: AsyncIterator[bytes]
+                               ) -> AsyncIterator[Segment | RecognitionOutcome]:
+        """Audio as a stream of byte chunks: each VAD segment's result as it finishes (long
+        streams), then the outcome, last. Audio that needs no VAD is recognised in the
+        caller's task (no task or queue per stream); close the iterator when done with it
+        (`contextlib.aclosing`)."""
         model = self.model_for(req)
         with self.dispatcher.admit():
             s = self.stream
@@ -137,35 +142,64 @@ class Pipeline:
                                    buffer_bytes=s.buffer_bytes, max_bytes=s.max_bytes,
                                    spool_dir=s.spool_dir, buffers=s.buffers) as source:
                 if source.whole is not None:
-                    return await self._recognize_bytes(req, model, source.whole, on_segment)
-                assert source.blocks is not None
-                if self.wants_vad(req, None):
-                    return await self._recognize_blocks(req, model, source.blocks, on_segment)
-                samples = await self._gather(source.blocks)
-                return await self._recognize_samples(req, model, samples)
+                    audio = await self._prepare_bytes(req, source.whole)
+                    if isinstance(audio, np.ndarray):
+                        yield await self._recognize_samples(req, model, audio)
+                        return
+                    blocks = audio
+                else:
+                    assert source.blocks is not None
+                    blocks = source.blocks
+                    if not self.wants_vad(req, None):
+                        yield await self._recognize_samples(req, model,
+                                                            await self._gather(blocks))
+                        return
+                async for item in self._segments_as_they_finish(req, model, blocks):
+                    yield item
+
+    async def _segments_as_they_finish(self, req: RecognitionRequest, model: ServedModel,
+                                       blocks: AsyncIterator[np.ndarray]
+                                       ) -> AsyncIterator[Segment | RecognitionOutcome]:
+        """`_recognize_blocks` in a task of its own, its segments handed out as they finish."""
+        out: asyncio.Queue[Segment | None] = asyncio.Queue()
+
+        async def on_segment(seg: Segment) -> None:
+            out.put_nowait(seg)
+
+        task = asyncio.get_running_loop().create_task(
+            self._recognize_blocks(req, model, blocks, on_segment))
+        # The task's end follows its last segment in the queue (None marks it).
+        task.add_done_callback(lambda _: out.put_nowait(None))
+        try:
+            while (seg := await out.get()) is not None:
+                yield seg
+            yield task.result()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     # -- the paths ----------------------------------------------------------------------------
 
-    async def _recognize_bytes(self, req: RecognitionRequest, model: ServedModel, data: bytes,
-                               on_segment: OnSegment) -> RecognitionOutcome:
-        # Decoded whole only up to a limit when VAD may cut it: a small compressed file can
-        # hold hours (of silence): that is decoded as a stream, so memory follows what VAD
-        # keeps, not the decoded length.
+    async def _prepare_bytes(self, req: RecognitionRequest, data: bytes | memoryview
+                             ) -> np.ndarray | AsyncIterator[np.ndarray]:
+        """Whole audio in memory as 16 kHz mono samples for one unit, or as blocks for VAD.
+        Decoded whole only up to a limit when VAD may cut it: a small compressed file can
+        hold hours (of silence): that is decoded as a stream, so memory follows what VAD
+        keeps, not the decoded length."""
         limit = WHOLE_DECODE_LIMIT_S if self.wants_vad(req, None) else None
         try:
             audio = await self._decode(req, data, limit)
         except LongerThanWholeLimit:
-            blocks = decoded_stream(data, req.encoding, req.sample_rate, req.channels,
-                                    self.stream.spool_dir)
-            return await self._recognize_blocks(req, model, blocks, on_segment)
+            return decoded_stream(data, req.encoding, req.sample_rate, req.channels,
+                                  self.stream.spool_dir)
         if not self.wants_vad(req, audio.duration_s):
-            return await self._recognize_samples(req, model, audio.samples)
+            return audio.samples
         samples = audio.as_float32()
 
         async def blocks() -> AsyncIterator[np.ndarray]:
             for i in range(0, len(samples), BLOCK_SAMPLES):
                 yield samples[i:i + BLOCK_SAMPLES]
-        return await self._recognize_blocks(req, model, blocks(), on_segment)
+        return blocks()
 
     async def _gather(self, blocks: AsyncIterator[np.ndarray]) -> np.ndarray:
         """A whole stream's decoded audio as one array (no VAD to cut it), its growth
@@ -183,7 +217,7 @@ class Pipeline:
         finally:
             self.budget.give(taken)
 
-    async def _decode(self, req: RecognitionRequest, data: bytes,
+    async def _decode(self, req: RecognitionRequest, data: bytes | memoryview,
                       whole_limit_s: float | None = None) -> DecodedAudio:
         if req.decode_error:  # a front end tried (`--frontends`)
             raise InvalidAudio(req.decode_error)

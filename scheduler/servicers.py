@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -88,6 +88,32 @@ def to_result(outcome: RecognitionOutcome) -> pb.RecognitionResult:
         request_id=outcome.request_id)
 
 
+class StreamAudio:
+    """The audio bytes of a stream's later messages, each read within the idle timeout;
+    `ended_at`: when the input ended (0 before). A plain iterator, not an async generator:
+    this is on every message's path."""
+
+    __slots__ = ("_idle", "_messages", "ended_at")
+
+    def __init__(self, messages: AsyncIterator[pb.StreamingRecognizeRequest],
+                 idle: IdleWatch) -> None:
+        self._messages, self._idle = messages, idle
+        self.ended_at = 0.0
+
+    def __aiter__(self) -> StreamAudio:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            message = await self._idle.next(self._messages)
+        except StopAsyncIteration:
+            self.ended_at = self.ended_at or time.monotonic()
+            raise
+        if message.WhichOneof("streaming_request") == "streaming_config":
+            raise InvalidRequest("streaming_config may only be sent once, first")
+        return message.audio_content
+
+
 class RecognizerServicer(pb_grpc.RecognizerServicer):
     def __init__(self, pipeline: Pipeline, max_unary_bytes: int,
                  limits: StreamLimits | None = None,
@@ -148,21 +174,6 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                 idle.close()
                 self.metrics.live_streams.dec()
 
-    async def _audio(self, messages: AsyncIterator[pb.StreamingRecognizeRequest],
-                     idle: IdleWatch, ended: list[float] | None = None) -> AsyncIterator[bytes]:
-        """The audio bytes of a stream's later messages, each within the idle timeout; the
-        time the input ended is appended to `ended`."""
-        while True:
-            try:
-                message = await idle.next(messages)
-            except StopAsyncIteration:
-                if ended is not None:
-                    ended.append(time.monotonic())
-                return
-            if message.WhichOneof("streaming_request") == "streaming_config":
-                raise InvalidRequest("streaming_config may only be sent once, first")
-            yield message.audio_content
-
     async def _upload(
         self, sc: pb.StreamingRecognitionConfig,
         messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
@@ -171,33 +182,23 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         """A stream that uploads a file: each segment's final result as it finishes, then the
         whole file's."""
         req = to_request(sc.config, b"", context.time_remaining())
-        input_ended: list[float] = []
-        out: asyncio.Queue[pb.StreamingRecognizeResponse | None] = asyncio.Queue()
+        audio = StreamAudio(messages, idle)
         processed_ms = 0
-
-        async def on_segment(seg: Segment) -> None:
-            nonlocal processed_ms
-            processed_ms = max(processed_ms, seg.end_ms)
-            await out.put(pb.StreamingRecognizeResponse(
-                result=segment_result(seg, self.pipeline.catalog.get(req.model).name,
-                                      req.request_id),
-                is_final=True, audio_processed_s=processed_ms / 1000))
-
-        task = asyncio.get_running_loop().create_task(self.pipeline.recognize_stream(
-            req, self._audio(messages, idle, input_ended), on_segment))
-        # The task's end follows its last segment in the queue (None marks it).
-        task.add_done_callback(lambda _: out.put_nowait(None))
-        try:
-            while (response := await out.get()) is not None:
-                yield response
-            outcome = task.result()
-        finally:
-            task.cancel()
-        now = time.monotonic()
-        self.metrics.stream_final_latency.observe(now - (input_ended[0] if input_ended else now))
-        yield pb.StreamingRecognizeResponse(result=to_result(outcome), is_final=True,
-                                            is_last=True,
-                                            audio_processed_s=outcome.audio_duration_s)
+        async with contextlib.aclosing(self.pipeline.recognize_stream(req, audio)) as results:
+            async for item in results:
+                if isinstance(item, Segment):
+                    processed_ms = max(processed_ms, item.end_ms)
+                    yield pb.StreamingRecognizeResponse(
+                        result=segment_result(item, self.pipeline.catalog.get(req.model).name,
+                                              req.request_id),
+                        is_final=True, audio_processed_s=processed_ms / 1000)
+                    continue
+                now = time.monotonic()
+                self.metrics.stream_final_latency.observe(
+                    now - (audio.ended_at or now))
+                yield pb.StreamingRecognizeResponse(result=to_result(item), is_final=True,
+                                                    is_last=True,
+                                                    audio_processed_s=item.audio_duration_s)
 
     async def _live(self, sc: pb.StreamingRecognitionConfig,
                     messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
@@ -208,7 +209,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         req = to_request(sc.config, b"", context.time_remaining())
         live_req = to_live_request(sc, req)
 
-        async for ev in self.live.run(live_req, self._audio(messages, idle)):
+        async for ev in self.live.run(live_req, StreamAudio(messages, idle)):
             yield live_response(ev, req.request_id)
 
 

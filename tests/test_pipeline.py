@@ -20,7 +20,7 @@ from scheduler.ingest import open_stream
 from scheduler.interceptor import REQUEST_ID, ErrorInterceptor
 from scheduler.metrics import Metrics
 from scheduler.pipeline import Pipeline, RecognitionRequest, StreamSettings
-from scheduler.results import Segment
+from scheduler.results import RecognitionOutcome, Segment
 from scheduler.status import StatusReporter
 from scheduler.vad import VadPool
 from scheduler.workers_client import Capabilities
@@ -81,17 +81,15 @@ async def test_vad_cuts_run_as_units_and_assemble_in_time_order() -> None:
     slow_first = FakeWorkerStub("sim:0", behaviour=lambda r: "first" if r.request_id == "r1"
                                 else "second")
     p = pipeline({"sim:0": slow_first}, vad_segments=[(0, 400), (500, 900)])
-    seen: list[Segment] = []
-
-    async def on_segment(seg: Segment) -> None:
-        seen.append(seg)
 
     async def chunks() -> AsyncIterator[bytes]:
         data = pcm(2.0)
         for i in range(0, len(data), 8000):
             yield data[i:i + 8000]
 
-    out = await p.recognize_stream(request(2.0, vad_mode="always"), chunks(), on_segment)
+    results = [r async for r in p.recognize_stream(request(2.0, vad_mode="always"), chunks())]
+    *seen, out = results
+    assert all(isinstance(s, Segment) for s in seen) and isinstance(out, RecognitionOutcome)
     assert out.text == "first second"
     assert [(s.start_ms, s.end_ms) for s in out.segments] == [(0, 400), (500, 900)]
     assert len(seen) == 2 and out.audio_duration_s == pytest.approx(2.0)
