@@ -128,24 +128,25 @@ class Row:
         return sum(self.cpu_ms.values())
 
 
-def _requests(data: bytes) -> list[pb.StreamingRecognizeRequest]:
+def _requests(data: bytes, chunk: int = CHUNK) -> list[pb.StreamingRecognizeRequest]:
     msgs = [pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
         config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER)))]
-    msgs += [pb.StreamingRecognizeRequest(audio_content=data[i:i + CHUNK])
-             for i in range(0, len(data), CHUNK)]
+    msgs += [pb.StreamingRecognizeRequest(audio_content=data[i:i + chunk])
+             for i in range(0, len(data), chunk)]
     return msgs
 
 
 async def drive(address: str, data: bytes, kind: str, concurrency: int,
-                requests: int) -> tuple[float, list[float]]:
-    """Closed loop: `concurrency` calls in flight over a few channels; (wall s, latencies)."""
+                requests: int, chunk: int = CHUNK) -> tuple[float, list[float]]:
+    """Closed loop: `concurrency` calls in flight over a few channels; (wall s, latencies).
+    Streams send `data` in messages of `chunk` bytes after the config message."""
     channels = [grpc.aio.insecure_channel(address, options=[
         ("grpc.max_send_message_length", 256 << 20),
         ("grpc.use_local_subchannel_pool", 1)]) for _ in range(min(8, concurrency))]
     stubs = [pb_grpc.RecognizerStub(c) for c in channels]
     unary = pb.RecognizeRequest(config=pb.RecognitionConfig(vad_mode=pb.VAD_NEVER),
                                 audio_content=data)
-    stream_msgs = _requests(data)
+    stream_msgs = _requests(data, chunk)
     latencies: list[float] = []
     left = requests
 
@@ -171,11 +172,11 @@ async def drive(address: str, data: bytes, kind: str, concurrency: int,
 
 
 def measure(target: str, address: str, pids: dict[str, int], data: bytes, kind: str, fmt: str,
-            concurrency: int, requests: int) -> Row:
-    asyncio.run(drive(address, data, kind, min(concurrency, 8), min(requests, 40)))  # warm up
+            concurrency: int, requests: int, chunk: int = CHUNK) -> Row:
+    asyncio.run(drive(address, data, kind, min(concurrency, 8), min(requests, 40), chunk))
     speed = speed_check()
     before = {name: cpu_ticks(pid) for name, pid in pids.items()}
-    wall, lat = asyncio.run(drive(address, data, kind, concurrency, requests))
+    wall, lat = asyncio.run(drive(address, data, kind, concurrency, requests, chunk))
     after = {name: cpu_ticks(pid) for name, pid in pids.items()}
     lat.sort()
     cpu = {name: (after[name] - before[name]) / HZ * 1000 / requests for name in pids}
@@ -257,8 +258,11 @@ def main() -> int:
                     "e.g. 0,1,2 (0: the scheduler serves the port itself)")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra `serve` argument (repeat), e.g. --serve-arg=--workers-per-device=2")
+    ap.add_argument("--chunk-kb", type=int, default=CHUNK // 1024,
+                    help="audio bytes per streamed message (gRPC costs ~45 us per message here)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    chunk = args.chunk_kb * 1024
     work = Path(tempfile.mkdtemp(prefix="frontend-bench-"))
     clip = make_clips(1, args.seconds, work)[0]
     data = {"wav": clip.path.read_bytes()}
@@ -282,11 +286,11 @@ def main() -> int:
             for fmt in args.formats.split(","):
                 for c in levels:
                     floor = measure("echo", echo_address, {"echo": echo.pid}, data[fmt],
-                                    kind, fmt, c, args.requests)
+                                    kind, fmt, c, args.requests, chunk)
                     rows.append(floor)
                     for name, service, address in services:
                         rows.append(measure(name, address, service_processes(service.pid),
-                                            data[fmt], kind, fmt, c, args.requests))
+                                            data[fmt], kind, fmt, c, args.requests, chunk))
                         print(table([floor, rows[-1]]).splitlines()[-1], flush=True)
     finally:
         for _, service, _ in services:
@@ -294,13 +298,14 @@ def main() -> int:
         echo.kill()
     speed.append(speed_check())
     print()
-    print(f"{args.seconds:g} s clips; {os.cpu_count()} CPUs; load generator in this process; "
+    print(f"{args.seconds:g} s clips, streamed in {args.chunk_kb} KB messages; "
+          f"{os.cpu_count()} CPUs; load generator in this process; "
           f"speed check (a fixed Python loop, lower is faster): {speed[0]:.0f} ms before, "
           f"{speed[1]:.0f} ms after")
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps({
-            "speed_check_ms": speed,
+            "speed_check_ms": speed, "chunk_kb": args.chunk_kb,
             "rows": [{**asdict(r), "total_cpu_ms": r.total_cpu_ms} for r in rows]}, indent=1))
     return 0
 
