@@ -6,6 +6,7 @@ to `RecognitionRequest` and `RecognitionOutcome` and call `recognize` / `recogni
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -154,8 +155,10 @@ class Pipeline:
                         yield await self._recognize_samples(req, model,
                                                             await self._gather(blocks))
                         return
-                async for item in self._segments_as_they_finish(req, model, blocks):
-                    yield item
+                async with contextlib.aclosing(
+                        self._segments_as_they_finish(req, model, blocks)) as segments:
+                    async for item in segments:
+                        yield item
 
     async def _segments_as_they_finish(self, req: RecognitionRequest, model: ServedModel,
                                        blocks: AsyncIterator[np.ndarray]

@@ -96,6 +96,32 @@ async def test_vad_cuts_run_as_units_and_assemble_in_time_order() -> None:
     assert [len(c.pcm) // 4 for c in slow_first.calls] == [400 * 16, 400 * 16]  # f32 samples
 
 
+async def test_stream_without_vad_runs_in_the_callers_task_and_closing_cancels_vad_work(
+) -> None:
+    async def chunks(data: bytes) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 8000):
+            yield data[i:i + 8000]
+
+    p = pipeline({"sim:0": FakeWorkerStub("sim:0")}, vad_segments=[(0, 100)])
+    before = len(asyncio.all_tasks())
+    results = [r async for r in p.recognize_stream(request(vad_mode="never"),
+                                                   chunks(pcm(1.0)))]
+    assert len(results) == 1 and isinstance(results[0], RecognitionOutcome)
+    assert results[0].text == "16000 samples" and len(asyncio.all_tasks()) == before
+
+    # With VAD the units run in a task of their own; leaving after the first segment cancels
+    # it and frees the dispatcher.
+    slow = FakeWorkerStub("sim:0", delay_s=0.3)
+    p = pipeline({"sim:0": slow}, vad_segments=[(0, 100), (200, 300), (400, 500)])
+    stream = p.recognize_stream(request(1.0, vad_mode="always"), chunks(pcm(1.0)))
+    first = await anext(stream)
+    assert isinstance(first, Segment)
+    await stream.aclose()
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before
+    assert p.dispatcher.unfinished == 0 and p.budget.held == 0
+
+
 async def test_vad_decided_once_by_length() -> None:
     p = pipeline({"sim:0": FakeWorkerStub("sim:0")}, vad_segments=[(0, 100)])
     assert not p.wants_vad(request(), 29.0) and p.wants_vad(request(), 31.0)
