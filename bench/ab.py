@@ -36,17 +36,36 @@ from bench.frontend import HZ, cpu_ticks, drive, service_processes, speed_check 
 from protos.asr.v1 import asr_pb2 as pb  # noqa: E402
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc  # noqa: E402
 
+SERVE_IDENTITY = ["-c", "import sys; from scheduler.cli import main; sys.exit(main())", "serve",
+                  "--engine", "identity", "--devices", "cpu", "--host", "127.0.0.1",
+                  "--metrics-port", "0", "--vad-model", "none"]
+
+
+def checkout(spec: str) -> tuple[Path, dict[str, str]]:
+    """A `--trees` entry: the checkout's directory, and the environment its service runs with
+    (`DIR|VAR=1;OTHER=2` adds variables)."""
+    tree, _, envs = spec.partition("|")
+    path = Path(tree).resolve()
+    return path, {**os.environ, "PYTHONPATH": str(path),
+                  **dict(e.split("=", 1) for e in envs.split(";") if e)}
+
+
+def comparison_args(description: str, trees_help: str, requests: int) -> argparse.ArgumentParser:
+    """The options every side-by-side comparison of checkouts takes."""
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trees", required=True, help=trees_help)
+    ap.add_argument("--model", default=str(ROOT / "models" / "sensevoice-tiny"))
+    ap.add_argument("--kinds", default="stream,unary")
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=requests, help="per measurement")
+    return ap
+
 
 def start(spec: str, model: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    tree, _, envs = spec.partition("|")
-    tree = str(Path(tree).resolve())
+    tree, env = checkout(spec)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": tree,
-           **dict(e.split("=", 1) for e in envs.split(";") if e)}
-    cmd = [sys.executable, "-c", "import sys; from scheduler.cli import main; sys.exit(main())",
-           "serve", "--model", model, "--engine", "identity", "--devices", "cpu",
-           "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-           "--vad-model", "none"]
+    cmd = [sys.executable, *SERVE_IDENTITY, "--model", model, "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     return proc, f"127.0.0.1:{port}"
@@ -69,14 +88,8 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 3
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trees", required=True, help="checkouts, comma-separated; the first is "
-                    "the baseline")
-    ap.add_argument("--model", default=str(ROOT / "models" / "sensevoice-tiny"))
-    ap.add_argument("--kinds", default="stream,unary")
-    ap.add_argument("--concurrency", type=int, default=1)
-    ap.add_argument("--requests", type=int, default=800, help="per round and checkout")
+    ap = comparison_args(__doc__ or "", "checkouts, comma-separated; the first is the "
+                         "baseline", 800)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     specs = args.trees.split(",")

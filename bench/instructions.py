@@ -18,9 +18,7 @@ checkouts measured in the same run. Needs `valgrind` (Debian package).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -34,7 +32,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ab import wait_ready  # noqa: E402
+from bench.ab import SERVE_IDENTITY, checkout, comparison_args, wait_ready  # noqa: E402
 from bench.common import free_port, make_clips, stop_process  # noqa: E402
 from bench.frontend import CHUNK, ECHO_SERVER, drive, service_processes  # noqa: E402
 
@@ -67,25 +65,18 @@ def collect(pid: int, out: Path) -> tuple[int, int]:
 
 
 def start(spec: str, model: str, out: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    tree, _, envs = spec.partition("|")
+    echo = spec.partition("|")[0] == ECHO
+    cwd, env = checkout(str(ROOT) + spec[len(ECHO):] if echo else spec)
     port = free_port()
-    cwd = ROOT if tree == ECHO else Path(tree).resolve()
-    env = {**os.environ, "PYTHONPATH": str(cwd),
-           **dict(e.split("=", 1) for e in envs.split(";") if e)}
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
                 "--trace-children-skip=*ffmpeg*,*ffprobe*",
                 f"--callgrind-out-file={out}/cg.%p"]
-    if tree == ECHO:
-        cmd = [*valgrind, sys.executable, "-c", ECHO_SERVER, str(port)]
-    else:
-        cmd = [*valgrind, sys.executable, "-c",
-               "import sys; from scheduler.cli import main; sys.exit(main())", "serve",
-               "--model", model, "--engine", "identity", "--devices", "cpu", "--host",
-               "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--vad-model", "none"]
+    cmd = ([*valgrind, sys.executable, "-c", ECHO_SERVER, str(port)] if echo else
+           [*valgrind, sys.executable, *SERVE_IDENTITY, "--model", model, "--port", str(port)])
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
-    if tree == ECHO:
+    if echo:
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=300)
     else:
@@ -94,14 +85,8 @@ def start(spec: str, model: str, out: Path, log: Path) -> tuple[subprocess.Popen
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trees", required=True, help="checkouts, comma-separated (`echo`: the "
-                    "bare gRPC server); a checkout may carry `|VAR=1;OTHER=2`")
-    ap.add_argument("--model", default=str(ROOT / "models" / "sensevoice-tiny"))
-    ap.add_argument("--kinds", default="stream,unary")
-    ap.add_argument("--concurrency", type=int, default=1)
-    ap.add_argument("--requests", type=int, default=200)
+    ap = comparison_args(__doc__ or "", "checkouts, comma-separated (`echo`: the bare gRPC "
+                         "server); a checkout may carry `|VAR=1;OTHER=2`", 200)
     ap.add_argument("--chunk-kb", type=int, default=CHUNK // 1024)
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
