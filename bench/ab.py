@@ -3,10 +3,11 @@
 On a shared machine whose pace drifts by more than the change being measured, two runs of
 `bench/frontend.py` minutes apart cannot be compared. Here every checkout (a git worktree or
 any directory holding the project) runs its own `asr-scheduler serve --engine identity`, all
-started first; then, round after round, the same load goes to each in turn, so that each
-round's figures were taken within seconds of each other. It prints every round, the median
-per checkout, and the mean of the per-round differences against the first checkout with its
-standard error.
+started first; then, round after round, the same load goes to each in turn (each round
+starting with the next checkout), so that each round's figures were taken within seconds of
+each other. It prints every round, the median per checkout, and the mean of the per-round
+differences against the first checkout with its standard error. For changes of a few percent,
+`bench/instructions.py` (instructions, not time) is the steadier measure.
 
     git worktree add /tmp/base <commit>
     python bench/ab.py --trees /tmp/base,. --kinds stream,unary --concurrency 1 --rounds 10
@@ -104,8 +105,11 @@ def main() -> int:
             wait_ready(address, proc)
             asyncio.run(drive(address, data, "unary", 8, 100))  # warm up
         for r in range(args.rounds):
+            # Each round starts with the next checkout: the pace drifts within a round too,
+            # and a fixed order would lend the drift to the difference.
+            order = services[r % len(services):] + services[:r % len(services)]
             for kind in kinds:
-                for spec, proc, address in services:
+                for spec, proc, address in order:
                     pids = service_processes(proc.pid)
                     speed = speed_check()
                     before = {k: cpu_ticks(p) for k, p in pids.items()}
