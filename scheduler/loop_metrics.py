@@ -68,10 +68,13 @@ class _Family(Collector):
 
     def _get(self, values: tuple[str, ...]) -> object:
         series = self._series.get(values)
-        if series is None:
+        if series is None:  # new, or values that are not strings yet (as text, like labels())
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
-            series = self._series[tuple(str(v) for v in values)] = self._new()
+            key = tuple(str(v) for v in values)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = self._new()
         return series
 
     def _snapshot(self) -> list[tuple[tuple[str, ...], object]]:

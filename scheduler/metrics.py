@@ -89,9 +89,6 @@ class Metrics:
                                             registry=r)
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for a device", registry=r)
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
-        # Labelled series by (metric, label values), looked up once: a request touches
-        # several; the label values come from small fixed sets.
-        self._series: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._http: Any = None
 
     def attach(self, dispatcher: Dispatcher,
@@ -121,14 +118,6 @@ class Metrics:
                          "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"):
                 self.requests.labels(rpc, mode, code)
 
-    def series(self, metric: Any, *values: str) -> Any:
-        """`metric.labels(*values)`, looked up once."""
-        key = (id(metric), values)
-        child = self._series.get(key)
-        if child is None:
-            child = self._series[key] = metric.labels(*values)
-        return child
-
     def serve(self, port: int, host: str = "") -> None:
         """Serve /metrics over HTTP in a background thread until `close()`."""
         self._http, _ = start_http_server(port, addr=host or "0.0.0.0", registry=self.registry)
@@ -150,27 +139,27 @@ class Metrics:
         self._seen[key] = None
         if len(self._seen) > SEEN_BATCHES:
             self._seen.popitem(last=False)
-        self.series(self.batch_size, device, model).observe(size)
-        self.series(self.batch_inference, device, model).observe(seconds)
+        self.batch_size.labels(device, model).observe(size)
+        self.batch_inference.labels(device, model).observe(seconds)
         if decode_steps > 0:
-            self.series(self.decode_steps, device, model).observe(decode_steps)
-            self.series(self.time_per_token, device, model).observe(
+            self.decode_steps.labels(device, model).observe(decode_steps)
+            self.time_per_token.labels(device, model).observe(
                 seconds / decode_steps)
 
     def observe_tokens(self, device: str, model: str, tokens: int) -> None:
         """Tokens an LLM decoder generated for one unit."""
         if tokens > 0:
-            self.series(self.generated_tokens, device, model).inc(tokens)
+            self.generated_tokens.labels(device, model).inc(tokens)
 
     def observe_result(self, device: str, model: str, audio_s: float, queue_s: float,
                        wall_s: float, fallback_reason: str) -> None:
-        self.series(self.queue_wait, device).observe(queue_s)
+        self.queue_wait.labels(device).observe(queue_s)
         self.request_audio.observe(audio_s)
-        self.series(self.audio_seconds, device, model).inc(audio_s)
+        self.audio_seconds.labels(device, model).inc(audio_s)
         if audio_s > 0:
-            self.series(self.rtf, device).observe(wall_s / audio_s)
+            self.rtf.labels(device).observe(wall_s / audio_s)
         if fallback_reason:
-            self.series(self.fallbacks, fallback_reason).inc()
+            self.fallbacks.labels(fallback_reason).inc()
 
     def track(self, rpc: str) -> Callable[[str, float], None]:
         """Count a request in flight; the returned function records how it ended."""
@@ -179,8 +168,8 @@ class Metrics:
 
         def done(code: str, seconds: float) -> None:
             self.in_flight.dec()
-            self.series(self.requests, rpc, mode, code).inc()
-            self.series(self.latency, rpc).observe(seconds)
+            self.requests.labels(rpc, mode, code).inc()
+            self.latency.labels(rpc).observe(seconds)
         return done
 
 

@@ -44,3 +44,11 @@ def test_counters_only_go_up_and_label_counts_are_checked() -> None:
         c.labels("Recognize").inc(-1)
     with pytest.raises(ValueError):
         c.labels("Recognize", "extra")
+
+
+def test_label_values_are_text_like_prometheus_client() -> None:
+    h = LoopHistogram("h", "batch sizes", ["device"], buckets=(1, 2), registry=None)
+    for _ in range(3):
+        h.labels(0).observe(1)  # type: ignore[arg-type]
+    assert h.labels("0") is h.labels(0)  # type: ignore[arg-type]
+    assert h.labels("0").counts == [3, 0, 0]
