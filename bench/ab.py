@@ -24,22 +24,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, make_clips, stop_process  # noqa: E402
-from bench.frontend import HZ, cpu_ticks, drive, service_processes, speed_check  # noqa: E402
-from protos.asr.v1 import asr_pb2 as pb  # noqa: E402
-from protos.asr.v1 import asr_pb2_grpc as pb_grpc  # noqa: E402
+from bench.frontend import (  # noqa: E402
+    HZ,
+    IDENTITY_SERVE_ARGS,
+    cpu_ticks,
+    drive,
+    service_processes,
+    speed_check,
+    wait_ready,
+)
 
-SERVE_IDENTITY = ["-c", "import sys; from scheduler.cli import main; sys.exit(main())", "serve",
-                  "--engine", "identity", "--devices", "cpu", "--host", "127.0.0.1",
-                  "--metrics-port", "0", "--vad-model", "none"]
+# The service started from a checkout's directory (its code on PYTHONPATH, not the installed one).
+SERVE_IDENTITY = ["-c", "import sys; from scheduler.cli import main; sys.exit(main())",
+                  *IDENTITY_SERVE_ARGS]
 
 
 def checkout(spec: str) -> tuple[Path, dict[str, str]]:
@@ -70,22 +73,6 @@ def start(spec: str, model: str, log: Path) -> tuple[subprocess.Popen[bytes], st
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     return proc, f"127.0.0.1:{port}"
-
-
-def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"a service exited with code {proc.returncode}")
-        try:
-            with grpc.insecure_channel(address) as ch:
-                status = pb_grpc.AdminStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
-            if all(w.state == "ready" for d in status.devices for w in d.workers):
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{address} not ready in {timeout_s:.0f} s")
 
 
 def main() -> int:

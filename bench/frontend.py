@@ -193,28 +193,41 @@ def start_echo() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"127.0.0.1:{port}"
 
 
-def start_service(model: str, log: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [*scheduler_command(), "serve", "--model", model, "--engine", "identity",
-           "--devices", "cpu", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
-           "0", "--vad-model", "none", *extra]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+# `serve` with the identity engine on one CPU worker, no VAD, metrics off: the service's own cost.
+IDENTITY_SERVE_ARGS = ["serve", "--engine", "identity", "--devices", "cpu", "--host", "127.0.0.1",
+                       "--metrics-port", "0", "--vad-model", "none"]
+
+
+def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 300,
+               log: Path | None = None) -> None:
+    """Until every worker of the service at `address` is ready; RuntimeError when the process
+    exits first (with the end of its `log`) or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with grpc.insecure_channel(address) as ch:
             try:
                 status = pb_grpc.AdminStub(ch).GetStatus(pb.GetStatusRequest(), timeout=2)
                 states = [w.state for d in status.devices for w in d.workers]
                 if states and all(s == "ready" for s in states):
-                    return proc, address
+                    return
             except grpc.RpcError:
                 pass
         if proc.poll() is not None:
-            raise RuntimeError(f"asr-scheduler exited: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"asr-scheduler exited with code {proc.returncode}"
+                               + (f": {log.read_text()[-2000:]}" if log else ""))
         time.sleep(0.5)
-    raise RuntimeError("the service did not become ready")
+    raise RuntimeError(f"the service at {address} was not ready in {timeout_s:.0f} s")
+
+
+def start_service(model: str, log: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [*scheduler_command(), *IDENTITY_SERVE_ARGS, "--model", model, "--port", str(port),
+           *extra]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    address = f"127.0.0.1:{port}"
+    wait_ready(address, proc, log=log)
+    return proc, address
 
 
 def speed_check() -> float:

@@ -32,9 +32,9 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ab import SERVE_IDENTITY, checkout, comparison_args, wait_ready  # noqa: E402
+from bench.ab import SERVE_IDENTITY, checkout, comparison_args  # noqa: E402
 from bench.common import free_port, make_clips, stop_process  # noqa: E402
-from bench.frontend import CHUNK, ECHO_SERVER, drive, service_processes  # noqa: E402
+from bench.frontend import CHUNK, ECHO_SERVER, drive, service_processes, wait_ready  # noqa: E402
 
 ECHO = "echo"  # a `--trees` entry: the bare grpc.aio echo server of bench/frontend.py
 MEMCPY = re.compile(r"^\s*([\d,]+) .*__mem(?:cpy|move)\S*_unaligned_erms", re.M)
