@@ -9,8 +9,11 @@ and receiving, framing and joining the client's request (a 10 s clip is ~320 KB)
 request is relayed without being parsed: its bytes go into a shared-memory arena the scheduler
 created for this process, and only their place crosses the socket, as a tagged message on one
 long-lived `asr.frontend.v1.Relay/Link` call (a small message on an open stream costs a
-fraction of a call). Every other call (StreamingRecognize, Admin, Health, reflection) is
-relayed message by message as a call of its own under its own method.
+fraction of a call). A StreamingRecognize upload (not live) whose audio ends within
+`stream_link_bytes` is read here whole, under the scheduler's stream limits and idle timeout,
+and goes on the Link the same way; its responses come back as tagged answers. Every other call
+(live streams, longer uploads, Admin, Health, reflection) is relayed message by message as a
+call of its own under its own method, the messages already read first.
 
 Nothing is decided here: status codes, details and trailers come back from the scheduler as
 they are. The client's address and the call's deadline go along (the scheduler limits streams
@@ -58,14 +61,17 @@ from scheduler.audio import (
     decode_audio,
 )
 from scheduler.auth import server_credentials
-from scheduler.errors import InvalidAudio
+from scheduler.errors import InvalidAudio, RequestError
 from scheduler.grpc_fixes import keep_delivered_status
-from scheduler.limits import RELAYED_PEER_KEY
+from scheduler.interceptor import status_of
+from scheduler.limits import RELAYED_PEER_KEY, ByteBudget, IdleWatch, StreamLimits, client_key
+from scheduler.request_views import AudioChunk, parse_streaming
 from scheduler.tagged_call import TaggedCall, answer_code
 
 log = logging.getLogger("scheduler.frontend")
 
 RECOGNIZE = "/asr.v1.Recognizer/Recognize"
+STREAMING = "/asr.v1.Recognizer/StreamingRecognize"
 LINK = "/asr.frontend.v1.Relay/Link"
 FRONTEND_KEY = "x-asr-frontend"  # metadata of a Link call: the front end's index
 READY = "frontend-ready"  # first stdout line: "frontend-ready <port>"
@@ -98,6 +104,12 @@ class FrontendConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     event_loop: str = "auto"
+    # StreamingRecognize uploads up to this many bytes of audio go on the Link (0: none), read
+    # here under the scheduler's stream limits (per front end) and idle timeout.
+    stream_link_bytes: int = 0
+    max_streams: int = 1000
+    max_streams_per_client: int = 100
+    stream_idle_timeout_s: float = 60.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -162,6 +174,11 @@ class Relay(grpc.GenericRpcHandler):
             "the link to the scheduler", open_call, fpb.LinkRequest)
         self.active = 0
         self.started = 0
+        self.stream_limits = StreamLimits(cfg.max_streams, cfg.max_streams_per_client,
+                                          cfg.stream_idle_timeout_s)
+        # Audio held by uploads being read here, all together: at most what the arena holds.
+        self.buffered = ByteBudget(cfg.arena_bytes)
+        self._relay_stream: Callable[..., AsyncIterator[bytes]] | None = None
         self._handlers = {path: self._handler(path, *kind)
                           for path, kind in relayed_methods().items()}
 
@@ -172,6 +189,9 @@ class Relay(grpc.GenericRpcHandler):
                  server_streaming: bool) -> grpc.RpcMethodHandler:
         if path == RECOGNIZE:
             return grpc.unary_unary_rpc_method_handler(self._recognize)
+        if path == STREAMING:
+            self._relay_stream = self._duplex(self.channel.stream_stream(path))
+            return grpc.stream_stream_rpc_method_handler(self._stream)
         if not client_streaming and not server_streaming:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(self.channel.unary_unary(path)))
@@ -259,7 +279,11 @@ class Relay(grpc.GenericRpcHandler):
             message = pb.RecognizeRequest.FromString(request)
         except DecodeError:
             return None
-        config, audio = message.config, message.audio_content
+        return await self._decode_audio(message.config, message.audio_content)
+
+    async def _decode_audio(self, config: pb.RecognitionConfig, audio: bytes
+                            ) -> tuple[pb.RecognitionConfig, DecodedAudio | str] | None:
+        """`_decode` of a request's config and audio."""
         if (config.encoding not in _CONTAINER or not audio
                 or len(audio) > self.cfg.max_unary_bytes):
             return None
@@ -275,10 +299,21 @@ class Relay(grpc.GenericRpcHandler):
         return config, decoded
 
     async def _recognize(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Recognize over the Link: the audio decoded here into the arena (else the request's
+        """Recognize over the Link."""
+        async with contextlib.aclosing(self._on_link(
+                request, await self._decode(request), context, stream=False)) as answers:
+            async for answer in answers:
+                return answer
+        raise AssertionError("the Link gave no answer")  # pragma: no cover
+
+    async def _on_link(self, request: bytes,
+                       decoded: tuple[pb.RecognitionConfig, DecodedAudio | str] | None,
+                       context: grpc.aio.ServicerContext, stream: bool
+                       ) -> AsyncIterator[bytes]:
+        """A call over the Link: the audio decoded here into the arena (else the request's
         bytes; inline when the arena is full or off), the call's metadata, address and
-        deadline along."""
-        decoded = await self._decode(request)
+        deadline along; the serialized responses as they come. Ends the client's call with
+        the scheduler's status when that is not OK."""
         audio = decoded[1] if decoded is not None else None
         block = None
         if isinstance(audio, DecodedAudio):
@@ -289,8 +324,8 @@ class Relay(grpc.GenericRpcHandler):
             block = self.arena.put_bytes(request)
         timeout = context.time_remaining()
 
-        def fill(call: fpb.RelayedCall) -> None:
-            call.generation = self.cfg.generation
+        def fill(outbox: fpb.LinkRequest, tag: int) -> None:
+            call = outbox.calls.add(tag=tag, generation=self.cfg.generation, stream=stream)
             if decoded is not None:
                 out = call.decoded
                 out.config.CopyFrom(decoded[0])
@@ -314,19 +349,126 @@ class Relay(grpc.GenericRpcHandler):
         self.active += 1
         self.started += 1
         try:
-            answer = await self.link.request(lambda out, tag: fill(out.calls.add(tag=tag)))
+            if not stream:
+                yield await _response(await self.link.request(fill), context)
+            else:
+                async with contextlib.aclosing(self.link.request_stream(fill)) as answers:
+                    async for answer in answers:
+                        yield await _response(answer, context)
         finally:
             self.active -= 1
             if block is not None:
                 self.arena.free(block)  # type: ignore[union-attr]
-        if isinstance(answer, str):
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"the front end lost its link to the scheduler ({answer}); retry")
-        assert not isinstance(answer, str)
-        if answer.code:
-            await context.abort(answer_code(answer.code), answer.details,
-                                tuple(answer.trailers.items()))
-        return answer.response
+
+    async def _stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[bytes]:
+        """StreamingRecognize: an upload read whole here goes on the Link; anything else
+        is relayed message by message, the messages read so far first."""
+        messages = requests.__aiter__()
+        read: list[bytes] = []
+        limits = self.stream_limits
+        taken = 0
+        try:
+            meta = dict(context.invocation_metadata() or ())
+            with limits.admit(client_key(context.peer() or "",
+                                         str(meta.get("authorization", "")))):
+                idle = limits.idle_watch()
+                try:
+                    upload, taken = await self._read_upload(messages, read, idle)
+                finally:
+                    idle.close()
+                if upload is not None:
+                    read.clear()
+                    config, audio = upload
+                    request = b""
+                    decoded = await self._decode_audio(config, audio)
+                    if decoded is None:
+                        request = pb.RecognizeRequest(
+                            config=config, audio_content=audio).SerializeToString()
+                    del audio
+                    self.buffered.give_back(taken)
+                    taken = 0
+                    async with contextlib.aclosing(
+                            self._on_link(request, decoded, context, stream=True)) as answers:
+                        async for response in answers:
+                            yield response
+                    return
+        except RequestError as exc:  # over a stream limit, or idle: as the scheduler says it
+            status, details, trailers = status_of(STREAMING, exc)
+            await context.abort(status, details, trailers)
+        finally:
+            self.buffered.give_back(taken)
+        assert self._relay_stream is not None
+        async for response in self._relay_stream(_replay(read, messages), context):
+            yield response
+
+    async def _read_upload(self, messages: AsyncIterator[bytes], read: list[bytes],
+                           idle: IdleWatch
+                           ) -> tuple[tuple[pb.RecognitionConfig, bytes] | None, int]:
+        """Read an upload whole: (its config and audio, or None to relay it message by
+        message instead, e.g. live, over `stream_link_bytes`, unexpected messages; the
+        audio bytes held in `buffered`). Every message read is kept in `read`."""
+        limit = self.cfg.stream_link_bytes if self.arena is not None else 0
+        if not limit:
+            return None, 0
+        try:
+            first = await idle.next(messages)
+        except StopAsyncIteration:
+            return None, 0
+        read.append(first)
+        try:
+            head = parse_streaming(first)
+        except DecodeError:
+            return None, 0
+        if (not isinstance(head, pb.StreamingRecognizeRequest)
+                or head.WhichOneof("streaming_request") != "streaming_config"
+                or head.streaming_config.live):
+            return None, 0
+        chunks: list[memoryview] = []
+        size = 0
+        while True:
+            try:
+                message = await idle.next(messages)
+            except StopAsyncIteration:
+                break
+            read.append(message)
+            try:
+                chunk = parse_streaming(message)
+            except DecodeError:
+                return None, size
+            if not isinstance(chunk, AudioChunk):
+                return None, size
+            n = len(chunk.audio_content)
+            if size + n > limit or not self.buffered.try_take(n):
+                return None, size
+            size += n
+            chunks.append(chunk.audio_content)
+        if not size:
+            return None, 0
+        return (head.streaming_config.config, b"".join(chunks)), size
+
+
+async def _response(answer: fpb.RelayedAnswer | str, context: grpc.aio.ServicerContext
+                    ) -> bytes:
+    """A serialized response from the scheduler's answer; its status ends the client's call
+    when that is not OK (UNAVAILABLE when the Link broke)."""
+    if isinstance(answer, str):
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"the front end lost its link to the scheduler ({answer}); retry")
+    assert not isinstance(answer, str)
+    if answer.code:
+        await context.abort(answer_code(answer.code), answer.details,
+                            tuple(answer.trailers.items()))
+    return answer.response
+
+
+async def _replay(read: list[bytes], messages: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The messages already read, then the rest."""
+    for message in read:
+        yield message
+    read.clear()
+    async for message in messages:
+        yield message
 
 
 _CONTAINER = (pb.AUDIO_ENCODING_UNSPECIFIED, pb.CONTAINER)

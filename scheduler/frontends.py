@@ -11,6 +11,7 @@ as `Recognizer.Recognize` answers a direct call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -36,8 +37,9 @@ from scheduler.audio import DecodedAudio
 from scheduler.auth import TokenInterceptor
 from scheduler.drain import Drain, run_admitted
 from scheduler.errors import InvalidRequest, Unavailable
-from scheduler.frontend import FRONTEND_KEY, READY, RECOGNIZE, FrontendConfig
+from scheduler.frontend import FRONTEND_KEY, READY, RECOGNIZE, STREAMING, FrontendConfig
 from scheduler.interceptor import REQUEST_ID_KEY, code_name, set_request_id, status_of
+from scheduler.limits import client_key
 from scheduler.metrics import Metrics
 from scheduler.servicers import RecognizerServicer
 
@@ -67,6 +69,10 @@ class FrontendLaunch:
     log_level: str = "INFO"
     log_format: str = "text"
     event_loop: str = "auto"
+    stream_link_bytes: int = 0
+    max_streams: int = 1000
+    max_streams_per_client: int = 100
+    stream_idle_timeout_s: float = 60.0
     command: tuple[str, ...] = (sys.executable, "-m", "scheduler.frontend")
 
 
@@ -108,7 +114,10 @@ class FrontendProcess:
             arena_fd=arena.fd if arena else -1, arena_bytes=arena.size if arena else 0,
             tls_cert=launch.tls_cert, tls_key=launch.tls_key, tls_client_ca=launch.tls_client_ca,
             parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format,
-            event_loop=launch.event_loop, link_fd=theirs.fileno() if theirs else -1)
+            event_loop=launch.event_loop, link_fd=theirs.fileno() if theirs else -1,
+            stream_link_bytes=launch.stream_link_bytes,
+            max_streams=launch.max_streams, max_streams_per_client=launch.max_streams_per_client,
+            stream_idle_timeout_s=launch.stream_idle_timeout_s)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,
@@ -248,14 +257,19 @@ class FrontendCollector(Collector):
                                labels=["frontend"])
         restarts = CounterMetricFamily("asr_frontend_restarts", "front-end process restarts",
                                        labels=["frontend"])
-        relayed = GaugeMetricFamily("asr_frontend_link_calls", "Recognize calls in flight on "
-                                    "the front end's Link", labels=["frontend"])
+        relayed = GaugeMetricFamily("asr_frontend_link_calls", "Calls in flight on the front "
+                                    "end's Link (Recognize, whole uploads)", labels=["frontend"])
+        carried = CounterMetricFamily("asr_frontend_link_requests", "Calls the front end "
+                                      "relayed on its Link (the rest go as calls of their own)",
+                                      labels=["frontend", "rpc"])
         for p in self.pool.processes:
             name = str(p.index)
             up.add_metric([name], 1.0 if p.pid else 0.0)
             restarts.add_metric([name], p.restarts)
             relayed.add_metric([name], self.links.in_flight.get(p.index, 0))
-        yield from (up, restarts, relayed)
+            for rpc in ("Recognize", "StreamingRecognize"):
+                carried.add_metric([name, rpc], self.links.carried[p.index, rpc])
+        yield from (up, restarts, relayed, carried)
 
 
 class LinkServicer(fpb_grpc.RelayServicer):
@@ -270,6 +284,7 @@ class LinkServicer(fpb_grpc.RelayServicer):
         self.metrics = metrics
         self.tokens = tokens
         self.in_flight: dict[int, int] = {}  # front end -> relayed calls running
+        self.carried: collections.Counter[tuple[int, str]] = collections.Counter()
 
     async def Link(self, request_iterator: AsyncIterator[fpb.LinkRequest],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[fpb.LinkResponse]:
@@ -326,14 +341,18 @@ class LinkServicer(fpb_grpc.RelayServicer):
             if isinstance(data, memoryview):
                 data.release()
 
-    async def answer(self, call: fpb.RelayedCall, index: int) -> fpb.RelayedAnswer:
-        """Run one relayed call to its end; its answer (never raises but CancelledError)."""
-        out = fpb.RelayedAnswer(tag=call.tag)
-        done = self.metrics.track("Recognize")
+    async def answer(self, call: fpb.RelayedCall, index: int,
+                     emit: Callable[[fpb.RelayedAnswer], None]) -> None:
+        """Run one relayed call to its end, its answers to `emit`: one for a Recognize call, a
+        stream's responses as they come (`more` on all but the last); how it failed as its
+        last answer. Never raises but CancelledError."""
+        rpc, path = (("StreamingRecognize", STREAMING) if call.stream else ("Recognize",
+                                                                            RECOGNIZE))
+        done = self.metrics.track(rpc)
         started, code = time.monotonic(), "OK"
         try:
             set_request_id(call.metadata.get(REQUEST_ID_KEY))
-            refused = (self.tokens.refusal(RECOGNIZE, call.metadata.get("authorization"))
+            refused = (self.tokens.refusal(path, call.metadata.get("authorization"))
                        if self.tokens is not None else None)
             if refused is not None:
                 raise refused
@@ -343,20 +362,43 @@ class LinkServicer(fpb_grpc.RelayServicer):
                 error = call.decoded.error
             else:
                 request, audio, error = self._request(call, index), None, ""
-            response = await run_admitted(self.drain, lambda: self.recognizer.recognize(
-                request, call.timeout_s or None, audio, error))
-            out.response = response.SerializeToString()
+            timeout = call.timeout_s or None
+            if call.stream:
+                await run_admitted(self.drain, lambda: self._stream(call, request, timeout,
+                                                                    audio, error, emit))
+            else:
+                response = await run_admitted(self.drain, lambda: self.recognizer.recognize(
+                    request, timeout, audio, error))
+                emit(fpb.RelayedAnswer(tag=call.tag, response=response.SerializeToString()))
         except Exception as exc:
             code = code_name(exc)
-            status, details, trailers = status_of(RECOGNIZE, exc)
-            out.code, out.details = status.value[0], details
+            status, details, trailers = status_of(path, exc)
+            out = fpb.RelayedAnswer(tag=call.tag, code=status.value[0], details=details)
             out.trailers.update(trailers)
+            emit(out)
         except BaseException:
             code = "CANCELLED"
             raise
         finally:
             done(code, time.monotonic() - started)
-        return out
+
+    async def _stream(self, call: fpb.RelayedCall, request: pb.RecognizeRequest,
+                      timeout_s: float | None, audio: DecodedAudio | None, error: str,
+                      emit: Callable[[fpb.RelayedAnswer], None]) -> None:
+        """A relayed upload, under the same stream limits as a stream of the scheduler's own
+        (counted from when it arrives whole)."""
+        recognizer = self.recognizer
+        with recognizer.limits.admit(client_key(call.peer,
+                                                call.metadata.get("authorization", ""))):
+            self.metrics.live_streams.inc()
+            try:
+                responses = recognizer.relayed_upload(request, timeout_s, audio, error)
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        emit(fpb.RelayedAnswer(tag=call.tag, more=not response.is_last,
+                                               response=response.SerializeToString()))
+            finally:
+                self.metrics.live_streams.dec()
 
 
 class _Link:
@@ -396,6 +438,8 @@ class _Link:
             async for message in requests:
                 for call in message.calls:
                     self.tasks[call.tag] = loop.create_task(self._answer(call))
+                    self.owner.carried[self.index, "StreamingRecognize" if call.stream
+                                       else "Recognize"] += 1
                 self.owner.in_flight[self.index] = len(self.tasks)
                 for tag in message.cancel:
                     task = self.tasks.get(tag)
@@ -404,10 +448,13 @@ class _Link:
         finally:
             self.wake.set()
 
+    def _emit(self, answer: fpb.RelayedAnswer) -> None:
+        self.outbox.answers.append(answer)
+        self.wake.set()
+
     async def _answer(self, call: fpb.RelayedCall) -> None:
         try:
-            answer = await self.owner.answer(call, self.index)
-            self.outbox.answers.append(answer)
+            await self.owner.answer(call, self.index, self._emit)
         finally:
             self.tasks.pop(call.tag, None)
             self.owner.in_flight[self.index] = len(self.tasks)

@@ -160,6 +160,22 @@ class Pipeline:
                     async for item in segments:
                         yield item
 
+    async def recognize_upload(self, req: RecognitionRequest
+                               ) -> AsyncIterator[Segment | RecognitionOutcome]:
+        """A stream's audio that another process read whole (`req.audio`, or `req.decoded`
+        by a front end): answered as `recognize_stream` answers a stream that ended within
+        its buffer. Close the iterator when done with it."""
+        model = self.model_for(req)
+        with self.dispatcher.admit():
+            audio = await self._prepare_bytes(req, req.audio)
+            if isinstance(audio, np.ndarray):
+                yield await self._recognize_samples(req, model, audio)
+                return
+            async with contextlib.aclosing(
+                    self._segments_as_they_finish(req, model, audio)) as segments:
+                async for item in segments:
+                    yield item
+
     async def _segments_as_they_finish(self, req: RecognitionRequest, model: ServedModel,
                                        blocks: AsyncIterator[np.ndarray]
                                        ) -> AsyncIterator[Segment | RecognitionOutcome]:

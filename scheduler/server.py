@@ -259,7 +259,11 @@ class AsrService:
                 arena_bytes=cfg.pcm_arena_mib * 1024 * 1024,
                 secret=frontend_secret, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
                 tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
-                log_format=cfg.log_format, event_loop=cfg.event_loop))
+                log_format=cfg.log_format, event_loop=cfg.event_loop,
+                # Uploads that the scheduler would take whole go on the Link whole.
+                stream_link_bytes=min(cfg.stream_buffer_mib * 1024 * 1024, cfg.max_unary_bytes),
+                max_streams=cfg.max_streams, max_streams_per_client=cfg.max_streams_per_client,
+                stream_idle_timeout_s=cfg.stream_idle_timeout_s))
             links = LinkServicer(self.frontends, recognizer, self.drain, self.metrics, tokens)
             self.frontends.serve_links(links.serve_framed)
             frontend_pb2_grpc.add_RelayServicer_to_server(links, server)

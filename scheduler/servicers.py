@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -174,7 +174,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                 idle.close()
                 self.metrics.live_streams.dec()
 
-    async def _upload(
+    def _upload(
         self, sc: pb.StreamingRecognitionConfig,
         messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
         context: grpc.aio.ServicerContext,
@@ -183,8 +183,31 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         whole file's."""
         req = to_request(sc.config, b"", context.time_remaining())
         audio = StreamAudio(messages, idle)
+        return self._stream_responses(req, self.pipeline.recognize_stream(req, audio),
+                                      lambda: audio.ended_at)
+
+    async def relayed_upload(self, request: pb.RecognizeRequest | RecognizeView,
+                             timeout_s: float | None, decoded: DecodedAudio | None = None,
+                             decode_error: str = ""
+                             ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+        """A StreamingRecognize upload a front-end process read whole (its config and joined
+        audio as a RecognizeRequest; the audio maybe decoded there): the stream's responses."""
+        received = time.monotonic()
+        req = to_request(request.config, request.audio_content, timeout_s)
+        if decoded is not None or decode_error:
+            req = dataclasses.replace(req, decoded=decoded, decode_error=decode_error)
+        async for response in self._stream_responses(
+                req, self.pipeline.recognize_upload(req), lambda: received):
+            yield response
+
+    async def _stream_responses(
+        self, req: RecognitionRequest, results: AsyncIterator[Segment | RecognitionOutcome],
+        ended_at: Callable[[], float],
+    ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+        """An upload's results as responses: each segment's as it finishes, then the whole
+        file's (`ended_at()`: when its input ended, for the final-latency metric)."""
         processed_ms = 0
-        async with contextlib.aclosing(self.pipeline.recognize_stream(req, audio)) as results:
+        async with contextlib.aclosing(results):
             async for item in results:
                 if isinstance(item, Segment):
                     processed_ms = max(processed_ms, item.end_ms)
@@ -194,8 +217,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                         is_final=True, audio_processed_s=processed_ms / 1000)
                     continue
                 now = time.monotonic()
-                self.metrics.stream_final_latency.observe(
-                    now - (audio.ended_at or now))
+                self.metrics.stream_final_latency.observe(now - (ended_at() or now))
                 yield pb.StreamingRecognizeResponse(result=to_result(item), is_final=True,
                                                     is_last=True,
                                                     audio_processed_s=item.audio_duration_s)

@@ -9,7 +9,8 @@ reason and the next request opens a new call.
 The call is a gRPC stream-stream call or anything of its shape (`write`, async iteration,
 `cancel`), such as a `protos.common.framed.FramedStream`. Both messages follow one shape: the
 outgoing message has a repeated `cancel` of tags, the incoming one a repeated `answers`, each
-answer with its `tag`.
+answer with its `tag`. A request made with `request_stream` may get several answers, all but
+the last with `more` set.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -55,7 +56,9 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         # An answer, or why the call was lost (a string, not an exception: an exception kept
         # in the future would tie, through its traceback, every frame it passes through, the
         # request's audio included, into a reference cycle only a full GC collects).
-        self._pending: dict[int, asyncio.Future[AnswerT | str]] = {}
+        # A request with several answers (`request_stream`) has a queue instead of a future.
+        self._pending: dict[int, asyncio.Future[AnswerT | str] | asyncio.Queue[AnswerT | str]
+                            ] = {}
         self._tags = itertools.count(1)
         self._writing = False  # the writer task is sending a message
 
@@ -99,7 +102,9 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
             async for message in call:
                 for answer in message.answers:
                     fut = self._pending.get(answer.tag)
-                    if fut is not None and not fut.done():
+                    if isinstance(fut, asyncio.Queue):
+                        fut.put_nowait(answer)
+                    elif fut is not None and not fut.done():
                         fut.set_result(answer)
         except grpc.aio.AioRpcError as exc:
             why = f"{exc.code().name}: {exc.details()}"
@@ -121,7 +126,9 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                 task.cancel()
         self._outbox = self._new_outbox()
         for fut in self._pending.values():
-            if not fut.done():
+            if isinstance(fut, asyncio.Queue):
+                fut.put_nowait(why)
+            elif not fut.done():
                 fut.set_result(why)
         if notify and self._on_broken is not None:
             self._on_broken(why)
@@ -141,12 +148,8 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         """Send one request (`add(outbox, tag)` puts it in the next message); its answer, or
         why the call broke. TimeoutError after `timeout_s`; whenever the caller stops
         waiting without an answer, the other side is told to stop the request."""
-        self._open()
-        tag = next(self._tags)
         fut: asyncio.Future[AnswerT | str] = asyncio.get_running_loop().create_future()
-        self._pending[tag] = fut
-        add(self._outbox, tag)
-        self._flush()
+        tag = self._send(add, fut)
         answered = False
         try:
             if timeout_s is None:
@@ -159,10 +162,43 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
             answered = True
             return answer
         finally:
-            self._pending.pop(tag, None)
-            if not answered and self._call is not None:
-                self._outbox.cancel.append(tag)  # type: ignore[attr-defined]
-                self._flush()
+            self._done(tag, answered)
+
+    async def request_stream(self, add: Callable[[OutboxT, int], Any]
+                             ) -> AsyncIterator[AnswerT | str]:
+        """Send one request whose answers come as several (`more` set on all but the last);
+        each answer as it comes, or why the call broke (then nothing more). Whenever the
+        caller stops reading before the last answer, the other side is told to stop it."""
+        answers: asyncio.Queue[AnswerT | str] = asyncio.Queue()
+        tag = self._send(add, answers)
+        finished = False
+        try:
+            while True:
+                answer = await answers.get()
+                finished = isinstance(answer, str) or not answer.more  # type: ignore[attr-defined]
+                yield answer
+                if finished:
+                    return
+        finally:
+            self._done(tag, finished)
+
+    def _send(self, add: Callable[[OutboxT, int], Any],
+              sink: asyncio.Future[AnswerT | str] | asyncio.Queue[AnswerT | str]) -> int:
+        """Put a request in the outbox (opening the call first if needed); its tag."""
+        self._open()
+        tag = next(self._tags)
+        self._pending[tag] = sink
+        add(self._outbox, tag)
+        self._flush()
+        return tag
+
+    def _done(self, tag: int, answered: bool) -> None:
+        """The caller stopped waiting for `tag`: without its (last) answer, the other side
+        is told to stop it."""
+        self._pending.pop(tag, None)
+        if not answered and self._call is not None:
+            self._outbox.cancel.append(tag)  # type: ignore[attr-defined]
+            self._flush()
 
     async def close(self, why: str) -> None:
         """Fail what is waiting (with `why`) and end the call."""

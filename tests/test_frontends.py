@@ -328,21 +328,27 @@ def test_arena_holds_raw_bytes_and_checks_bounds() -> None:
     arena.close()
 
 
-def test_front_ends_decode_audio_exactly_as_the_scheduler(
-        start_service: Callable[..., RunningService], models_dir: Path,
-        speech: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real model: the same text, times and errors whether the scheduler decodes (no front
-    ends) or the front-end processes do; with front ends the scheduler decodes nothing."""
+@pytest.fixture
+def decoded_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per audio decoded by the scheduler's pipeline itself (FFmpeg/libsndfile)."""
     import scheduler.pipeline
 
-    decoded_here: list[int] = []
+    calls: list[int] = []
     real = scheduler.pipeline.decode_audio
 
     def counting(*args: object, **kw: object) -> object:
-        decoded_here.append(1)
+        calls.append(1)
         return real(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(scheduler.pipeline, "decode_audio", counting)
+    return calls
+
+
+def test_front_ends_decode_audio_exactly_as_the_scheduler(
+        start_service: Callable[..., RunningService], models_dir: Path,
+        speech: dict[str, Path], decoded_here: list[int]) -> None:
+    """A real model: the same text, times and errors whether the scheduler decodes (no front
+    ends) or the front-end processes do; with front ends the scheduler decodes nothing."""
     model = models_dir / "sensevoice-tiny"
     results: dict[int, list[tuple[object, ...]]] = {}
     for frontends in (0, 2):
@@ -366,6 +372,121 @@ def test_front_ends_decode_audio_exactly_as_the_scheduler(
         svc.stop()
     assert results[0] == results[2]
     assert all(text for _, text, *_ in results[0][:4])  # the model said something for each
+
+
+def link_requests(svc: RunningService, rpc: str) -> float:
+    """Calls of `rpc` the front ends relayed on their Links, all together."""
+    for metric in svc.service.metrics.registry.collect():
+        if metric.name == "asr_frontend_link_requests":
+            return sum(s.value for s in metric.samples
+                       if s.name.endswith("_total") and s.labels.get("rpc") == rpc)
+    raise AssertionError("asr_frontend_link_requests is not exported")
+
+
+def test_streamed_uploads_answer_alike_with_and_without_front_ends(
+        start_service: Callable[..., RunningService], models_dir: Path,
+        speech: dict[str, Path], decoded_here: list[int]) -> None:
+    """An upload that a front end reads whole rides its Link: every response (VAD segments'
+    results as they finish, then the file's) equals the scheduler's own answer to the same
+    stream, errors included; it is counted as a stream, and the scheduler decodes nothing."""
+    model = models_dir / "sensevoice-tiny"
+    results: dict[int, list[object]] = {}
+    for frontends in (0, 2):
+        svc = start_service(model, frontends=frontends, vad_model=str(models_dir / "fsmn-vad"))
+        decoded_here.clear()
+        out: list[object] = []
+        with channel(svc.address) as ch:
+            stub = pb_grpc.RecognizerStub(ch)
+            for name in ("wav16k", "mp3"):
+                for vad in (pb.VAD_NEVER, pb.VAD_ALWAYS):
+                    data = speech[name].read_bytes()
+                    config = pb.RecognitionConfig(vad_mode=vad, request_id=f"{name}-{vad}")
+                    messages = [pb.StreamingRecognizeRequest(
+                        streaming_config=pb.StreamingRecognitionConfig(config=config)), *(
+                        pb.StreamingRecognizeRequest(audio_content=data[i:i + 8000])
+                        for i in range(0, len(data), 8000))]
+                    responses = list(stub.StreamingRecognize(iter(messages), timeout=120))
+                    out.append([(r.is_final, r.is_last, r.result.text, r.result.request_id,
+                                 round(r.audio_processed_s, 4), [(s.start_ms, s.end_ms, s.text)
+                                                                 for s in r.result.segments])
+                                for r in responses])
+            with pytest.raises(grpc.RpcError) as bad:
+                list(stub.StreamingRecognize(iter([
+                    pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig()),
+                    pb.StreamingRecognizeRequest(audio_content=b"RIFF0000WAVEjunk" * 8)]),
+                    timeout=60))
+            out.append(("bad", bad.value.code(), bad.value.details()))
+        results[frontends] = out
+        # Without front ends the scheduler decoded the MP3 streams itself; with them, nothing.
+        assert (len(decoded_here) >= 2) if frontends == 0 else decoded_here == [], decoded_here
+        if frontends:
+            assert link_requests(svc, "StreamingRecognize") == 5
+            assert requests_counted(svc, "OK") == 4
+        svc.stop()
+    assert results[0] == results[2]
+    vad_cut = results[0][1]
+    assert isinstance(vad_cut, list) and len(vad_cut) >= 2  # segment result(s), then the file's
+    assert all(run[-1][2] for run in results[0][:4])  # the model said something for each
+
+
+def test_uploads_the_link_does_not_take_are_relayed_as_calls(
+        start_service: Callable[..., RunningService], models_dir: Path) -> None:
+    """Longer than the stream buffer, a config sent twice, a client that stalls, a client
+    over its stream limit: what the scheduler would answer, whether the front end read part
+    of the stream first (then relayed it, those messages first) or decided itself."""
+    svc = start_service(models_dir / "sensevoice-tiny", engine="identity", frontends=1,
+                        stream_buffer_mib=1, stream_idle_timeout_s=1.0,
+                        max_streams_per_client=1)
+    with channel(svc.address) as ch:
+        stub = pb_grpc.RecognizerStub(ch)
+        long = wav(40.0)  # 1.28 MB: over the 1 MiB buffer
+        finals = [r for r in stub.StreamingRecognize(stream_messages(long, "long"), timeout=120)
+                  if r.is_last]
+        assert [(r.result.request_id, round(r.result.audio_duration_s, 3)) for r in finals] == [
+            ("long", 40.0)]
+        assert link_requests(svc, "StreamingRecognize") == 0
+        assert recognize(stub, 2, "short", streamed=True).audio_duration_s == pytest.approx(1.0)
+        assert link_requests(svc, "StreamingRecognize") == 1
+
+        def twice() -> Iterator[pb.StreamingRecognizeRequest]:
+            yield from stream_messages(CLIPS[0], "twice")
+            yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig())
+        with pytest.raises(grpc.RpcError) as again:
+            list(stub.StreamingRecognize(twice(), timeout=30))
+        assert again.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "only be sent once" in (again.value.details() or "")
+
+        # Stalls: the config, then nothing for longer than the idle timeout.
+        release = threading.Event()
+
+        def stalled() -> Iterator[pb.StreamingRecognizeRequest]:
+            yield next(stream_messages(b"", "stalled"))
+            release.wait(30)
+
+        with pytest.raises(grpc.RpcError) as idle:
+            list(stub.StreamingRecognize(stalled(), timeout=30))
+        assert idle.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "--stream-idle-timeout-s" in (idle.value.details() or "")
+        release.set()
+
+        # One stream per client: a second while the first is still being read is refused.
+        hold = threading.Event()
+
+        def slow() -> Iterator[pb.StreamingRecognizeRequest]:
+            messages = stream_messages(CLIPS[0], "first")
+            yield next(messages)
+            hold.wait(30)
+            yield from messages
+
+        first = stub.StreamingRecognize(slow(), timeout=30)
+        time.sleep(0.5)  # the first stream is open in the front end
+        with pytest.raises(grpc.RpcError) as over:
+            recognize(stub, 1, "second", streamed=True)
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-streams-per-client 1" in (over.value.details() or "")
+        hold.set()
+        assert [r.result.request_id for r in first if r.is_last] == ["first"]
+        assert recognize(stub, 1, "third", streamed=True).request_id == "third"
 
 
 def test_without_shared_memory_front_ends_relay_requests_inline(

@@ -16,7 +16,7 @@ class LinkRequest(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[RelayedCall, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RelayedCall(_message.Message):
-    __slots__ = ("tag", "generation", "offset", "length", "request", "metadata", "peer", "timeout_s", "decoded")
+    __slots__ = ("tag", "generation", "offset", "length", "request", "metadata", "peer", "timeout_s", "decoded", "stream")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class RelayedCall(_message.Message):
     PEER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     DECODED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     tag: int
     generation: int
     offset: int
@@ -42,7 +43,8 @@ class RelayedCall(_message.Message):
     peer: str
     timeout_s: float
     decoded: DecodedAudio
-    def __init__(self, tag: _Optional[int] = ..., generation: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., peer: _Optional[str] = ..., timeout_s: _Optional[float] = ..., decoded: _Optional[_Union[DecodedAudio, _Mapping]] = ...) -> None: ...
+    stream: bool
+    def __init__(self, tag: _Optional[int] = ..., generation: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., peer: _Optional[str] = ..., timeout_s: _Optional[float] = ..., decoded: _Optional[_Union[DecodedAudio, _Mapping]] = ..., stream: _Optional[bool] = ...) -> None: ...
 
 class DecodedAudio(_message.Message):
     __slots__ = ("config", "sample_format", "offset", "length", "source_rate", "source_channels", "container", "error")
@@ -71,7 +73,7 @@ class LinkResponse(_message.Message):
     def __init__(self, answers: _Optional[_Iterable[_Union[RelayedAnswer, _Mapping]]] = ...) -> None: ...
 
 class RelayedAnswer(_message.Message):
-    __slots__ = ("tag", "code", "details", "trailers", "response")
+    __slots__ = ("tag", "code", "details", "trailers", "response", "more")
     class TrailersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,9 +86,11 @@ class RelayedAnswer(_message.Message):
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     TRAILERS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     tag: int
     code: int
     details: str
     trailers: _containers.ScalarMap[str, str]
     response: bytes
-    def __init__(self, tag: _Optional[int] = ..., code: _Optional[int] = ..., details: _Optional[str] = ..., trailers: _Optional[_Mapping[str, str]] = ..., response: _Optional[bytes] = ...) -> None: ...
+    more: bool
+    def __init__(self, tag: _Optional[int] = ..., code: _Optional[int] = ..., details: _Optional[str] = ..., trailers: _Optional[_Mapping[str, str]] = ..., response: _Optional[bytes] = ..., more: _Optional[bool] = ...) -> None: ...
