@@ -368,6 +368,8 @@ class Relay(grpc.GenericRpcHandler):
         read: list[bytes] = []
         limits = self.stream_limits
         taken = 0
+        self.active += 1  # reading counts as a call in progress (for the idle trimmer)
+        self.started += 1
         try:
             meta = dict(context.invocation_metadata() or ())
             with limits.admit(client_key(context.peer() or "",
@@ -385,7 +387,6 @@ class Relay(grpc.GenericRpcHandler):
                     if decoded is None:
                         request = pb.RecognizeRequest(
                             config=config, audio_content=audio).SerializeToString()
-                    del audio
                     self.buffered.give_back(taken)
                     taken = 0
                     async with contextlib.aclosing(
@@ -398,6 +399,7 @@ class Relay(grpc.GenericRpcHandler):
             await context.abort(status, details, trailers)
         finally:
             self.buffered.give_back(taken)
+            self.active -= 1
         assert self._relay_stream is not None
         async for response in self._relay_stream(_replay(read, messages), context):
             yield response
