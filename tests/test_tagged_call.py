@@ -1,0 +1,122 @@
+"""`TaggedCall.request_stream`: several answers per request over one tagged call, in order;
+leaving early cancels the request on the other side; a broken call ends every stream with why.
+A fake call of the right shape (write, async iteration, cancel) stands in for the transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from protos.asr.frontend.v1 import frontend_pb2 as fpb
+from scheduler.tagged_call import TaggedCall
+
+
+class FakeCall:
+    """Records what is written; answers are pushed in by the test."""
+
+    def __init__(self) -> None:
+        self.written: list[fpb.LinkRequest] = []
+        self.incoming: asyncio.Queue[fpb.LinkResponse | Exception | None] = asyncio.Queue()
+        self.cancelled = False
+        self.wrote = asyncio.Event()
+
+    async def write(self, message: fpb.LinkRequest) -> None:
+        self.written.append(message)
+        self.wrote.set()
+
+    def __aiter__(self) -> AsyncIterator[fpb.LinkResponse]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[fpb.LinkResponse]:
+        while (item := await self.incoming.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.incoming.put_nowait(None)
+
+    def answer(self, tag: int, text: str, more: bool) -> None:
+        self.incoming.put_nowait(fpb.LinkResponse(answers=[
+            fpb.RelayedAnswer(tag=tag, response=text.encode(), more=more)]))
+
+    def sent_calls(self) -> list[int]:
+        return [c.tag for m in self.written for c in m.calls]
+
+    def sent_cancels(self) -> list[int]:
+        return [t for m in self.written for t in m.cancel]
+
+
+async def _until(cond: object, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():  # type: ignore[operator]
+            await asyncio.sleep(0.001)
+
+
+def _link(fake: FakeCall) -> TaggedCall[fpb.LinkRequest, fpb.RelayedAnswer]:
+    return TaggedCall("the test link", lambda: fake, fpb.LinkRequest)
+
+
+async def test_answers_in_order_until_the_last() -> None:
+    fake = FakeCall()
+    link = _link(fake)
+    got: list[tuple[bytes, bool]] = []
+
+    async def read() -> None:
+        async for answer in link.request_stream(lambda out, tag: out.calls.add(tag=tag)):
+            assert not isinstance(answer, str)
+            got.append((answer.response, answer.more))
+
+    reader = asyncio.ensure_future(read())
+    await _until(lambda: fake.sent_calls() == [1])
+    # Another request's answer in between goes to that request, not this one.
+    single = asyncio.ensure_future(link.request(lambda out, tag: out.calls.add(tag=tag)))
+    await _until(lambda: fake.sent_calls() == [1, 2])
+    fake.answer(1, "seg1", more=True)
+    fake.answer(2, "other", more=False)
+    fake.answer(1, "seg2", more=True)
+    fake.answer(1, "whole", more=False)
+    fake.answer(1, "late", more=False)  # after the last: dropped
+    await asyncio.wait_for(reader, 5)
+    assert got == [(b"seg1", True), (b"seg2", True), (b"whole", False)]
+    other = await asyncio.wait_for(single, 5)
+    assert not isinstance(other, str) and other.response == b"other"
+    assert link.pending == 0 and fake.sent_cancels() == []
+    await link.close("done")
+
+
+async def test_leaving_early_cancels_the_request() -> None:
+    fake = FakeCall()
+    link = _link(fake)
+    answers = link.request_stream(lambda out, tag: out.calls.add(tag=tag))
+    async with contextlib.aclosing(answers):
+        first = asyncio.ensure_future(answers.__anext__())
+        await _until(lambda: fake.sent_calls() == [1])
+        fake.answer(1, "seg1", more=True)
+        answer = await asyncio.wait_for(first, 5)
+        assert not isinstance(answer, str) and answer.response == b"seg1"
+    await _until(lambda: fake.sent_cancels() == [1])
+    assert link.pending == 0
+    await link.close("done")
+
+
+async def test_a_broken_call_ends_each_stream_with_why() -> None:
+    fake = FakeCall()
+    link = _link(fake)
+    got: list[object] = []
+
+    async def read() -> None:
+        async for answer in link.request_stream(lambda out, tag: out.calls.add(tag=tag)):
+            got.append(answer if isinstance(answer, str) else answer.response)
+
+    reader = asyncio.ensure_future(read())
+    await _until(lambda: fake.sent_calls() == [1])
+    fake.answer(1, "seg1", more=True)
+    await _until(lambda: len(got) == 1)
+    fake.incoming.put_nowait(ConnectionError("peer gone"))
+    await asyncio.wait_for(reader, 5)
+    assert got[0] == b"seg1" and len(got) == 2
+    assert isinstance(got[1], str) and "peer gone" in got[1]
+    assert link.pending == 0
