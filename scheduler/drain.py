@@ -151,15 +151,33 @@ class DrainInterceptor(HandlerWrapper):
 
             async def stream_stream(requests: AsyncIterator[Any],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                # `_until_cut` inlined: this frame is resumed on every message of the stream,
+                # and one coroutine level less under it is measurable.
                 with drain.admit():
                     responses = inner_ss(requests, context).__aiter__()
+                    task = asyncio.current_task()
+                    watch = task is not None and task not in drain._cuttable
                     sent, processed_s, started = 0, 0.0, time.monotonic()
                     while True:
-                        try:
-                            finished, item = await _until_cut(drain, responses.__anext__())
-                        except StopAsyncIteration:
-                            return
-                        if not finished:
+                        cut = drain.is_cut
+                        if not cut:
+                            if watch:
+                                drain._cuttable[task] = False  # type: ignore[index]
+                            try:
+                                item = await responses.__anext__()
+                            except StopAsyncIteration:
+                                return
+                            except asyncio.CancelledError:
+                                if not (watch and drain._cuttable.get(task)):  # type: ignore[arg-type]
+                                    raise  # the caller's cancellation (client gone)
+                                uncancel = getattr(task, "uncancel", None)  # 3.11+
+                                if uncancel is not None:
+                                    uncancel()
+                                cut = True
+                            finally:
+                                if watch:
+                                    drain._cuttable.pop(task, None)  # type: ignore[arg-type]
+                        if cut:
                             raise Unavailable(
                                 f"the server shut down {time.monotonic() - started:.1f} s into "
                                 f"the stream; {sent} result(s) covering {processed_s:.2f} s of "

@@ -10,7 +10,6 @@ with the audio is the pipeline's business.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -67,78 +66,96 @@ async def _decoded_blocks(decoder: StreamDecoder) -> AsyncIterator[np.ndarray]:
             await asyncio.sleep(0.01)
 
 
-@contextlib.asynccontextmanager
-async def open_stream(chunks: AsyncIterator[bytes], encoding: Encoding, sample_rate: int,
-                      channels: int, *, buffer_bytes: int, max_bytes: int,
-                      spool_dir: str | None = None,
-                      buffers: ByteBudget | None = None) -> AsyncIterator[StreamInput]:
-    """Read a stream of byte chunks into a `StreamInput`. Leaving the context after consuming
-    `blocks` surfaces input errors (e.g. over `max_bytes`); the input's own error wins over the
-    decoder's "aborted" error it causes."""
-    received = 0
+def open_stream(chunks: AsyncIterator[bytes], encoding: Encoding, sample_rate: int,
+                channels: int, *, buffer_bytes: int, max_bytes: int,
+                spool_dir: str | None = None, buffers: ByteBudget | None = None) -> OpenStream:
+    """Read a stream of byte chunks into a `StreamInput` (`async with open_stream(...) as
+    source`). Leaving the context after consuming `blocks` surfaces input errors (e.g. over
+    `max_bytes`); the input's own error wins over the decoder's "aborted" error it causes."""
+    return OpenStream(chunks, encoding, sample_rate, channels, buffer_bytes, max_bytes,
+                      spool_dir, buffers)
 
-    def count(chunk: bytes) -> None:
-        nonlocal received
-        received += len(chunk)
-        if received > max_bytes:
-            raise InvalidAudio(f"stream is over the {max_bytes}-byte limit")
 
-    head: list[bytes] = []
-    held = 0  # bytes of `head` counted in `buffers`
+class OpenStream:
+    """`open_stream`'s context. A class rather than an `asynccontextmanager`: that is an
+    async generator, and each one on a stream's path costs ~2-3 % of the scheduler's CPU per
+    stream (asyncio's first-iteration and finaliser hooks, measured by bench/instructions.py)."""
 
-    def release() -> None:
-        nonlocal held
-        if buffers is not None:
-            buffers.give_back(held)
-        held = 0
+    def __init__(self, chunks: AsyncIterator[bytes], encoding: Encoding, sample_rate: int,
+                 channels: int, buffer_bytes: int, max_bytes: int, spool_dir: str | None,
+                 buffers: ByteBudget | None) -> None:
+        self._chunks = chunks
+        self._format = (encoding, sample_rate, channels)
+        self._buffer_bytes = buffer_bytes
+        self._max_bytes = max_bytes
+        self._spool_dir = spool_dir
+        self._buffers = buffers
+        self._received = 0
+        self._decoder: StreamDecoder | None = None
+        self._feeder: asyncio.Task[None] | None = None
 
-    it = chunks.__aiter__()
-    try:
-        async for chunk in it:
-            count(chunk)
-            head.append(chunk)
-            if received > buffer_bytes:
-                break
-            if buffers is not None:
-                if not buffers.try_take(len(chunk)):
-                    break  # all buffers together are full: spool this stream to disk now
-                held += len(chunk)
-        else:
-            audio = b"".join(head)
-            if not audio:
-                raise InvalidAudio("audio is empty")
-            release()
-            yield StreamInput(whole=audio)
-            return
-    finally:
-        release()
+    def _count(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._max_bytes:
+            raise InvalidAudio(f"stream is over the {self._max_bytes}-byte limit")
 
-    decoder = StreamDecoder(encoding, sample_rate, channels, spool_dir=spool_dir)
-    for chunk in head:
-        decoder.feed(chunk)
-    head.clear()
-
-    async def feed_rest() -> None:
+    async def __aenter__(self) -> StreamInput:
+        head: list[bytes] = []
+        held = 0  # bytes of `head` counted in `buffers`
+        buffers = self._buffers
+        it = self._chunks.__aiter__()
         try:
             async for chunk in it:
-                count(chunk)
+                self._count(chunk)
+                head.append(chunk)
+                if self._received > self._buffer_bytes:
+                    break
+                if buffers is not None:
+                    if not buffers.try_take(len(chunk)):
+                        break  # all buffers together are full: spool this stream to disk now
+                    held += len(chunk)
+            else:
+                audio = b"".join(head)
+                if not audio:
+                    raise InvalidAudio("audio is empty")
+                return StreamInput(whole=audio)
+        finally:
+            if buffers is not None:
+                buffers.give_back(held)
+
+        decoder = StreamDecoder(*self._format, spool_dir=self._spool_dir)
+        for chunk in head:
+            decoder.feed(chunk)
+        head.clear()
+        self._decoder = decoder
+        self._feeder = asyncio.get_running_loop().create_task(self._feed_rest(it, decoder))
+        return StreamInput(blocks=_decoded_blocks(decoder))
+
+    async def _feed_rest(self, it: AsyncIterator[bytes], decoder: StreamDecoder) -> None:
+        try:
+            async for chunk in it:
+                self._count(chunk)
                 decoder.feed(chunk)
             decoder.finish()
         except BaseException:
             decoder.abort()
             raise
 
-    feeder = asyncio.get_running_loop().create_task(feed_rest())
-    try:
-        yield StreamInput(blocks=_decoded_blocks(decoder))
-        await feeder  # surfaces an input error (e.g. over the byte limit)
-    except Exception:
-        if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
-            raise feeder.exception() from None  # type: ignore[misc]
-        raise
-    finally:
-        feeder.cancel()
-        decoder.abort()
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: object) -> bool:
+        feeder, decoder = self._feeder, self._decoder
+        if feeder is None or decoder is None:
+            return False
+        try:
+            if exc_type is None:
+                await feeder  # surfaces an input error (e.g. over the byte limit)
+            elif issubclass(exc_type, Exception) and feeder.done() and not feeder.cancelled() \
+                    and feeder.exception() is not None:
+                raise feeder.exception() from None  # type: ignore[misc]
+        finally:
+            feeder.cancel()
+            decoder.abort()
+        return False
 
 
 async def decoded_stream(data: bytes, encoding: Encoding, sample_rate: int, channels: int,

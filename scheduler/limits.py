@@ -181,22 +181,42 @@ class IdleWatch:
 
     async def next(self, messages: AsyncIterator[T]) -> T:
         """The next message of `messages`; StopAsyncIteration at its end."""
+        task = self.waiting()
+        try:
+            return await messages.__anext__()
+        except asyncio.CancelledError:
+            error = self.timed_out(task)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            self._reader = None
+
+    # `next` in pieces, for a reader on every message's path that awaits the read itself
+    # (one coroutine level less): `waiting()` before the read, `done()` after it, and
+    # `timed_out(task)` when it was cancelled.
+
+    def waiting(self) -> asyncio.Task[object] | None:
+        """The current task begins to wait for a message; it is returned."""
         task = asyncio.current_task()
         self._reader, self._since = task, self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(self._since + self.idle_timeout_s, self._check)
-        try:
-            return await messages.__anext__()
-        except asyncio.CancelledError:
-            if not self._expired or task is None:
-                raise
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            raise StreamIdle(f"no message for {self.idle_timeout_s:g} s "
-                             "(--stream-idle-timeout-s): the stream is closed") from None
-        finally:
-            self._reader = None
+        return task
+
+    def done(self) -> None:
+        self._reader = None
+
+    def timed_out(self, task: asyncio.Task[object] | None) -> StreamIdle | None:
+        """After `task`'s read was cancelled: the error to raise instead when the idle
+        timeout cancelled it (that cancellation is taken back), else None."""
+        if not self._expired or task is None:
+            return None
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+        return StreamIdle(f"no message for {self.idle_timeout_s:g} s "
+                          "(--stream-idle-timeout-s): the stream is closed")
 
     def _check(self) -> None:
         self._timer = None
