@@ -190,7 +190,7 @@ class IdleWatch:
                 raise
             raise error from None
         finally:
-            self._reader = None
+            self.done()
 
     # `next` in pieces, for a reader on every message's path that awaits the read itself
     # (one coroutine level less): `waiting()` before the read, `done()` after it, and
