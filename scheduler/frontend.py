@@ -49,7 +49,7 @@ from protos.common.event_loop import run as run_loop
 from protos.common.framed import FramedFirst
 from protos.common.logs import setup_logging
 from protos.common.memory import trim_when_idle, tune_malloc
-from protos.common.pcm_arena import PcmArena
+from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.process import die_with_parent, watch_parent
 from protos.common.worker_auth import METADATA_KEY, SECRET_ENV
 from scheduler.audio import (
@@ -300,20 +300,24 @@ class Relay(grpc.GenericRpcHandler):
 
     async def _recognize(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Recognize over the Link."""
-        async with contextlib.aclosing(self._on_link(
-                request, await self._decode(request), context, stream=False)) as answers:
-            async for answer in answers:
-                return answer
-        raise AssertionError("the Link gave no answer")  # pragma: no cover
+        fill, block = self._link_call(request, await self._decode(request), context,
+                                      stream=False)
+        self.active += 1
+        self.started += 1
+        try:
+            return await _response(await self.link.request(fill), context)
+        finally:
+            self.active -= 1
+            self._free(block)
 
-    async def _on_link(self, request: bytes,
-                       decoded: tuple[pb.RecognitionConfig, DecodedAudio | str] | None,
-                       context: grpc.aio.ServicerContext, stream: bool
-                       ) -> AsyncIterator[bytes]:
-        """A call over the Link: the audio decoded here into the arena (else the request's
+    def _link_call(self, request: bytes,
+                   decoded: tuple[pb.RecognitionConfig, DecodedAudio | str] | None,
+                   context: grpc.aio.ServicerContext, stream: bool
+                   ) -> tuple[Callable[[fpb.LinkRequest, int], None], PcmBlock | None]:
+        """A call for the Link: the audio decoded here into the arena (else the request's
         bytes; inline when the arena is full or off), the call's metadata, address and
-        deadline along; the serialized responses as they come. Ends the client's call with
-        the scheduler's status when that is not OK."""
+        deadline along. Its `fill(outbox, tag)` for `TaggedCall`, and the arena block it
+        uses (`_free` it when the call is over)."""
         audio = decoded[1] if decoded is not None else None
         block = None
         if isinstance(audio, DecodedAudio):
@@ -346,19 +350,11 @@ class Relay(grpc.GenericRpcHandler):
             call.peer = context.peer() or ""
             call.timeout_s = timeout or 0.0
 
-        self.active += 1
-        self.started += 1
-        try:
-            if not stream:
-                yield await _response(await self.link.request(fill), context)
-            else:
-                async with contextlib.aclosing(self.link.request_stream(fill)) as answers:
-                    async for answer in answers:
-                        yield await _response(answer, context)
-        finally:
-            self.active -= 1
-            if block is not None:
-                self.arena.free(block)  # type: ignore[union-attr]
+        return fill, block
+
+    def _free(self, block: PcmBlock | None) -> None:
+        if block is not None:
+            self.arena.free(block)  # type: ignore[union-attr]
 
     async def _stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[bytes]:
@@ -389,10 +385,13 @@ class Relay(grpc.GenericRpcHandler):
                             config=config, audio_content=audio).SerializeToString()
                     self.buffered.give_back(taken)
                     taken = 0
-                    async with contextlib.aclosing(
-                            self._on_link(request, decoded, context, stream=True)) as answers:
-                        async for response in answers:
-                            yield response
+                    fill, block = self._link_call(request, decoded, context, stream=True)
+                    try:
+                        async with contextlib.aclosing(self.link.request_stream(fill)) as answers:
+                            async for answer in answers:
+                                yield await _response(answer, context)
+                    finally:
+                        self._free(block)
                     return
         except RequestError as exc:  # over a stream limit, or idle: as the scheduler says it
             status, details, trailers = status_of(STREAMING, exc)

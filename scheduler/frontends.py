@@ -346,8 +346,7 @@ class LinkServicer(fpb_grpc.RelayServicer):
         """Run one relayed call to its end, its answers to `emit`: one for a Recognize call, a
         stream's responses as they come (`more` on all but the last); how it failed as its
         last answer. Never raises but CancelledError."""
-        rpc, path = (("StreamingRecognize", STREAMING) if call.stream else ("Recognize",
-                                                                            RECOGNIZE))
+        rpc, path = _rpc_of(call)
         done = self.metrics.track(rpc)
         started, code = time.monotonic(), "OK"
         try:
@@ -401,6 +400,11 @@ class LinkServicer(fpb_grpc.RelayServicer):
                 self.metrics.live_streams.dec()
 
 
+def _rpc_of(call: fpb.RelayedCall) -> tuple[str, str]:
+    """The public method a relayed call stands for: (its name, its path)."""
+    return ("StreamingRecognize", STREAMING) if call.stream else ("Recognize", RECOGNIZE)
+
+
 class _Link:
     """One front end's Link call: a task per relayed call, answers batched back."""
 
@@ -438,8 +442,7 @@ class _Link:
             async for message in requests:
                 for call in message.calls:
                     self.tasks[call.tag] = loop.create_task(self._answer(call))
-                    self.owner.carried[self.index, "StreamingRecognize" if call.stream
-                                       else "Recognize"] += 1
+                    self.owner.carried[self.index, _rpc_of(call)[0]] += 1
                 self.owner.in_flight[self.index] = len(self.tasks)
                 for tag in message.cancel:
                     task = self.tasks.get(tag)

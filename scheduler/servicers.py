@@ -181,8 +181,10 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                         yield response
                     return
                 # An upload: each segment's final result as it finishes, then the whole file's.
-                # The loop is here, not in a generator of its own: every async generator on a
-                # stream's path costs ~2-3 % of the scheduler's CPU per stream (asyncio's hooks).
+                # The loop is here, not in a generator of its own: an async generator layer on
+                # a stream's path is resumed on every message (bench/instructions.py: one
+                # such layer less with its coroutine was 2.9 % of the scheduler's instructions
+                # per stream).
                 req = to_request(sc.config, b"", context.time_remaining())
                 audio = StreamAudio(messages, idle)
                 processed_ms = 0
