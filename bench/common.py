@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from bench.audio_store import synthesized
 from client.library import AsrClient
 
 log = logging.getLogger("bench")
@@ -64,20 +65,26 @@ def _clip_text(index: int, seconds: float) -> str:
 
 def make_clips(count: int, seconds: float, directory: Path) -> list[Clip]:
     """`count` different clips of exactly `seconds` of espeak-ng speech (padded with silence
-    or cut), 16 kHz mono 16-bit WAV. Each clip rotates the sentence list and the speaking rate,
-    so no two clips are the same."""
+    or cut), 16 kHz mono 16-bit WAV. Each clip rotates the sentence list, the speaking rate
+    and (every 8 clips) the pitch, so no two of the first 96 clips are the same."""
     directory.mkdir(parents=True, exist_ok=True)
     clips = []
     for i in range(count):
         path = directory / f"clip{i:03d}.wav"
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "espeak.wav"
-            rate = str(160 + 10 * (i % 4))
-            subprocess.run(["espeak-ng", "-s", rate, "-w", str(raw), _clip_text(i, seconds)],
-                           check=True, capture_output=True, timeout=120)
-            subprocess.run(["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
-                            str(path), "pad", "0", f"{seconds:g}", "trim", "0", f"{seconds:g}"],
-                           check=True, capture_output=True, timeout=120)
+        # The sentence rotation repeats every 8 clips: the pitch changes with each round.
+        rate, text = str(160 + 10 * (i % 4)), _clip_text(i, seconds)
+        pitch = str(30 + 5 * (i // len(SENTENCES) % 12))  # distinct up to 96 clips
+
+        def make(out: Path, rate: str = rate, text: str = text, pitch: str = pitch) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / "espeak.wav"
+                subprocess.run(["espeak-ng", "-s", rate, "-p", pitch, "-w", str(raw), text],
+                               check=True, capture_output=True, timeout=120)
+                subprocess.run(["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b",
+                                "16", str(out), "pad", "0", f"{seconds:g}", "trim", "0",
+                                f"{seconds:g}"], check=True, capture_output=True, timeout=120)
+
+        synthesized(path, f"clip|{rate}|{pitch}|{seconds:g}|{text}", make)
         info = sf.info(str(path))
         clips.append(Clip(path, path.read_bytes(), info.frames / info.samplerate))
     return clips

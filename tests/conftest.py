@@ -14,15 +14,9 @@ import pytest
 
 from scheduler.config import ServeConfig
 from scheduler.server import AsrService
-from tests.audio_fixtures import convert, espeak_wav
+from tests.audio_fixtures import speech_files
 
 ROOT = Path(__file__).resolve().parent.parent
-SENTENCES = (
-    "hello world, this is a test of the speech recognition service",
-    "the quick brown fox jumps over the lazy dog",
-    "please call me back tomorrow morning at nine",
-    "numbers like forty two and seven hundred are spoken here",
-)
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +32,7 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real synthesized speech: 16 kHz mono WAV, 44.1 kHz stereo WAV, FLAC, MP3."""
-    d = tmp_path_factory.mktemp("speech")
-    base = espeak_wav(SENTENCES[0], d / "s16k.wav")
-    stereo = espeak_wav(SENTENCES[1], d / "s44k_stereo.wav", rate=44100, channels=2)
-    return {"wav16k": base, "wav44k_stereo": stereo,
-            "flac": convert(espeak_wav(SENTENCES[2], d / "f.wav", rate=22050), d / "s.flac"),
-            "mp3": convert(espeak_wav(SENTENCES[3], d / "m.wav", rate=24000), d / "s.mp3")}
+    return speech_files(tmp_path_factory.mktemp("speech"))
 
 
 class RunningService:

@@ -4,6 +4,7 @@ variant with its ratio to the plain generate loop. It checks the script, not the
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -47,3 +48,26 @@ def test_quick_bench_reports_every_variant(models_dir: Path, tmp_path: Path) -> 
     data = json.loads(out_json.read_text())
     assert data["meta"]["device"] == "cpu"
     assert {r["variant"] for r in data["results"]} == {"a", "b", "c", "d", "e"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ASR_SLOW_TESTS") != "1", reason="set ASR_SLOW_TESTS=1")
+def test_gpu_sh_rehearses_every_step_on_the_cpu(tmp_path: Path) -> None:
+    """`ASR_GPU_DRY_RUN=1 bench/gpu.sh`: the one GPU command, on the CPU with the tiny models,
+    runs each step to the end and writes every section of its report (~3 minutes here)."""
+    env = {**os.environ, "ASR_GPU_DRY_RUN": "1", "ASR_BENCH_WORK": str(tmp_path / "work"),
+           "ASR_BENCH_MODELS": str(tmp_path / "models")}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    steps = (tmp_path / "out" / "steps.txt").read_text()
+    for name in ("models", "tests", "throughput", "long_audio", "streaming"):
+        assert re.search(rf"^{name}: exit 0 after \d+ s", steps, re.M), steps
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| (e) ours direct fp32, 1 worker(s)/device | 4 |" in report, report
+    assert "our text equals FunASR's for the single file: True" in report, report
+    assert re.search(r"^service +2 +6 ", report, re.M), report
+    assert re.search(r"^funasr-loop +1 +3 ", report, re.M), report
+    assert re.search(r"\d+ passed", report), report
+    for name in ("throughput", "long_audio", "streaming"):
+        assert json.loads((tmp_path / "out" / f"{name}.json").read_text()), name

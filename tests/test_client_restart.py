@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.audio_fixtures import espeak_wav
-from tests.conftest import SENTENCES
+from tests.audio_fixtures import SENTENCES, espeak_wav
 from tests.test_cli import free_port, wait_serving
 
 pytestmark = pytest.mark.integration

@@ -23,8 +23,8 @@ import pytest
 import soundfile as sf
 
 from client import AsrClient, AsrError, AsyncAsrClient, Transcript
-from tests.audio_fixtures import convert, espeak_wav
-from tests.conftest import ROOT, SENTENCES, RunningService, make_config
+from tests.audio_fixtures import SENTENCES, convert, espeak_wav
+from tests.conftest import ROOT, RunningService, make_config
 
 pytestmark = pytest.mark.integration
 

@@ -155,3 +155,22 @@ def test_sensevoice_small_full_size(tmp_path: Path, speech: np.ndarray) -> None:
     count = sum(p.numel() for p in auto_model.model.parameters())
     assert abs(count - 234.0e6) < 0.5e6, count
     assert auto_model.generate(input=speech)[0]["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ASR_SLOW_TESTS") != "1", reason="set ASR_SLOW_TESTS=1")
+def test_paraformer_streaming_full_size(tmp_path: Path, speech: np.ndarray) -> None:
+    """paraformer-zh-streaming's size (220M: 50 encoder blocks, 16 decoder blocks, 8404
+    tokens), the model of the live-streaming GPU target; FunASR's streaming loop runs it."""
+    path = build_models(tmp_path, ["paraformer-streaming"])["paraformer-streaming"]
+    auto_model = _load(path)
+    count = sum(p.numel() for p in auto_model.model.parameters())
+    assert abs(count - 220.0e6) < 0.5e6, count
+    kwargs = dict(GENERATE_KWARGS["paraformer-streaming-tiny"], is_final=False)
+    cache: dict[str, Any] = {}
+    step = 960 * 10  # chunk_size[1] x 60 ms
+    for i in range(0, len(speech), step):
+        last = i + step >= len(speech)
+        auto_model.generate(input=speech[i:i + step], cache=cache,
+                            **dict(kwargs, is_final=last))
+    assert cache, "the streaming loop keeps its state in the cache"
