@@ -10,7 +10,8 @@
 #   3. throughput: bench/throughput.py, 64 different 10 s clips at concurrency 1, 32, 256, 1024:
 #      FunASR plain loop, FunASR list batching (fp32 and bf16 autocast), our service with
 #      `generate`, our service with `direct` (fp32 and bf16);
-#   4. long audio: bench/long_audio.py, one 10-minute file through VAD, FunASR and ours;
+#   4. long audio: bench/long_audio.py, one 10-minute file through VAD, FunASR and ours (its
+#      VAD in 120 s pieces on 6 VAD workers at once);
 #   5. streaming: bench/streaming.py, 1, 16, 256, 1024 live streams of full-size
 #      paraformer-streaming beside FunASR's websocket-style loop (1 and 16 streams: one thread
 #      serving hundreds of streams falls behind real time).
@@ -65,7 +66,7 @@ else
   DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   DEV=cuda:0 ASR=sensevoice-small LIVE=paraformer-streaming
   CONCURRENCY=1,32,256,1024 DTYPES=fp32,bf16 STREAMS=1,16,256,1024 LOOP_STREAMS=1,16
-  MINUTES=10 VAD_WORKERS=4
+  MINUTES=10 VAD_WORKERS=6
 fi
 { echo "device: $DEVICE_NAME"; "$PY" -c 'import sys, torch; print("python", sys.version.split()[0],
 "torch", torch.__version__)'; } | tee "$OUT_DIR/device.txt"
@@ -96,27 +97,28 @@ step() {
 # Batches of up to 256 clips of 10 s on the GPU.
 export ASR_MAX_BATCH_AUDIO_S=2600 ASR_CACHE_CLEAR_EVERY=0 ASR_TEST_MODELS="$MODELS"
 
-step models 150 "$PY" -m gpu_worker.make_models "$MODELS" --only "$ASR" "$LIVE" fsmn-vad
+step models 120 "$PY" -m gpu_worker.make_models "$MODELS" --only "$ASR" "$LIVE" fsmn-vad
 
 GPU_TESTS="tests/test_gpu.py tests/test_live_batch.py"
 if [ "$DRY" = 1 ]; then  # the GPU tests skip on the CPU: their CPU twins use the same fixtures
-  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs $GPU_TESTS \
+  step tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $GPU_TESTS \
       tests/test_direct_service.py
 else
-  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs $GPU_TESTS
+  step tests 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs $GPU_TESTS
 fi
 
-step throughput 240 "$PY" bench/throughput.py --model "$MODELS/$ASR" --devices "$DEV" \
+step throughput 200 "$PY" bench/throughput.py --model "$MODELS/$ASR" --devices "$DEV" \
     --clips 64 --clip-seconds 10 --concurrency "$CONCURRENCY" --workers-per-device 1 \
     --engines generate,direct --dtypes "$DTYPES" --batch-size 64 --max-batch-size 256 \
     --skip-funasr-server --work-dir "$WORK/throughput" --json "$OUT_DIR/throughput.json"
 
-# The service's default engine (direct) on one 10-minute file, VAD spread over VAD workers.
-step long_audio 100 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
+# The service's default engine (direct) on one 10-minute file, its VAD in 120 s pieces on the
+# VAD workers at once (a piece agrees with one-pass VAD after a 60-120 s run-in: 5 pieces).
+step long_audio 80 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
     --vad-model "$MODELS/fsmn-vad" --minutes "$MINUTES" --files 1 --vad-workers "$VAD_WORKERS" \
-    --devices "$DEV" --work-dir "$WORK/long" --json "$OUT_DIR/long_audio.json"
+    --vad-split-s 120 --devices "$DEV" --work-dir "$WORK/long" --json "$OUT_DIR/long_audio.json"
 
-step streaming 170 "$PY" bench/streaming.py --model "$MODELS/$LIVE" \
+step streaming 150 "$PY" bench/streaming.py --model "$MODELS/$LIVE" \
     --vad-model "$MODELS/fsmn-vad" --devices "$DEV" --streams "$STREAMS" \
     --loop-streams "$LOOP_STREAMS" --work-dir "$WORK/streaming" --json "$OUT_DIR/streaming.json"
 

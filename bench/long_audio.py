@@ -105,7 +105,7 @@ def service(args: argparse.Namespace, vad_workers: int) -> Iterator[AsrClient]:
     """Our service with `vad_workers` VAD workers, every worker ready."""
     serve = ["--model", args.model, "--vad-model", args.vad_model, "--vad-workers",
              str(vad_workers), "--devices", args.devices, "--worker-threads", str(args.threads),
-             "--log-level", "WARNING"]
+             "--vad-split-s", str(args.vad_split_s), "--log-level", "WARNING"]
     with service_process(serve, args.work_dir / f"service-vad{vad_workers}.log") as client:
         yield client
 
@@ -119,7 +119,8 @@ def measure_ours(args: argparse.Namespace, paths: list[Path], vad_workers: int
         client.transcribe_file(warm, timeout=600)
         start = time.perf_counter()
         text = client.transcribe_file(paths[0], timeout=3600).text
-        single = Row(f"(b) ours, 1 file, {vad_workers} VAD worker(s)", 1, seconds[0],
+        split = f", VAD in {args.vad_split_s} s pieces" if args.vad_split_s else ""
+        single = Row(f"(b) ours, 1 file, {vad_workers} VAD worker(s){split}", 1, seconds[0],
                      time.perf_counter() - start)
         start = time.perf_counter()
         with ThreadPoolExecutor(len(paths)) as pool:
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="length of each recording")
     p.add_argument("--files", type=int, default=4, help="recordings sent at once")
     p.add_argument("--vad-workers", default="1,2", help="comma-separated values to compare")
+    p.add_argument("--vad-split-s", type=int, default=0,
+                   help="the service's --vad-split-s: one file's VAD in pieces of this many "
+                   "seconds on the VAD workers at once (0: one VAD session per file)")
     p.add_argument("--devices", default="auto")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--quick", action="store_true", help="3-minute files, 2 of them, 1 VAD worker")

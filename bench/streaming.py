@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 firsts, finals = run_service(client, audio, n)
                 rows.append(Row("service", n, len(finals), pct(firsts, 50), pct(firsts, 95),
                                 pct(finals, 50), pct(finals, 95)))
+                log.info("%s", rows[-1])  # each row as it is measured: a cut-short run keeps it
     loop_counts = counts if args.loop_streams is None else [
         int(x) for x in args.loop_streams.split(",") if x.strip()]
     for n in loop_counts if "funasr-loop" in variants else []:
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                          loop_device(args.devices))
         rows.append(Row("funasr-loop", n, len(finals), pct(firsts, 50), pct(firsts, 95),
                         pct(finals, 50), pct(finals, 95)))
+        log.info("%s", rows[-1])
     print(f"{'variant':<12} {'streams':>7} {'utts':>5} {'1st interim p50':>16} {'p95':>8} "
           f"{'final p50':>10} {'p95':>8}  (ms)")
     for r in rows:
