@@ -364,7 +364,9 @@ def running_service(s: Settings, workers: int, cpu_only: bool, engine: str = "ge
     """`asr-scheduler serve` on a free loopback port with every worker ready."""
     per_worker = max(1, s.threads // workers)
     args = ["--model", s.model, "--worker-threads", str(per_worker), "--engine", engine,
-            "--dtype", dtype, *service_device_args(s.devices, workers, cpu_only)]
+            "--dtype", dtype, *service_device_args(s.devices, workers, cpu_only),
+            # every request of the highest level in the queue at once, none refused
+            "--max-queue", str(max(512, 2 * max(s.concurrency)))]
     if s.max_batch_size:
         args += ["--max-batch-size", str(s.max_batch_size)]
     if s.max_queue_delay_ms is not None:
