@@ -4,12 +4,14 @@ N streams play the same recording (utterances separated by 2 s pauses) in 100 ms
 their starts staggered over the first second (different phases). Every tick takes the next
 chunk of every stream and runs it twice, on two sets of sessions fed identically:
 
-  (a) serial: each stream's step alone, its decoder calls FunASR's `generate` (batch 1), as
-      the worker did before fused ticks (and still does for models the fused path lacks);
-  (b) fused: the same steps with the decoder work of all streams batched
-      (`run_tick_fused`: one `StreamingBatch` pass per group of equal input shapes).
+  (a) serial: each stream's step alone, its VAD and decoder calls FunASR's `generate`
+      (batch 1), as the worker did before fused ticks;
+  (b) fused: the same steps with the VAD encoder passes of all streams batched
+      (`run_vad_calls`) and their decoder work batched (`run_tick_fused`: one `StreamingBatch`
+      pass per group of equal input shapes); the rest of each stream's VAD (front-end, state
+      machine) still runs per stream.
 
-Both include each stream's online FSMN-VAD call (per stream in both). Reported per N: mean
+Reported per N: mean
 model-thread ms per tick (all of it, and the decoder part alone), p95, the speed-up, fused
 model calls per tick and streams per call, and how many updates differed between (a) and (b)
 (must be 0 with FunASR's front-end; `--device-frontend` computes the fused path's features
@@ -109,7 +111,7 @@ def run(asr: Any, vad: Any, audio: np.ndarray, streams: int, chunk: int,
 
     timed = TimedModel(asr)
     batch = timed_batch(StreamingBatch(asr, device_frontend=device_frontend))
-    serial = [LiveSession(vad, timed, LiveOptions()) for _ in range(streams)]
+    serial = [LiveSession(vad, timed, LiveOptions(funasr_vad=True)) for _ in range(streams)]
     fused = [LiveSession(vad, asr, LiveOptions()) for _ in range(streams)]
     ticks_per_s = RATE // chunk
     start = [k * ticks_per_s // max(streams, 1) for k in range(streams)]  # over 1 s

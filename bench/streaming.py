@@ -151,7 +151,8 @@ def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: in
     chunks = [(k / max(streams, 1) + i / RATE, k, i) for k in range(streams)
               for i in range(0, len(audio), step)]
     chunks.sort()
-    sessions = [LiveSession(vad, asr, LiveOptions()) for _ in range(streams)]
+    # FunASR's calls only: its VAD `generate` too (the service batches the VAD's passes)
+    sessions = [LiveSession(vad, asr, LiveOptions(funasr_vad=True)) for _ in range(streams)]
     seen: list[set[int]] = [set() for _ in range(streams)]
     firsts: list[float] = []
     finals: list[float] = []

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from gpu_worker.engines.live_session import DecodeCall, LiveSession, LiveUpdate, StepRun
+from gpu_worker.engines.live_vad import VadCall, run_vad_calls
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,13 @@ class _FusedTick:
         self.runs: list[StepRun] = [item.session.steps(item.audio, item.is_final)
                                     for item in tick]
         self.pending: dict[int, _Pending] = {}
+        self.vad: dict[int, VadCall] = {}  # streams waiting for their VAD encoder pass
         self.stats = TickStats()
 
-    def advance(self, i: int, text: str | None) -> None:
-        """Resume stream `i`'s step (with the text of its last call) until it needs a call
-        that has model chunks, or finishes."""
+    def advance(self, i: int, value: Any) -> None:
+        """Resume stream `i`'s step (with the result of what it last asked for: VAD scores or
+        a decoder call's text) until it needs a VAD pass or a call that has model chunks, or
+        finishes."""
         import torch
         from funasr.utils.postprocess_utils import sentence_postprocess
 
@@ -98,7 +101,8 @@ class _FusedTick:
 
         while True:
             try:
-                call: DecodeCall = next(self.runs[i]) if text is None else self.runs[i].send(text)
+                call: DecodeCall | VadCall = (next(self.runs[i]) if value is None
+                                              else self.runs[i].send(value))
             except StopIteration as stop:
                 update: LiveUpdate = stop.value
                 update.tick_streams = self.rows[i]
@@ -107,6 +111,9 @@ class _FusedTick:
             except Exception as exc:
                 log.exception("live step failed")
                 self.outcomes[i] = exc
+                return
+            if isinstance(call, VadCall):
+                self.vad[i] = call
                 return
             state = call.cache.get(FUSED_CACHE_KEY)
             if state is None:
@@ -119,14 +126,32 @@ class _FusedTick:
             if jobs:
                 self.pending[i] = _Pending(jobs)
                 return
-            text = str(sentence_postprocess([])[0])  # no whole chunk yet: FunASR's empty text
+            value = str(sentence_postprocess([])[0])  # no whole chunk yet: FunASR's empty text
+
+    def run_vad(self) -> None:
+        """The VAD encoder passes of every stream waiting for one, as one batched pass."""
+        ids = list(self.vad)
+        calls = [self.vad.pop(i) for i in ids]
+        try:
+            scores = run_vad_calls(calls)
+        except Exception as exc:
+            log.exception("fused live VAD pass failed (%d streams)", len(ids))
+            for i in ids:
+                self.runs[i].close()
+                self.outcomes[i] = exc
+            return
+        for i, s in zip(ids, scores, strict=True):
+            self.advance(i, s)
 
     def run(self) -> tuple[list[Outcome], TickStats]:
         from funasr.utils.postprocess_utils import sentence_postprocess
 
         for i in range(len(self.runs)):
             self.advance(i, None)
-        while self.pending:
+        while self.vad or self.pending:
+            if self.vad:  # a stream's VAD comes before its decoding: run those first
+                self.run_vad()
+                continue
             ids = list(self.pending)
             jobs = [self.pending[i].jobs.pop(0) for i in ids]
             calls_before = self.batch.calls

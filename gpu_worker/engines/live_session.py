@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from gpu_worker.engines.live_vad import VadCall, vad_step
 from protos.common.wire import SAMPLES_PER_MS
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class LiveOptions:
     encoder_look_back: int = DEFAULT_ENCODER_LOOK_BACK
     decoder_look_back: int = DEFAULT_DECODER_LOOK_BACK
     offset_ms: int = 0  # position of the first sample in the caller's timeline
+    # The VAD through FunASR's own `generate` (bench/streaming.py's reference loop) instead of
+    # `vad_step` (the same computation, its encoder pass yielded to be batched by a tick).
+    funasr_vad: bool = False
 
     def generate_kwargs(self) -> dict[str, Any]:
         return {"chunk_size": list(self.chunk_size),
@@ -99,7 +104,9 @@ class LiveUpdate:
     step_s: float = 0.0
 
 
-StepRun = Generator["DecodeCall", str, "LiveUpdate"]
+# A step yields the VAD's encoder passes (send back the scores) and the decoder calls (send
+# back the text); a tick runs each kind for all its streams together.
+StepRun = Generator["DecodeCall | VadCall", "str | torch.Tensor", "LiveUpdate"]
 
 
 class LiveSession:
@@ -193,9 +200,14 @@ class LiveSession:
             self._buf.append(np.ascontiguousarray(audio, dtype=np.float32))
             self._received += len(audio)
         if len(audio) or is_final:
-            out = self.vad_model.generate(input=audio, cache=self._vad_cache, is_final=is_final,
-                                          chunk_size=VAD_CHUNK_MS)
-            for beg_ms, end_ms in (out[0]["value"] if out else []):
+            if self.options.funasr_vad:
+                out = self.vad_model.generate(input=audio, cache=self._vad_cache,
+                                              is_final=is_final, chunk_size=VAD_CHUNK_MS)
+                segments = out[0]["value"] if out else []
+            else:
+                segments = yield from vad_step(self.vad_model, audio, self._vad_cache,
+                                               is_final, VAD_CHUNK_MS)
+            for beg_ms, end_ms in segments:
                 if beg_ms >= 0 and self._utt_start is None:
                     self._utt_start = min(max(int(beg_ms) * SAMPLES_PER_MS, self._last_end),
                                           self._received)
@@ -228,6 +240,9 @@ class LiveSession:
         try:
             call = next(run)
             while True:
+                if isinstance(call, VadCall):
+                    call = run.send(call.run())
+                    continue
                 calls += 1
                 call = run.send(call.generate(self.asr_model))
         except StopIteration as stop:

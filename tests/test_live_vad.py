@@ -1,0 +1,115 @@
+"""The live streams' online FSMN-VAD step (`vad_step`): alone, exactly FunASR's `generate` per
+chunk; its encoder passes batched across streams, the same segments for every stream (real
+FSMN-VAD weights, espeak-ng speech)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gpu_worker.engines.live_vad import VadCall, run_vad_calls, vad_step
+from tests.audio_fixtures import espeak_wav
+
+pytestmark = pytest.mark.integration
+
+CHUNK_MS = 200
+TEXTS = ["hello world this is a live stream", "please call me back tomorrow",
+         "numbers like forty two", "good morning everyone"]
+
+
+@pytest.fixture(scope="module")
+def vad(models_dir: Path) -> Any:
+    from funasr import AutoModel
+
+    return AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000,
+                     disable_update=True, disable_pbar=True, disable_log=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    """Speech with pauses of different lengths, one recording per text."""
+    d = tmp_path_factory.mktemp("livevad")
+    out = []
+    for k, text in enumerate(TEXTS):
+        a, _ = sf.read(espeak_wav(text, d / f"v{k}.wav"), dtype="float32")
+        gap = np.zeros(16000 * (1 + k % 3) // 2, np.float32)
+        out.append(np.concatenate([gap, a, np.zeros(24000, np.float32), a[::-1].copy(), gap]))
+    return out
+
+
+def chunks(audio: np.ndarray, k: int) -> list[tuple[np.ndarray, bool]]:
+    """60-450 ms pieces (some longer than one 200 ms VAD step), the last one final."""
+    base = [960, 1600, 3200, 7200, 2400]
+    sizes = base[k % 5:] + base[:k % 5]
+    out, pos, j = [], 0, 0
+    while pos < len(audio):
+        n = sizes[j % len(sizes)]
+        out.append((audio[pos:pos + n], pos + n >= len(audio)))
+        pos, j = pos + n, j + 1
+    return out
+
+
+def drive_alone(vad: Any, cache: dict[str, Any], audio: np.ndarray, is_final: bool) -> Any:
+    run = vad_step(vad, audio, cache, is_final, CHUNK_MS)
+    try:
+        call = next(run)
+        while True:
+            assert isinstance(call, VadCall)
+            call = run.send(call.run())
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_a_step_alone_is_funasr_generate(vad: Any, streams: list[np.ndarray]) -> None:
+    found = 0
+    for k, audio in enumerate(streams):
+        ours: dict[str, Any] = {}
+        theirs: dict[str, Any] = {}
+        for piece, last in chunks(audio, k):
+            want = vad.generate(input=piece, cache=theirs, is_final=last,
+                                chunk_size=CHUNK_MS)[0]["value"]
+            assert drive_alone(vad, ours, piece, last) == want
+            found += sum(1 for _, end in want if end >= 0)
+    assert found >= 2 * len(streams)  # every stream's utterances were closed
+
+
+@pytest.mark.parametrize("n", [2, 4, 12])
+def test_batched_encoder_passes_give_each_stream_its_own_segments(
+        vad: Any, streams: list[np.ndarray], n: int) -> None:
+    """N streams stepping together, their encoder passes run as one batched pass per round
+    (streams start at different times, some rounds have streams with fresh caches): every
+    step's segments equal the stream stepped alone."""
+    audios = [streams[k % len(streams)][(k // len(streams)) * 800:] for k in range(n)]
+    plans = [[(None, False)] * (k % 3) + chunks(a, k) for k, a in enumerate(audios)]
+    alone: list[dict[str, Any]] = [{} for _ in range(n)]
+    together: list[dict[str, Any]] = [{} for _ in range(n)]
+    largest = 0
+    for t in range(max(len(p) for p in plans)):
+        runs, want = {}, {}
+        for k in range(n):
+            if t < len(plans[k]) and plans[k][t][0] is not None:
+                piece, last = plans[k][t]
+                want[k] = drive_alone(vad, alone[k], piece, last)
+                runs[k] = vad_step(vad, piece, together[k], last, CHUNK_MS)
+        got: dict[int, Any] = {}
+        waiting = {}
+        for k, run in runs.items():
+            try:
+                waiting[k] = next(run)
+            except StopIteration as stop:
+                got[k] = stop.value
+        while waiting:
+            ids = list(waiting)
+            largest = max(largest, len(ids))
+            scores = run_vad_calls([waiting.pop(k) for k in ids])
+            for k, s in zip(ids, scores, strict=True):
+                try:
+                    waiting[k] = runs[k].send(s)
+                except StopIteration as stop:
+                    got[k] = stop.value
+        assert got == want, t
+    assert largest == n
