@@ -4,9 +4,10 @@
 # all of them within ASR_GPU_BUDGET_S (default 540 s):
 #   1. models: the full-size random-weight models (sensevoice-small 234M, paraformer-streaming
 #      220M) and the real FSMN-VAD;
-#   2. tests: the GPU tier (`pytest -m gpu tests/test_gpu.py tests/test_live_batch.py`: text on
-#      cuda:0 equal to the CPU's and to `generate`, bf16 token agreement, the staged runner's
-#      overlap; live ticks fused on cuda:0 equal to serial steps and to FunASR's own calls);
+#   2. tests: the GPU tier (`pytest -m gpu` of tests/test_gpu.py, test_live_batch.py and
+#      test_live_vad.py: text on cuda:0 equal to the CPU's and to `generate`, bf16 token
+#      agreement, the staged runner's overlap; live ticks fused on cuda:0 equal to serial steps
+#      and to FunASR's own calls; the batched VAD passes on cuda:0 equal to FunASR's VAD);
 #   3. throughput: bench/throughput.py, 64 different 10 s clips at concurrency 1, 32, 256, 1024:
 #      FunASR plain loop, FunASR list batching (fp32 and bf16 autocast), our service with
 #      `generate`, our service with `direct` (fp32 and bf16);
@@ -99,7 +100,7 @@ export ASR_MAX_BATCH_AUDIO_S=2600 ASR_CACHE_CLEAR_EVERY=0 ASR_TEST_MODELS="$MODE
 
 step models 120 "$PY" -m gpu_worker.make_models "$MODELS" --only "$ASR" "$LIVE" fsmn-vad
 
-GPU_TESTS="tests/test_gpu.py tests/test_live_batch.py"
+GPU_TESTS="tests/test_gpu.py tests/test_live_batch.py tests/test_live_vad.py"
 if [ "$DRY" = 1 ]; then  # the GPU tests skip on the CPU: their CPU twins use the same fixtures
   step tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $GPU_TESTS \
       tests/test_direct_service.py

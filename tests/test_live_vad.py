@@ -21,12 +21,21 @@ TEXTS = ["hello world this is a live stream", "please call me back tomorrow",
          "numbers like forty two", "good morning everyone"]
 
 
-@pytest.fixture(scope="module")
-def vad(models_dir: Path) -> Any:
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# On the CPU and, where CUDA is (GPU tier: `pytest -m gpu`), with the VAD on cuda:0.
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda:0", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")])])
+def vad(models_dir: Path, request: pytest.FixtureRequest) -> Any:
     from funasr import AutoModel
 
     return AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000,
-                     disable_update=True, disable_pbar=True, disable_log=True, device="cpu")
+                     disable_update=True, disable_pbar=True, disable_log=True,
+                     device=request.param)
 
 
 @pytest.fixture(scope="module")
