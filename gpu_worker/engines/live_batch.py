@@ -13,8 +13,11 @@ ended and the next began in the same chunk) or finish with its update.
 `run_tick_serial` is the fallback for models `StreamingBatch` does not serve: each stream's
 calls go through FunASR's `generate` one by one.
 
-A failure inside one stream's step (its VAD, say) fails that stream only; a failure of a
-fused model call fails the streams in that call.
+Each step's VAD hands its network pass to the tick (`live_vad.VadCall`); the tick runs the
+passes of all its streams as one (`run_vad_calls`) before the decoder rounds.
+
+A failure inside one stream's step (its VAD's front-end or state machine, say) fails that
+stream only; a failure of a fused VAD pass or model call fails the streams in that call.
 """
 
 from __future__ import annotations
