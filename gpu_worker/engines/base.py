@@ -60,6 +60,15 @@ class Utterance:
     request_id: str = ""  # for logs only
     max_new_tokens: int = 0  # cap on generated tokens for LLM decoders (0: the worker's)
 
+    def check(self) -> None:
+        """Refuse audio no model can take (ValueError), the same way whatever FunASR's fbank
+        backend would have failed with (kaldi-native-fbank: ValueError / RuntimeError;
+        torchaudio, on the GPU machines' image: AssertionError)."""
+        if len(self.audio) == 0:
+            raise ValueError("empty audio")
+        if not np.isfinite(self.audio).all():
+            raise ValueError("audio has NaN or infinite samples")
+
     @property
     def options(self) -> tuple[str, bool, tuple[str, ...], int]:
         """Utterances batch together only when these are equal."""

@@ -53,6 +53,8 @@ class GenerateRunner:
     def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
         if not batch:
             return []
+        for u in batch:
+            u.check()
         first = batch[0]
         kwargs = self.family.generate_kwargs(first, len(batch))
         ignored = bool(first.hotwords) and not self.family.hotwords
