@@ -305,7 +305,8 @@ def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.n
     sf.write(wav, np.frombuffer(pcm16(talk), dtype="<i2"), 16000, subtype="PCM_16")
     cli = [sys.executable, "-c", "import sys; from client.cli import main; sys.exit(main())",
            "--server", live_service.address, "stream"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    root, path = str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
     out = subprocess.run([*cli, str(wav), "--live", "--realtime", "--format", "json"],
                          capture_output=True, text=True, timeout=180, env=env, check=True)
     lines = [json.loads(x) for x in out.stdout.splitlines()]
