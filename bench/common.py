@@ -63,6 +63,16 @@ def _clip_text(index: int, seconds: float) -> str:
     raise AssertionError("unreachable")
 
 
+def baseline_device(devices: str, cuda_available: bool) -> str:
+    """The one device a plain-FunASR baseline uses for a service's `--devices`."""
+    spec = devices.strip().lower()
+    if spec.startswith("cuda"):
+        return spec.split(",")[0]
+    if spec == "auto" and cuda_available:
+        return "cuda:0"
+    return "cpu"
+
+
 def make_clips(count: int, seconds: float, directory: Path) -> list[Clip]:
     """`count` different clips of exactly `seconds` of espeak-ng speech (padded with silence
     or cut), 16 kHz mono 16-bit WAV. Each clip rotates the sentence list, the speaking rate

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import make_clips, service_process  # noqa: E402
+from bench.common import baseline_device, make_clips, service_process  # noqa: E402
 from client.library import AsrClient  # noqa: E402
 from client.options import TranscribeOptions  # noqa: E402
 
@@ -131,18 +131,14 @@ def run_service(client: AsrClient, audio: np.ndarray, streams: int
     return firsts, finals, len(failed)
 
 
-def loop_device(devices: str) -> str:
-    """The one device FunASR's loop runs its streaming model on for `--devices`."""
-    first = devices.split(",")[0].strip().lower()
-    return first if first.startswith("cuda") else "cpu"
-
-
 def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: int,
-                    threads: int, device: str = "cpu") -> tuple[list[float], list[float]]:
+                    threads: int, devices: str = "cpu") -> tuple[list[float], list[float]]:
+    import torch
     from funasr import AutoModel
 
     from gpu_worker.engines.live_session import LiveOptions, LiveSession
 
+    device = baseline_device(devices, torch.cuda.is_available())
     kw = {"disable_update": True, "disable_pbar": True, "disable_log": True}
     asr = AutoModel(model=model_dir, ncpu=threads, device=device, **kw)  # as the worker's
     vad = AutoModel(model=vad_dir, max_single_segment_time=30000, ncpu=1, device=device,
@@ -217,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in loop_counts if "funasr-loop" in variants else []:
         log.info("funasr loop, %d streams", n)
         firsts, finals = run_funasr_loop(args.model, args.vad_model, audio, n, args.threads,
-                                         loop_device(args.devices))
+                                         args.devices)
         rows.append(Row("funasr-loop", n, len(finals), pct(firsts, 50), pct(firsts, 95),
                         pct(finals, 50), pct(finals, 95)))
         log.info("%s", rows[-1])

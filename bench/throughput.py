@@ -81,6 +81,7 @@ from bench.common import (  # noqa: E402
     Clip,
     CpuMeter,
     Measurement,
+    baseline_device,
     drive,
     format_table,
     free_port,
@@ -201,16 +202,6 @@ def parse_args(argv: list[str] | None) -> Settings:
 
 
 # --- (a) and (b): plain FunASR, in a spawned subprocess -------------------------------------
-
-def baseline_device(devices: str, cuda_available: bool) -> str:
-    """The one device the plain-FunASR baselines use for `--devices`."""
-    spec = devices.strip().lower()
-    if spec.startswith("cuda"):
-        return spec.split(",")[0]
-    if spec == "auto" and cuda_available:
-        return "cuda:0"
-    return "cpu"
-
 
 def _timed_calls(variant: str, label: str, concurrency: int,
                  calls: list[tuple[Callable[[], object], int]], audio_s: float,
