@@ -6,8 +6,12 @@ Each stream plays the same recording (utterances separated by 2 s pauses) at rea
 
 - time to first interim: from sending the audio where the utterance starts to the first
   interim result for it (includes the model's 600 ms chunk and its look-ahead);
-- final latency after end of speech: from sending the audio where the utterance ends to its
-  final result (includes FSMN-VAD's end-of-speech silence window, ~0.8 s by default).
+- final after end of speech: from sending the audio where the utterance's speech ends (the
+  last audible 10 ms of the recording inside the utterance) to its final result: the VAD's
+  end-of-speech silence window (FSMN-VAD's schedule: ~2 s early in an utterance; or
+  `--end-silence-ms`) plus the service's own time;
+- final after endpoint: from sending the chunk with which the VAD closed the utterance (the
+  audio processed when the final was made) to the final result: the service's own time.
 
 Variants:
   (a) service: `asr-scheduler serve --model DIR --vad-model VAD`, N gRPC live streams;
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -55,9 +60,12 @@ class Row:
     utterances: int
     first_interim_p50_ms: float
     first_interim_p95_ms: float
-    final_p50_ms: float
+    final_p50_ms: float  # after the end of speech
     final_p95_ms: float
     failed_streams: int = 0  # streams that ended with an error (the first is logged)
+    endpoint_p50_ms: float = float("nan")  # final after the VAD's endpoint
+    endpoint_p95_ms: float = float("nan")
+    end_silence_ms: int = 0  # the requested end-of-speech silence (0: the VAD's schedule)
 
 
 def recording(directory: Path, utterances: int) -> np.ndarray:
@@ -67,6 +75,22 @@ def recording(directory: Path, utterances: int) -> np.ndarray:
         a, _ = sf.read(c.path, dtype="float32")
         parts += [a, np.zeros(2 * RATE, np.float32)]
     return np.concatenate(parts)
+
+
+class SpeechEnds:
+    """Where speech ends in a recording: the last audible 10 ms frame up to a position."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        frames = np.abs(audio[:len(audio) // 160 * 160]).reshape(-1, 160).max(axis=1)
+        self.loud = np.flatnonzero(frames > 1e-3)  # espeak-ng's pauses are digital silence
+
+    def before(self, start_ms: int, end_ms: int) -> float:
+        """Seconds where the speech of the utterance [start_ms, end_ms] ends (end_ms if none
+        is found in it)."""
+        i = int(np.searchsorted(self.loud, end_ms // 10, side="right")) - 1
+        if i < 0 or self.loud[i] < start_ms // 10:
+            return end_ms / 1000
+        return (int(self.loud[i]) + 1) / 100
 
 
 def pct(values: list[float], q: float) -> float:
@@ -81,12 +105,26 @@ def sent_at(sends: list[tuple[float, float]], position_s: float) -> float:
     return sends[-1][1]
 
 
-def run_service(client: AsrClient, audio: np.ndarray, streams: int
-                ) -> tuple[list[float], list[float], int]:
+@dataclass
+class Latencies:
+    firsts: list[float]  # first interim, s
+    finals: list[float]  # final after end of speech, s
+    endpoints: list[float]  # final after the VAD's endpoint, s
+    failed: int = 0
+
+
+def chunk_due(position_s: float) -> float:
+    """When, from the start of a stream, the chunk holding audio position `position_s` is sent
+    (both variants send chunk [t, t + 100 ms) at t): the loop's twin of `sent_at`."""
+    return max(math.ceil(round(position_s / CHUNK_S, 6)) - 1, 0) * CHUNK_S
+
+
+def run_service(client: AsrClient, audio: np.ndarray, streams: int, end_silence_ms: int = 0
+                ) -> Latencies:
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     step = int(CHUNK_S * RATE) * 2
-    firsts: list[float] = []
-    finals: list[float] = []
+    ends = SpeechEnds(audio)
+    out = Latencies([], [], [])
     lock = threading.Lock()
     opts = TranscribeOptions(raw_pcm=True, sample_rate=RATE)
     failed: list[BaseException] = []
@@ -114,25 +152,30 @@ def run_service(client: AsrClient, audio: np.ndarray, streams: int
                 yield pcm[i:i + step]
 
         seen: set[int] = set()
-        for r in client.stream(chunks(), opts, live=True, timeout=600):
+        for r in client.stream(chunks(), opts, live=True, timeout=600,
+                               end_silence_ms=end_silence_ms):
             now = time.monotonic()
             with lock:
                 if not r.is_final and r.utterance_start_ms not in seen:
                     seen.add(r.utterance_start_ms)
-                    firsts.append(now - sent_at(sends, r.utterance_start_ms / 1000))
+                    out.firsts.append(now - sent_at(sends, r.utterance_start_ms / 1000))
                 elif r.is_final and not r.is_last:
-                    finals.append(now - sent_at(sends, r.utterance_end_ms / 1000))
+                    spoken = ends.before(r.utterance_start_ms, r.utterance_end_ms)
+                    out.finals.append(now - sent_at(sends, spoken))
+                    out.endpoints.append(now - sent_at(sends, r.audio_processed_s))
 
     threads = [threading.Thread(target=one, args=(k,)) for k in range(streams)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return firsts, finals, len(failed)
+    out.failed = len(failed)
+    return out
 
 
 def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: int,
-                    threads: int, devices: str = "cpu") -> tuple[list[float], list[float]]:
+                    threads: int, devices: str = "cpu", end_silence_ms: int = 0
+                    ) -> Latencies:
     import torch
     from funasr import AutoModel
 
@@ -148,10 +191,11 @@ def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: in
               for i in range(0, len(audio), step)]
     chunks.sort()
     # FunASR's calls only: its VAD `generate` too (the service batches the VAD's passes)
-    sessions = [LiveSession(vad, asr, LiveOptions(funasr_vad=True)) for _ in range(streams)]
+    options = LiveOptions(funasr_vad=True, end_silence_ms=end_silence_ms)
+    sessions = [LiveSession(vad, asr, options) for _ in range(streams)]
     seen: list[set[int]] = [set() for _ in range(streams)]
-    firsts: list[float] = []
-    finals: list[float] = []
+    ends = SpeechEnds(audio)
+    out = Latencies([], [], [])
     t0 = time.monotonic()
     for due, k, i in chunks:  # one thread, arrival order, one stream per model call
         wait = t0 + due - time.monotonic()
@@ -159,12 +203,14 @@ def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: in
             time.sleep(wait)
         u = sessions[k].step(audio[i:i + step], i + step >= len(audio))
         now = time.monotonic()
+        began = t0 + k / max(streams, 1)
         for f in u.finals:
-            finals.append(now - (t0 + k / max(streams, 1) + f.end_ms / 1000))
+            out.finals.append(now - (began + chunk_due(ends.before(f.start_ms, f.end_ms))))
+            out.endpoints.append(now - (began + chunk_due(u.processed_ms / 1000)))
         if u.interim_text and u.interim_start_ms not in seen[k]:
             seen[k].add(u.interim_start_ms)
-            firsts.append(now - (t0 + k / max(streams, 1) + u.interim_start_ms / 1000))
-    return firsts, finals
+            out.firsts.append(now - (began + chunk_due(u.interim_start_ms / 1000)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("build/bench-streaming"))
     p.add_argument("--json", type=Path, default=None, help="write the rows here too")
     p.add_argument("--variants", default="service,funasr-loop")
+    p.add_argument("--end-silence-ms", default="0",
+                   help="comma-separated end-of-speech silences to run (each a row set); 0: "
+                   "FSMN-VAD's own schedule (~2 s early in an utterance)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of FunASR's loop (default: the cores, as the service's "
                    "single worker gets)")
@@ -200,30 +249,39 @@ def main(argv: list[str] | None = None) -> int:
              "--max-streams", str(max(counts) * 2),
              "--max-streams-per-client", str(max(counts) * 2)]
     variants = args.variants.split(",")
+    silences = [int(x) for x in args.end_silence_ms.split(",") if x.strip()]
+
+    def row(variant: str, n: int, silence: int, got: Latencies) -> Row:
+        return Row(variant, n, len(got.finals), pct(got.firsts, 50), pct(got.firsts, 95),
+                   pct(got.finals, 50), pct(got.finals, 95), got.failed,
+                   pct(got.endpoints, 50), pct(got.endpoints, 95), silence)
+
     if "service" in variants:
         with service_process(serve, args.work_dir / "serve.log") as client:
-            for n in counts:
-                log.info("service, %d streams", n)
-                firsts, finals, failed = run_service(client, audio, n)
-                rows.append(Row("service", n, len(finals), pct(firsts, 50), pct(firsts, 95),
-                                pct(finals, 50), pct(finals, 95), failed))
-                log.info("%s", rows[-1])  # each row as it is measured: a cut-short run keeps it
+            for silence in silences:
+                for n in counts:
+                    log.info("service, %d streams, end silence %d ms", n, silence)
+                    rows.append(row("service", n, silence, run_service(client, audio, n,
+                                                                       silence)))
+                    log.info("%s", rows[-1])  # as it is measured: a cut-short run keeps it
     loop_counts = counts if args.loop_streams is None else [
         int(x) for x in args.loop_streams.split(",") if x.strip()]
-    for n in loop_counts if "funasr-loop" in variants else []:
-        log.info("funasr loop, %d streams", n)
-        firsts, finals = run_funasr_loop(args.model, args.vad_model, audio, n, args.threads,
-                                         args.devices)
-        rows.append(Row("funasr-loop", n, len(finals), pct(firsts, 50), pct(firsts, 95),
-                        pct(finals, 50), pct(finals, 95)))
-        log.info("%s", rows[-1])
-    print(f"service: {args.workers_per_device} worker process(es) per device ({args.devices})")
-    print(f"{'variant':<12} {'streams':>7} {'utts':>5} {'1st interim p50':>16} {'p95':>8} "
-          f"{'final p50':>10} {'p95':>8}  (ms)  failed streams")
+    for silence in silences if "funasr-loop" in variants else []:
+        for n in loop_counts:
+            log.info("funasr loop, %d streams, end silence %d ms", n, silence)
+            rows.append(row("funasr-loop", n, silence, run_funasr_loop(
+                args.model, args.vad_model, audio, n, args.threads, args.devices, silence)))
+            log.info("%s", rows[-1])
+    print(f"service: {args.workers_per_device} worker process(es) per device ({args.devices}); "
+          "final: after the end of speech / after the VAD's endpoint")
+    print(f"{'variant':<12} {'end sil':>7} {'streams':>7} {'utts':>5} {'1st interim p50':>16} "
+          f"{'p95':>6} {'final p50':>10} {'p95':>6} {'endpoint p50':>13} {'p95':>6}  (ms)  "
+          "failed streams")
     for r in rows:
-        print(f"{r.variant:<12} {r.streams:>7} {r.utterances:>5} {r.first_interim_p50_ms:>16.0f} "
-              f"{r.first_interim_p95_ms:>8.0f} {r.final_p50_ms:>10.0f} {r.final_p95_ms:>8.0f}"
-              f"  {r.failed_streams:>14}")
+        print(f"{r.variant:<12} {r.end_silence_ms or 'vad':>7} {r.streams:>7} {r.utterances:>5} "
+              f"{r.first_interim_p50_ms:>16.0f} {r.first_interim_p95_ms:>6.0f} "
+              f"{r.final_p50_ms:>10.0f} {r.final_p95_ms:>6.0f} {r.endpoint_p50_ms:>13.0f} "
+              f"{r.endpoint_p95_ms:>6.0f}  {r.failed_streams:>14}")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 1 if any(r.failed_streams for r in rows) else 0

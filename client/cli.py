@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(interim lines update in place, a final line per utterance)")
     sm.add_argument("--final-model", default="",
                     help="live two-pass: served offline model for each utterance's final text")
+    sm.add_argument("--end-silence-ms", type=int, default=0, metavar="MS",
+                    help="live: silence after speech that ends an utterance, 200-6000 ms "
+                    "(default 0: the VAD's own schedule, up to 2 s); shorter gives finals "
+                    "sooner but may cut at pauses")
     _recognition_options(sm)
 
     st = sub.add_parser("status", parents=[common], help="devices, workers, models, queue")
@@ -165,7 +169,8 @@ def cmd_transcribe(client: AsrClient, args: argparse.Namespace) -> int:
 def cmd_stream(client: AsrClient, args: argparse.Namespace) -> int:
     """Stream one file and print each result as it arrives."""
     return stream_command(client, args.file, recognition_options(args), args.realtime,
-                          args.format, args.timeout, args.live, args.final_model)
+                          args.format, args.timeout, args.live, args.final_model,
+                          args.end_silence_ms)
 
 
 COMMANDS = {"transcribe": cmd_transcribe, "stream": cmd_stream, "status": cmd_status,

@@ -69,10 +69,12 @@ class BatchItem:
 
 def config_requests(config: pb.RecognitionConfig, chunks: Iterable[bytes],
                     interim_results: bool = False, live: bool = False,
-                    final_model: str = "") -> Iterator[pb.StreamingRecognizeRequest]:
+                    final_model: str = "", end_silence_ms: int = 0
+                    ) -> Iterator[pb.StreamingRecognizeRequest]:
     """The request messages of a stream: the config first, then the audio chunks."""
     yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
-        config=config, interim_results=interim_results, live=live, final_model=final_model))
+        config=config, interim_results=interim_results, live=live, final_model=final_model,
+        end_silence_ms=end_silence_ms))
     for chunk in chunks:
         yield pb.StreamingRecognizeRequest(audio_content=chunk)
 
@@ -229,7 +231,7 @@ class AsrClient:
 
     def stream(self, chunks: Iterable[bytes], options: TranscribeOptions | None = None, *,
                interim_results: bool = True, timeout: float | None = None,
-               live: bool = False, final_model: str = "",
+               live: bool = False, final_model: str = "", end_silence_ms: int = 0,
                **overrides: Any) -> Iterator[StreamResult]:
         """Stream audio chunks as they come (e.g. from a microphone) and yield results.
 
@@ -237,13 +239,16 @@ class AsrClient:
         (`is_last`) holds the whole transcript. Not retried: the chunks are consumed once.
         `live`: live mode (a streaming model recognises as the audio arrives; interim results
         while someone speaks, a final one per utterance); `final_model`: two-pass, the served
-        offline model that writes each utterance's final text.
+        offline model that writes each utterance's final text; `end_silence_ms`: live mode,
+        the silence after speech that ends an utterance (200-6000 ms; 0: the VAD's own
+        schedule, up to 2 s).
         """
         config = self._options(options, overrides).to_config()
         started = time.monotonic()
         try:
             for resp in self.recognizer.StreamingRecognize(
-                    config_requests(config, chunks, interim_results, live, final_model),
+                    config_requests(config, chunks, interim_results, live, final_model,
+                                    end_silence_ms),
                     timeout=timeout,
                     metadata=self.metadata):
                 yield stream_result(resp, wall_time_s=time.monotonic() - started)

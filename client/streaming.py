@@ -89,7 +89,7 @@ def json_line(r: StreamResult) -> str:
 
 def stream_command(client: AsrClient, path: str, opts: TranscribeOptions, realtime: bool,
                    fmt: str, timeout: float | None, live: bool = False,
-                   final_model: str = "") -> int:
+                   final_model: str = "", end_silence_ms: int = 0) -> int:
     """Stream `path` ("-" for stdin); print each result (text, or JSON lines with is_final).
     `live`: live mode (interim results while someone speaks, a final one per utterance)."""
     if opts.raw_pcm is None and (Path(path).suffix.lower() in RAW_SUFFIXES if path != "-"
@@ -100,7 +100,7 @@ def stream_command(client: AsrClient, path: str, opts: TranscribeOptions, realti
     printer = _Printer(sys.stdout)
     try:
         for r in client.stream(paced(f, rate, live), opts, timeout=timeout, live=live,
-                               final_model=final_model):
+                               final_model=final_model, end_silence_ms=end_silence_ms):
             t = r.transcript
             if fmt == "json":
                 print(json_line(r), flush=True)

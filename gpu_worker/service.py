@@ -25,7 +25,7 @@ from gpu_worker.engines.live_session import LiveOptions
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.pcm_arena import PcmArena, PcmBlock
-from protos.common.wire import decode_pcm
+from protos.common.wire import END_SILENCE_RANGE_MS, decode_pcm
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         except StopAsyncIteration:
             return
         cfg = first.config
-        options = LiveOptions(offset_ms=cfg.offset_ms)
+        low, high = END_SILENCE_RANGE_MS
+        if cfg.end_silence_ms and not low <= cfg.end_silence_ms <= high:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"end_silence_ms must be 0 or {low}-{high}")
+        options = LiveOptions(offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)
         if cfg.chunk_size:
             if len(cfg.chunk_size) != 3 or min(cfg.chunk_size) < 0 or cfg.chunk_size[1] < 1:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -204,7 +208,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             options = LiveOptions(chunk_size=tuple(cfg.chunk_size),  # type: ignore[arg-type]
                                   encoder_look_back=cfg.encoder_chunk_look_back,
                                   decoder_look_back=cfg.decoder_chunk_look_back,
-                                  offset_ms=cfg.offset_ms)
+                                  offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)
 
         async def chunks() -> AsyncIterator[LiveChunk]:
             yield LiveChunk(decode_pcm(first.pcm, first.sample_format), first.is_final)

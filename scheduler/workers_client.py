@@ -226,6 +226,7 @@ class LiveSettings:
     chunk_size: tuple[int, ...] = ()
     encoder_look_back: int = 0
     decoder_look_back: int = 0
+    end_silence_ms: int = 0  # silence that ends an utterance; 0: the VAD's own schedule
 
 
 class LiveCall:
@@ -240,7 +241,7 @@ class LiveCall:
             chunk_size=list(settings.chunk_size),
             encoder_chunk_look_back=settings.encoder_look_back,
             decoder_chunk_look_back=settings.decoder_look_back, offset_ms=offset_ms,
-            request_id=request_id)
+            request_id=request_id, end_silence_ms=settings.end_silence_ms)
         self._sent = 0
         self._final_index = -1
         self._answered = 0

@@ -71,3 +71,23 @@ def test_gpu_sh_rehearses_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert re.search(r"\d+ passed", report), report
     for name in ("throughput", "long_audio", "streaming"):
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text()), name
+
+
+def test_streaming_bench_measures_from_the_end_of_speech() -> None:
+    """bench/streaming.py's references: the end of speech is the last audible 10 ms of the
+    utterance (not the end the VAD reports, nor where decoding had got to), and the in-process
+    loop's reference time is when the service's client would have sent that chunk."""
+    import numpy as np
+
+    from bench.streaming import SpeechEnds, chunk_due, sent_at
+
+    audio = np.zeros(16000 * 4, np.float32)
+    audio[8000:24000] = 0.5  # speech 0.5-1.5 s
+    audio[40000:41600] = 0.5  # speech 2.5-2.6 s
+    ends = SpeechEnds(audio)
+    assert ends.before(400, 1700) == pytest.approx(1.5)
+    assert ends.before(400, 3900) == pytest.approx(2.6)
+    assert ends.before(1600, 2400) == pytest.approx(2.4)  # no speech in it: the given end
+    sends = [((i + 1) / 10, i / 10) for i in range(40)]  # chunk [t, t + 0.1) sent at t
+    for pos in (0.0, 0.05, 0.1, 0.15, 0.2, 1.5, 2.6, 3.99):
+        assert chunk_due(pos) == pytest.approx(sent_at(sends, pos)), pos

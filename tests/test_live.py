@@ -52,11 +52,11 @@ def pcm16(x: np.ndarray) -> bytes:
 
 
 def live_requests(audio: np.ndarray, realtime: bool = False, model: str = "",
-                  final_model: str = "", sent: list[tuple[float, float]] | None = None
-                  ) -> Iterator[pb.StreamingRecognizeRequest]:
+                  final_model: str = "", sent: list[tuple[float, float]] | None = None,
+                  end_silence_ms: int = 0) -> Iterator[pb.StreamingRecognizeRequest]:
     cfg = pb.RecognitionConfig(encoding=pb.LINEAR16, sample_rate_hertz=16000, model=model)
     yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
-        config=cfg, live=True, final_model=final_model))
+        config=cfg, live=True, final_model=final_model, end_silence_ms=end_silence_ms))
     step = int(CHUNK_S * 16000)
     started = time.monotonic()
     for i in range(0, len(audio), step):
@@ -67,6 +67,14 @@ def live_requests(audio: np.ndarray, realtime: bool = False, model: str = "",
         if sent is not None:
             sent.append((min(i + step, len(audio)) / 16000, time.monotonic()))
         yield pb.StreamingRecognizeRequest(audio_content=pcm16(audio[i:i + step]))
+
+
+def speech_ends_ms(audio: np.ndarray) -> list[int]:
+    """Where each stretch of speech ends (ms), stretches split by >= 1 s of digital silence."""
+    frames = np.abs(audio[:len(audio) // 160 * 160]).reshape(-1, 160)  # 10 ms frames
+    loud = np.flatnonzero(frames.max(axis=1) > 1e-3)
+    ends = [int(a) for a, b in itertools.pairwise(loud) if b - a >= 100] + [int(loud[-1])]
+    return [10 * (e + 1) for e in ends]
 
 
 def run_stream(address: str, audio: np.ndarray, **kw: Any) -> list[pb.StreamingRecognizeResponse]:
@@ -140,6 +148,14 @@ def test_live_finals_equal_funasr_streaming_loop(live_service: RunningService,
     assert len(finals) == 3, [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
     spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
     assert all(s < e for s, e in spans) and all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    # An utterance the VAD closed in silence ends where its speech does (the VAD adds up to
+    # 100 ms), not where the decoder had got to when the VAD's end-silence window ran out, ~2 s
+    # later (the last one is closed by the end of the stream, 1 s after its speech).
+    spoken = speech_ends_ms(talk)
+    assert len(spoken) == 3
+    for (_, end), speech_end in zip(spans[:-1], spoken[:-1], strict=True):
+        assert speech_end - 50 <= end <= speech_end + 250, (spans, spoken)
+    assert spoken[-1] - 50 <= spans[-1][1] <= len(talk) // 16
     expected = funasr_reference(models_dir / "paraformer-streaming-tiny", talk, spans)
     assert [f.result.text for f in finals] == expected
     assert all(expected)
@@ -178,6 +194,31 @@ def test_live_interim_before_audio_ends_and_two_pass(live_service: RunningServic
     interims = [r for _, r in arrivals if not r.is_final]
     assert interims and all(r.result.model == "live" and r.stability == pytest.approx(0.5)
                             for r in interims)
+
+
+def test_live_end_silence_sends_finals_sooner(live_service: RunningService, models_dir: Path,
+                                              talk: np.ndarray) -> None:
+    """`end_silence_ms`: an utterance's final comes once that much silence followed it (the
+    default schedule waits ~2 s), its text still FunASR's streaming loop on its segment; out
+    of range is INVALID_ARGUMENT."""
+    waits = {}
+    for silence in (0, 300):
+        responses = run_stream(live_service.address, talk, end_silence_ms=silence)
+        finals = finals_of(responses)
+        assert len(finals) == 3 if silence == 0 else len(finals) >= 3  # may cut at pauses
+        # audio that had arrived after each utterance's end when its final came (the last one
+        # is closed by the end of the stream)
+        waits[silence] = [f.audio_processed_s * 1000 - f.utterance_end_ms for f in finals[:-1]]
+        spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+        expected = funasr_reference(models_dir / "paraformer-streaming-tiny", talk, spans)
+        assert [f.result.text for f in finals] == expected
+    assert min(waits[0]) > 1500, waits
+    assert max(waits[300]) < 300 + 100, waits  # + one 100 ms chunk
+    for bad in (100, 7000, -5):
+        with pytest.raises(grpc.RpcError) as err:
+            run_stream(live_service.address, talk[:16000], end_silence_ms=bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "end_silence_ms" in err.value.details()
 
 
 def test_live_refuses_offline_model(live_service: RunningService, talk: np.ndarray) -> None:
@@ -321,6 +362,16 @@ def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.n
     raw_lines = [json.loads(x) for x in raw.stdout.decode().splitlines()]
     assert [x["text"] for x in raw_lines if x["is_final"]] == \
         [x["text"] for x in lines if x["is_final"]]
+    # --end-silence-ms reaches the VAD: each utterance closed in silence is final once 300 ms
+    # of silence (+ a 100 ms chunk) followed it, not ~2 s
+    quick = subprocess.run([*cli, "-", "--live", "--sample-rate", "16000", "--format", "json",
+                            "--end-silence-ms", "300"], input=pcm16(talk),
+                           capture_output=True, timeout=180, env=env, check=True)
+    quick_finals = [x for x in map(json.loads, quick.stdout.decode().splitlines())
+                    if x["is_final"] and not x["is_last"]]
+    assert len(quick_finals) >= 3
+    waits = [x["audio_processed_s"] * 1000 - x["end_ms"] for x in quick_finals[:-1]]
+    assert max(waits) <= 400, waits
 
 
 def test_live_session_memory_stays_bounded(models_dir: Path, talk: np.ndarray) -> None:

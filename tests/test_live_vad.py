@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gpu_worker.engines.live_vad import VadCall, run_vad_calls, vad_step
+from gpu_worker.engines.live_vad import VadCall, run_vad_calls, speech_frontier_ms, vad_step
 from tests.audio_fixtures import espeak_wav
 
 pytestmark = pytest.mark.integration
@@ -62,8 +62,9 @@ def chunks(audio: np.ndarray, k: int) -> list[tuple[np.ndarray, bool]]:
     return out
 
 
-def drive_alone(vad: Any, cache: dict[str, Any], audio: np.ndarray, is_final: bool) -> Any:
-    run = vad_step(vad, audio, cache, is_final, CHUNK_MS)
+def drive_alone(vad: Any, cache: dict[str, Any], audio: np.ndarray, is_final: bool,
+                end_silence_ms: int = 0) -> Any:
+    run = vad_step(vad, audio, cache, is_final, CHUNK_MS, end_silence_ms)
     try:
         call = next(run)
         while True:
@@ -122,3 +123,46 @@ def test_batched_encoder_passes_give_each_stream_its_own_segments(
                     got[k] = stop.value
         assert got == want, t
     assert largest == n
+
+
+def test_fixed_end_silence_is_funasr_max_end_silence_time(vad: Any,
+                                                          streams: list[np.ndarray]) -> None:
+    """`end_silence_ms` gives FunASR's segments for `max_end_silence_time`, without writing it
+    into the shared model; a shorter silence closes utterances sooner; while a segment is open
+    its speech frontier never passes the end the VAD then reports."""
+    opts = vad.model.vad_opts
+    default = opts.max_end_silence_time
+    closed_at: dict[int, list[int]] = {}
+    try:
+        for silence in (0, 300, 800):
+            closed_at[silence] = []
+            for k, audio in enumerate(streams):
+                ours: dict[str, Any] = {}
+                theirs: dict[str, Any] = {}
+                fed, frontiers = 0, []
+                fixed = {"max_end_silence_time": silence} if silence else {}
+                for piece, last in chunks(audio, k):
+                    opts.max_end_silence_time = default
+                    got = drive_alone(vad, ours, piece, last, silence)
+                    assert opts.max_end_silence_time == default  # not written into the model
+                    fed += len(piece)
+                    want = vad.generate(input=piece, cache=theirs, is_final=last,
+                                        chunk_size=CHUNK_MS, **fixed)[0]["value"]
+                    assert got == want, (silence, k)
+                    for _, end in got:
+                        if end >= 0 and not last:  # the last chunk closes what is open
+                            closed_at[silence].append(fed // 16 - end)
+                            assert all(f <= end + 10 for f in frontiers), (frontiers, end)
+                            frontiers = []
+                    frontier = speech_frontier_ms(ours)
+                    if frontier is not None:
+                        frontiers.append(frontier)
+                        assert frontier <= fed // 16
+    finally:
+        opts.max_end_silence_time = default
+    # how much audio had arrived past each end when it was reported (the last chunk's size
+    # adds up to 450 ms): the dynamic schedule waits ~2 s early in an utterance
+    assert len(closed_at[0]) >= len(streams) and len(closed_at[300]) >= len(closed_at[0])
+    assert min(closed_at[0]) > 1500
+    assert max(closed_at[300]) < 150 + 450 + 200
+    assert max(closed_at[300]) < min(closed_at[800]) + 450

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_worker.engines.live_vad import VadCall, vad_step
+from gpu_worker.engines.live_vad import VadCall, speech_frontier_ms, vad_step
 from protos.common.wire import SAMPLES_PER_MS
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,12 @@ DEFAULT_CHUNK_SIZE = (0, 10, 5)  # 600 ms chunks, 300 ms look-ahead (FunASR's de
 DEFAULT_ENCODER_LOOK_BACK = 4
 DEFAULT_DECODER_LOOK_BACK = 1
 VAD_CHUNK_MS = 200  # online FSMN-VAD step (FunASR's websocket server uses the same order)
-# Decoding trails the audio by this much: the VAD reports the end of speech late (after its
-# end-silence window), and audio past the end would otherwise reach the decoder; an utterance's
-# end is never before what was decoded, so this only trades interim latency for tight ends.
+# Decoding trails the audio by this much, and never passes the VAD's speech frontier (the open
+# segment's end so far): the VAD reports the end of speech late (after its end-silence
+# window), so the silence it is still timing stays out of the decoder, and an utterance's text
+# is exactly the decoding of its VAD segment.
 DECODE_HOLD_MS = 400
+
 SILENCE_LOOK_BACK_MS = 3000  # audio kept in silence: the VAD reports starts this far back at most
 FRAME_SAMPLES = 960  # one 60 ms frame of the streaming model's chunk_size
 
@@ -52,6 +54,9 @@ class LiveOptions:
     encoder_look_back: int = DEFAULT_ENCODER_LOOK_BACK
     decoder_look_back: int = DEFAULT_DECODER_LOOK_BACK
     offset_ms: int = 0  # position of the first sample in the caller's timeline
+    # Silence that ends an utterance (END_SILENCE_RANGE_MS); 0: FunASR's dynamic schedule
+    # for online FSMN-VAD (2 s early in an utterance, shorter as it grows).
+    end_silence_ms: int = 0
     # The VAD through FunASR's own `generate` (bench/streaming.py's reference loop) instead of
     # `vad_step` (the same computation, its encoder pass yielded to be batched by a tick).
     funasr_vad: bool = False
@@ -175,14 +180,25 @@ class LiveSession:
         assert self._utt_start is not None
         stride = self.options.stride_samples
         limit = self._received - DECODE_HOLD_MS * SAMPLES_PER_MS
+        frontier = speech_frontier_ms(self._vad_cache)
+        if frontier is not None:
+            limit = min(limit, frontier * SAMPLES_PER_MS)
         chunks = (limit - self._utt_start) // stride
         upto = self._utt_start + chunks * stride
         if upto > self._fed:
             yield from self._decode(upto, is_final=False)
 
     def _finish_utterance(self, end: int) -> Generator[DecodeCall, str, Utterance]:
+        """Decode the rest of the open utterance up to session sample `end` in whole chunks,
+        the last one final (the chunks FunASR's own loop gives the segment), and close it."""
         assert self._utt_start is not None
         end = max(end, self._fed)
+        stride = self.options.stride_samples
+        while end - self._fed > stride:
+            before = self._fed
+            yield from self._decode(before + stride, is_final=False)
+            if self._fed == before:  # nothing kept to decode (cannot happen while open)
+                break
         yield from self._decode(end, is_final=True)
         utt = Utterance(self._abs_ms(self._utt_start), self._abs_ms(end), "".join(self._texts))
         self._asr_cache = {}
@@ -200,13 +216,16 @@ class LiveSession:
             self._buf.append(np.ascontiguousarray(audio, dtype=np.float32))
             self._received += len(audio)
         if len(audio) or is_final:
+            silence = self.options.end_silence_ms
             if self.options.funasr_vad:
+                fixed = {"max_end_silence_time": silence} if silence > 0 else {}
                 out = self.vad_model.generate(input=audio, cache=self._vad_cache,
-                                              is_final=is_final, chunk_size=VAD_CHUNK_MS)
+                                              is_final=is_final, chunk_size=VAD_CHUNK_MS,
+                                              **fixed)
                 segments = out[0]["value"] if out else []
             else:
                 segments = yield from vad_step(self.vad_model, audio, self._vad_cache,
-                                               is_final, VAD_CHUNK_MS)
+                                               is_final, VAD_CHUNK_MS, silence)
             for beg_ms, end_ms in segments:
                 if beg_ms >= 0 and self._utt_start is None:
                     self._utt_start = min(max(int(beg_ms) * SAMPLES_PER_MS, self._last_end),

@@ -115,20 +115,48 @@ def _segments(model: Any, feats: torch.Tensor, waveform: torch.Tensor, is_final:
     return [batch] if batch else []
 
 
+def _base_kwargs(vad: Any) -> dict[str, Any]:
+    """The kwargs FunASR's `AutoModel.inference` starts a call with: its snapshot of the
+    model's own, not `vad.kwargs` as an earlier `generate(**cfg)` left them (it merges a call's
+    options into them, e.g. `max_end_silence_time`, and resets them only at its next call)."""
+    base = getattr(vad, "_base_kwargs_map", {}).get("kwargs")
+    return dict(base if base is not None else vad.kwargs)
+
+
+def speech_frontier_ms(cache: dict[str, Any]) -> int | None:
+    """Where the open segment's speech reaches so far (ms of the VAD session), or None when no
+    segment is open: audio after it is silence the VAD is still timing, which may end the
+    segment there."""
+    stats = cache.get("stats")
+    if stats is None or not stats.output_data_buf:
+        return None
+    buf = stats.output_data_buf[-1]
+    if buf.contain_seg_start_point and not buf.contain_seg_end_point:
+        return int(buf.end_ms)
+    return None
+
+
 def vad_step(vad: Any, audio: np.ndarray, cache: dict[str, Any], is_final: bool,
-             chunk_size: int) -> VadSteps:
+             chunk_size: int, end_silence_ms: int = 0) -> VadSteps:
     """One streamed chunk through the online FSMN-VAD (`vad`: FunASR's `AutoModel`): the
     segments `vad.generate(input=audio, cache=cache, is_final=is_final,
-    chunk_size=chunk_size)[0]["value"]` returns, the encoder passes yielded as `VadCall`s."""
+    chunk_size=chunk_size)[0]["value"]` returns, the encoder passes yielded as `VadCall`s.
+    `end_silence_ms` > 0: the silence that ends a segment, fixed, as FunASR's
+    `generate(..., max_end_silence_time=end_silence_ms)` (which would also write it into the
+    shared model's options; here it stays in this stream's cache); 0: FunASR's dynamic
+    schedule (2 s early in an utterance, shorter as it grows)."""
     from funasr.models.fsmn_vad_streaming.model import DEFAULT_SILENCE_SCHEDULE
     from funasr.utils.load_utils import extract_fbank, load_audio_text_image_video
 
     model = vad.model
-    kwargs = {k: v for k, v in vad.kwargs.items() if k != "cache"}  # as AutoModel.inference
+    kwargs = {k: v for k, v in _base_kwargs(vad).items() if k != "cache"}
     kwargs.update(is_final=is_final, chunk_size=chunk_size)
     frontend = kwargs["frontend"]
     if len(cache) == 0:
         model.init_cache(cache, **kwargs)
+        if end_silence_ms > 0:  # what init_cache(max_end_silence_time=...) puts in the stats
+            cache["stats"].max_end_sil_frame_cnt_thresh = (
+                end_silence_ms - model.vad_opts.speech_to_sil_time_thres)
     stride = int(chunk_size * frontend.fs / 1000)
     is_streaming_input = kwargs.get("is_streaming_input", chunk_size < STREAMING_CHUNK_LIMIT_MS)
     cfg = {"is_final": is_final, "is_streaming_input": is_streaming_input}
@@ -143,7 +171,8 @@ def vad_step(vad: Any, audio: np.ndarray, cache: dict[str, Any], is_final: bool,
     n = int(len(sample) // stride + int(final))
     m = int(len(sample) % stride * (1 - int(final)))
     segments: list[list[int]] = []
-    dynamic = kwargs.get("dynamic_silence", kwargs.get("max_end_silence_time") is None)
+    dynamic = kwargs.get("dynamic_silence", kwargs.get("max_end_silence_time") is None
+                         and end_silence_ms <= 0)
     schedule = kwargs.get("silence_schedule", DEFAULT_SILENCE_SCHEDULE)
     speech_to_sil_ms = model.vad_opts.speech_to_sil_time_thres
     accumulated_ms = cache.get("_dynamic_accumulated_ms", 0)

@@ -14,6 +14,9 @@ F32LE = wpb.F32LE
 VAD_CHUNK_MS = 60000  # FSMN-VAD's internal chunk: feeding chunks of this size keeps results exact
 VAD_CHUNK_SAMPLES = VAD_CHUNK_MS * SAMPLES_PER_MS
 DEFAULT_MAX_SEGMENT_MS = 30000  # longest VAD segment unless configured or asked otherwise
+# Live streams: the silence that ends an utterance, when a request fixes it (0: FSMN-VAD's own
+# dynamic schedule). Under 200 ms the VAD's 150 ms speech-to-silence window leaves no margin.
+END_SILENCE_RANGE_MS = (200, 6000)
 MAX_SEGMENT_MS_RANGE = (1000, 600_000)  # what a request or the service may ask for, ms
 MAX_WORKER_MESSAGE_BYTES = 512 * 1024 * 1024  # gRPC message limit on the worker socket
 DTYPES = ("fp32", "bf16", "fp16")  # inference precision (bf16/fp16: autocast on CUDA)

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/asr/v1/asr.proto\x12\x06\x61sr.v1\"\xc5\x02\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x12\n\nenable_itn\x18\x05 \x01(\x08\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12!\n\x19\x65nable_segment_timestamps\x18\x07 \x01(\x08\x12\x16\n\x0emax_segment_ms\x18\x08 \x01(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\x12!\n\x08vad_mode\x18\n \x01(\x0e\x32\x0f.asr.v1.VadMode\x12\r\n\x05model\x18\x0b \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x0c \x01(\x05\"I\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\x86\x02\n\x11RecognitionResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12!\n\x08segments\x18\x02 \x03(\x0b\x32\x0f.asr.v1.Segment\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x05 \x01(\t\x12\x18\n\x10\x61udio_duration_s\x18\x06 \x01(\x01\x12\x14\n\x0cqueue_time_s\x18\x07 \x01(\x01\x12\x18\n\x10inference_time_s\x18\x08 \x01(\x01\x12\x18\n\x10hotwords_ignored\x18\t \x01(\x08\x12\r\n\x05model\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"T\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\">\n\x11RecognizeResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionResult\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xd9\x01\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x13\n\x0b\x66inal_model\x18\x04 \x01(\t\x12\x12\n\nchunk_size\x18\x05 \x03(\x05\x12\x1f\n\x17\x65ncoder_chunk_look_back\x18\x06 \x01(\x05\x12\x1f\n\x17\x64\x65\x63oder_chunk_look_back\x18\x07 \x01(\x05\"\xdf\x01\n\x1aStreamingRecognizeResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionResult\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x0f\n\x07is_last\x18\x03 \x01(\x08\x12\x19\n\x11\x61udio_processed_s\x18\x04 \x01(\x01\x12\x11\n\tstability\x18\x05 \x01(\x02\x12\x1a\n\x12utterance_start_ms\x18\x06 \x01(\x03\x12\x18\n\x10utterance_end_ms\x18\x07 \x01(\x03\x12\x0f\n\x07resumed\x18\x08 \x01(\x08\"\x12\n\x10GetStatusRequest\".\n\rFallbackCount\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x95\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x0e\n\x06served\x18\x06 \x01(\x03\x12\x10\n\x08restarts\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\"\xbb\x01\n\x0c\x44\x65viceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x04 \x01(\x05\x12\x11\n\taccepting\x18\x05 \x01(\x08\x12%\n\x07workers\x18\x06 \x03(\x0b\x32\x14.asr.v1.WorkerStatus\x12\x0f\n\x07product\x18\x07 \x01(\t\"\xea\x01\n\x11GetStatusResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.asr.v1.DeviceStatus\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\x05\x12(\n\tfallbacks\x18\x04 \x03(\x0b\x32\x15.asr.v1.FallbackCount\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0c\x63pu_fallback\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12!\n\x06models\x18\x08 \x03(\x0b\x32\x11.asr.v1.ModelInfo\"\xb7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x11\n\tlanguages\x18\x05 \x03(\t\x12\x10\n\x08hotwords\x18\x06 \x01(\x08\x12\x0b\n\x03itn\x18\x07 \x01(\x08\x12\x11\n\tstreaming\x18\x08 \x01(\x08\x12\x15\n\rready_workers\x18\t \x01(\x05\x12\x12\n\nis_default\x18\n \x01(\x08\"#\n\x11\x43learCacheRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"b\n\x10\x43\x61\x63heClearResult\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15reserved_before_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14reserved_after_bytes\x18\x03 \x01(\x03\"?\n\x12\x43learCacheResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.asr.v1.CacheClearResult*L\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\r\n\tCONTAINER\x10\x02*6\n\x07VadMode\x12\x0c\n\x08VAD_AUTO\x10\x00\x12\x0e\n\nVAD_ALWAYS\x10\x01\x12\r\n\tVAD_NEVER\x10\x02\x32\xaf\x01\n\nRecognizer\x12@\n\tRecognize\x12\x18.asr.v1.RecognizeRequest\x1a\x19.asr.v1.RecognizeResponse\x12_\n\x12StreamingRecognize\x12!.asr.v1.StreamingRecognizeRequest\x1a\".asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x32\x8e\x01\n\x05\x41\x64min\x12@\n\tGetStatus\x12\x18.asr.v1.GetStatusRequest\x1a\x19.asr.v1.GetStatusResponse\x12\x43\n\nClearCache\x12\x19.asr.v1.ClearCacheRequest\x1a\x1a.asr.v1.ClearCacheResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/asr/v1/asr.proto\x12\x06\x61sr.v1\"\xc5\x02\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x12\n\nenable_itn\x18\x05 \x01(\x08\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12!\n\x19\x65nable_segment_timestamps\x18\x07 \x01(\x08\x12\x16\n\x0emax_segment_ms\x18\x08 \x01(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\x12!\n\x08vad_mode\x18\n \x01(\x0e\x32\x0f.asr.v1.VadMode\x12\r\n\x05model\x18\x0b \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x0c \x01(\x05\"I\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\x86\x02\n\x11RecognitionResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12!\n\x08segments\x18\x02 \x03(\x0b\x32\x0f.asr.v1.Segment\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x05 \x01(\t\x12\x18\n\x10\x61udio_duration_s\x18\x06 \x01(\x01\x12\x14\n\x0cqueue_time_s\x18\x07 \x01(\x01\x12\x18\n\x10inference_time_s\x18\x08 \x01(\x01\x12\x18\n\x10hotwords_ignored\x18\t \x01(\x08\x12\r\n\x05model\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"T\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\">\n\x11RecognizeResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionResult\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xf1\x01\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x13\n\x0b\x66inal_model\x18\x04 \x01(\t\x12\x12\n\nchunk_size\x18\x05 \x03(\x05\x12\x1f\n\x17\x65ncoder_chunk_look_back\x18\x06 \x01(\x05\x12\x1f\n\x17\x64\x65\x63oder_chunk_look_back\x18\x07 \x01(\x05\x12\x16\n\x0e\x65nd_silence_ms\x18\x08 \x01(\x05\"\xdf\x01\n\x1aStreamingRecognizeResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionResult\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x0f\n\x07is_last\x18\x03 \x01(\x08\x12\x19\n\x11\x61udio_processed_s\x18\x04 \x01(\x01\x12\x11\n\tstability\x18\x05 \x01(\x02\x12\x1a\n\x12utterance_start_ms\x18\x06 \x01(\x03\x12\x18\n\x10utterance_end_ms\x18\x07 \x01(\x03\x12\x0f\n\x07resumed\x18\x08 \x01(\x08\"\x12\n\x10GetStatusRequest\".\n\rFallbackCount\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x95\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x0e\n\x06served\x18\x06 \x01(\x03\x12\x10\n\x08restarts\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\"\xbb\x01\n\x0c\x44\x65viceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x04 \x01(\x05\x12\x11\n\taccepting\x18\x05 \x01(\x08\x12%\n\x07workers\x18\x06 \x03(\x0b\x32\x14.asr.v1.WorkerStatus\x12\x0f\n\x07product\x18\x07 \x01(\t\"\xea\x01\n\x11GetStatusResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.asr.v1.DeviceStatus\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\x05\x12(\n\tfallbacks\x18\x04 \x03(\x0b\x32\x15.asr.v1.FallbackCount\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0c\x63pu_fallback\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12!\n\x06models\x18\x08 \x03(\x0b\x32\x11.asr.v1.ModelInfo\"\xb7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x11\n\tlanguages\x18\x05 \x03(\t\x12\x10\n\x08hotwords\x18\x06 \x01(\x08\x12\x0b\n\x03itn\x18\x07 \x01(\x08\x12\x11\n\tstreaming\x18\x08 \x01(\x08\x12\x15\n\rready_workers\x18\t \x01(\x05\x12\x12\n\nis_default\x18\n \x01(\x08\"#\n\x11\x43learCacheRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"b\n\x10\x43\x61\x63heClearResult\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15reserved_before_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14reserved_after_bytes\x18\x03 \x01(\x03\"?\n\x12\x43learCacheResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.asr.v1.CacheClearResult*L\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\r\n\tCONTAINER\x10\x02*6\n\x07VadMode\x12\x0c\n\x08VAD_AUTO\x10\x00\x12\x0e\n\nVAD_ALWAYS\x10\x01\x12\r\n\tVAD_NEVER\x10\x02\x32\xaf\x01\n\nRecognizer\x12@\n\tRecognize\x12\x18.asr.v1.RecognizeRequest\x1a\x19.asr.v1.RecognizeResponse\x12_\n\x12StreamingRecognize\x12!.asr.v1.StreamingRecognizeRequest\x1a\".asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x32\x8e\x01\n\x05\x41\x64min\x12@\n\tGetStatus\x12\x18.asr.v1.GetStatusRequest\x1a\x19.asr.v1.GetStatusResponse\x12\x43\n\nClearCache\x12\x19.asr.v1.ClearCacheRequest\x1a\x1a.asr.v1.ClearCacheResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.asr.v1.asr_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=2474
-  _globals['_AUDIOENCODING']._serialized_end=2550
-  _globals['_VADMODE']._serialized_start=2552
-  _globals['_VADMODE']._serialized_end=2606
+  _globals['_AUDIOENCODING']._serialized_start=2498
+  _globals['_AUDIOENCODING']._serialized_end=2574
+  _globals['_VADMODE']._serialized_start=2576
+  _globals['_VADMODE']._serialized_end=2630
   _globals['_RECOGNITIONCONFIG']._serialized_start=36
   _globals['_RECOGNITIONCONFIG']._serialized_end=361
   _globals['_SEGMENT']._serialized_start=363
@@ -48,29 +48,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=854
   _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=991
   _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=994
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1211
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1214
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1437
-  _globals['_GETSTATUSREQUEST']._serialized_start=1439
-  _globals['_GETSTATUSREQUEST']._serialized_end=1457
-  _globals['_FALLBACKCOUNT']._serialized_start=1459
-  _globals['_FALLBACKCOUNT']._serialized_end=1505
-  _globals['_WORKERSTATUS']._serialized_start=1508
-  _globals['_WORKERSTATUS']._serialized_end=1657
-  _globals['_DEVICESTATUS']._serialized_start=1660
-  _globals['_DEVICESTATUS']._serialized_end=1847
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1850
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2084
-  _globals['_MODELINFO']._serialized_start=2087
-  _globals['_MODELINFO']._serialized_end=2270
-  _globals['_CLEARCACHEREQUEST']._serialized_start=2272
-  _globals['_CLEARCACHEREQUEST']._serialized_end=2307
-  _globals['_CACHECLEARRESULT']._serialized_start=2309
-  _globals['_CACHECLEARRESULT']._serialized_end=2407
-  _globals['_CLEARCACHERESPONSE']._serialized_start=2409
-  _globals['_CLEARCACHERESPONSE']._serialized_end=2472
-  _globals['_RECOGNIZER']._serialized_start=2609
-  _globals['_RECOGNIZER']._serialized_end=2784
-  _globals['_ADMIN']._serialized_start=2787
-  _globals['_ADMIN']._serialized_end=2929
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1235
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1238
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1461
+  _globals['_GETSTATUSREQUEST']._serialized_start=1463
+  _globals['_GETSTATUSREQUEST']._serialized_end=1481
+  _globals['_FALLBACKCOUNT']._serialized_start=1483
+  _globals['_FALLBACKCOUNT']._serialized_end=1529
+  _globals['_WORKERSTATUS']._serialized_start=1532
+  _globals['_WORKERSTATUS']._serialized_end=1681
+  _globals['_DEVICESTATUS']._serialized_start=1684
+  _globals['_DEVICESTATUS']._serialized_end=1871
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1874
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2108
+  _globals['_MODELINFO']._serialized_start=2111
+  _globals['_MODELINFO']._serialized_end=2294
+  _globals['_CLEARCACHEREQUEST']._serialized_start=2296
+  _globals['_CLEARCACHEREQUEST']._serialized_end=2331
+  _globals['_CACHECLEARRESULT']._serialized_start=2333
+  _globals['_CACHECLEARRESULT']._serialized_end=2431
+  _globals['_CLEARCACHERESPONSE']._serialized_start=2433
+  _globals['_CLEARCACHERESPONSE']._serialized_end=2496
+  _globals['_RECOGNIZER']._serialized_start=2633
+  _globals['_RECOGNIZER']._serialized_end=2808
+  _globals['_ADMIN']._serialized_start=2811
+  _globals['_ADMIN']._serialized_end=2953
 # @@protoc_insertion_point(module_scope)

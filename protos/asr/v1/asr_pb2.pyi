@@ -114,7 +114,7 @@ class StreamingRecognizeRequest(_message.Message):
     def __init__(self, streaming_config: _Optional[_Union[StreamingRecognitionConfig, _Mapping]] = ..., audio_content: _Optional[bytes] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
-    __slots__ = ("config", "interim_results", "live", "final_model", "chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back")
+    __slots__ = ("config", "interim_results", "live", "final_model", "chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back", "end_silence_ms")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class StreamingRecognitionConfig(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     ENCODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
     DECODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
+    END_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     config: RecognitionConfig
     interim_results: bool
     live: bool
@@ -129,7 +130,8 @@ class StreamingRecognitionConfig(_message.Message):
     chunk_size: _containers.RepeatedScalarFieldContainer[int]
     encoder_chunk_look_back: int
     decoder_chunk_look_back: int
-    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., live: _Optional[bool] = ..., final_model: _Optional[str] = ..., chunk_size: _Optional[_Iterable[int]] = ..., encoder_chunk_look_back: _Optional[int] = ..., decoder_chunk_look_back: _Optional[int] = ...) -> None: ...
+    end_silence_ms: int
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., live: _Optional[bool] = ..., final_model: _Optional[str] = ..., chunk_size: _Optional[_Iterable[int]] = ..., encoder_chunk_look_back: _Optional[int] = ..., decoder_chunk_look_back: _Optional[int] = ..., end_silence_ms: _Optional[int] = ...) -> None: ...
 
 class StreamingRecognizeResponse(_message.Message):
     __slots__ = ("result", "is_final", "is_last", "audio_processed_s", "stability", "utterance_start_ms", "utterance_end_ms", "resumed")

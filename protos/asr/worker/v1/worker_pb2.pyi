@@ -204,18 +204,20 @@ class WorkerClearCacheResponse(_message.Message):
     def __init__(self, reserved_before_bytes: _Optional[int] = ..., reserved_after_bytes: _Optional[int] = ...) -> None: ...
 
 class LiveConfig(_message.Message):
-    __slots__ = ("chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back", "offset_ms", "request_id")
+    __slots__ = ("chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back", "offset_ms", "request_id", "end_silence_ms")
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     ENCODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
     DECODER_CHUNK_LOOK_BACK_FIELD_NUMBER: _ClassVar[int]
     OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    END_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     chunk_size: _containers.RepeatedScalarFieldContainer[int]
     encoder_chunk_look_back: int
     decoder_chunk_look_back: int
     offset_ms: int
     request_id: str
-    def __init__(self, chunk_size: _Optional[_Iterable[int]] = ..., encoder_chunk_look_back: _Optional[int] = ..., decoder_chunk_look_back: _Optional[int] = ..., offset_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    end_silence_ms: int
+    def __init__(self, chunk_size: _Optional[_Iterable[int]] = ..., encoder_chunk_look_back: _Optional[int] = ..., decoder_chunk_look_back: _Optional[int] = ..., offset_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., end_silence_ms: _Optional[int] = ...) -> None: ...
 
 class LiveRequest(_message.Message):
     __slots__ = ("pcm", "sample_format", "is_final", "config")
