@@ -36,12 +36,6 @@ DEFAULT_CHUNK_SIZE = (0, 10, 5)  # 600 ms chunks, 300 ms look-ahead (FunASR's de
 DEFAULT_ENCODER_LOOK_BACK = 4
 DEFAULT_DECODER_LOOK_BACK = 1
 VAD_CHUNK_MS = 200  # online FSMN-VAD step (FunASR's websocket server uses the same order)
-# Decoding trails the audio by this much, and never passes the VAD's speech frontier (the open
-# segment's end so far): the VAD reports the end of speech late (after its end-silence
-# window), so the silence it is still timing stays out of the decoder, and an utterance's text
-# is exactly the decoding of its VAD segment.
-DECODE_HOLD_MS = 400
-
 SILENCE_LOOK_BACK_MS = 3000  # audio kept in silence: the VAD reports starts this far back at most
 FRAME_SAMPLES = 960  # one 60 ms frame of the streaming model's chunk_size
 
@@ -176,13 +170,17 @@ class LiveSession:
             self._texts.append(text)
 
     def _decode_ready(self) -> Generator[DecodeCall, str, None]:
-        """Decode the open utterance's whole chunks that end before the hold-back point."""
+        """Decode the open utterance's whole chunks up to the VAD's speech frontier (the open
+        segment's end so far, ~40-200 ms behind the audio while someone speaks). The VAD
+        reports the end of speech late, after its end-silence window: the silence it is still
+        timing stays out of the decoder, so an utterance's text is exactly the decoding of its
+        VAD segment, and the end is decoded when the VAD reports it."""
         assert self._utt_start is not None
         stride = self.options.stride_samples
-        limit = self._received - DECODE_HOLD_MS * SAMPLES_PER_MS
         frontier = speech_frontier_ms(self._vad_cache)
-        if frontier is not None:
-            limit = min(limit, frontier * SAMPLES_PER_MS)
+        if frontier is None:  # no open segment (cannot happen while an utterance is open)
+            return
+        limit = min(self._received, frontier * SAMPLES_PER_MS)
         chunks = (limit - self._utt_start) // stride
         upto = self._utt_start + chunks * stride
         if upto > self._fed:
