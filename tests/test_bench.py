@@ -66,8 +66,10 @@ def test_gpu_sh_rehearses_every_step_on_the_cpu(tmp_path: Path) -> None:
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| (e) ours direct fp32, 1 worker(s)/device | 4 |" in report, report
     assert "our text equals FunASR's for the single file: True" in report, report
-    assert re.search(r"^service +2 +6 ", report, re.M), report
-    assert re.search(r"^funasr-loop +1 +3 ", report, re.M), report
+    # variant, end silence, streams, utterances (the 300 ms end silence may split one), ...,
+    # failed streams
+    assert re.search(r"^service +300 +2 +([6-9]|1\d) .* 0$", report, re.M), report
+    assert re.search(r"^funasr-loop +300 +1 +[3-9] .* 0$", report, re.M), report
     assert re.search(r"\d+ passed", report), report
     for name in ("throughput", "long_audio", "streaming"):
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text()), name
