@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from protos.common.event_loop import EVENT_LOOPS
-from protos.common.wire import DTYPES, MAX_SEGMENT_MS_RANGE
+from protos.common.wire import DTYPES, END_SILENCE_RANGE_MS, MAX_SEGMENT_MS_RANGE
 from scheduler.config_sources import ConfigError, add_arguments, build_config
 
 CPU_FALLBACK_POLICIES = ("never", "overflow", "always-available")
@@ -129,6 +129,10 @@ class ServeConfig(BaseSettings):
                                    "arrive")
     max_live_streams: int = Field(256, ge=1, description="Live-mode streams one device holds "
                                   "at most (more get RESOURCE_EXHAUSTED)")
+    live_end_silence_ms: int = Field(0, ge=0, le=END_SILENCE_RANGE_MS[1], description="Live "
+                                     "mode: silence after speech that ends an utterance for "
+                                     "streams whose request does not set end_silence_ms (0: "
+                                     "FSMN-VAD's own schedule, ~2 s)")
     max_unary_bytes: int = Field(64 * 1024 * 1024, gt=0, le=MAX_UNARY_BYTES,
                                  description="Largest audio in one Recognize message; bigger "
                                  "files must use StreamingRecognize")
@@ -226,6 +230,14 @@ class ServeConfig(BaseSettings):
     def _whole_vad_chunks(cls, value: int) -> int:
         if value % 60:
             raise ValueError("expected a multiple of 60 (the VAD chunk, seconds), or 0 (off)")
+        return value
+
+    @field_validator("live_end_silence_ms")
+    @classmethod
+    def _end_silence(cls, value: int) -> int:
+        low, high = END_SILENCE_RANGE_MS
+        if value and not low <= value <= high:
+            raise ValueError(f"expected 0 (the VAD's own schedule) or {low}-{high}")
         return value
 
     @field_validator("log_level")

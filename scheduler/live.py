@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -129,12 +130,14 @@ class LiveRecognizer:
     """Runs live streams on the workers of streaming models."""
 
     def __init__(self, dispatcher: Dispatcher, catalog: ModelCatalog, metrics: LiveMetrics,
-                 max_live_streams: int, spool_dir: str | None = None) -> None:
+                 max_live_streams: int, spool_dir: str | None = None,
+                 end_silence_ms: int = 0) -> None:
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.metrics = metrics
         self.max_live_streams = max_live_streams
         self.spool_dir = spool_dir
+        self.end_silence_ms = end_silence_ms  # for requests that do not set it (0: the VAD's)
 
     def models(self, req: LiveRequest) -> tuple[ServedModel, ServedModel | None]:
         """The streaming model and the optional two-pass model, checked."""
@@ -151,10 +154,17 @@ class LiveRecognizer:
             self.catalog.check(final, req.language)
         return model, final
 
+    def with_defaults(self, req: LiveRequest) -> LiveRequest:
+        """The request with the service's defaults for what it leaves unset."""
+        if req.settings.end_silence_ms or not self.end_silence_ms:
+            return req
+        return dataclasses.replace(req, settings=dataclasses.replace(
+            req.settings, end_silence_ms=self.end_silence_ms))
+
     async def run(self, req: LiveRequest, chunks: AsyncIterator[bytes]
                   ) -> AsyncIterator[LiveEvent]:
         model, final = self.models(req)
-        s = _Stream(req, model, final)
+        s = _Stream(self.with_defaults(req), model, final)
         out: asyncio.Queue[asyncio.Future[LiveEvent] | None] = asyncio.Queue()
         await self._connect(s, resumed=False)
         self.metrics.sessions.inc()
@@ -272,15 +282,17 @@ class LiveRecognizer:
             s.last_final_end = f.end_ms
             s.interim, s.interim_start = "", -1
             ended = s.kept.arrived(f.end_ms * SAMPLES_PER_MS - 1)
+            closed = s.kept.arrived(step.processed_ms * SAMPLES_PER_MS - 1)
             if s.final_model is not None:
                 samples = s.kept.slice(f.start_ms * SAMPLES_PER_MS, f.end_ms * SAMPLES_PER_MS)
-                fut = asyncio.ensure_future(self._second_pass(s, f.start_ms, f.end_ms, f.text,
-                                                              samples, step.processed_ms, ended))
+                fut = asyncio.ensure_future(self._second_pass(
+                    s, f.start_ms, f.end_ms, f.text, samples, step.processed_ms, (ended, closed)))
             else:
                 fut = loop.create_future()
                 fut.set_result(self._event(s, is_final=True, text=f.text, start_ms=f.start_ms,
                                            end_ms=f.end_ms, processed_ms=step.processed_ms))
                 self.metrics.final_latency.observe(now - ended)
+                self.metrics.endpoint_latency.observe(now - closed)
             s.finals.append(fut)
             futures.append(fut)
         if step.interim_text and (step.interim_text != s.interim
@@ -297,7 +309,8 @@ class LiveRecognizer:
         return futures
 
     async def _second_pass(self, s: _Stream, start_ms: int, end_ms: int, streaming_text: str,
-                           samples: np.ndarray, processed_ms: int, ended: float) -> LiveEvent:
+                           samples: np.ndarray, processed_ms: int,
+                           arrivals: tuple[float, float]) -> LiveEvent:
         """The final text of one utterance from the offline model."""
         assert s.final_model is not None
         text, device = streaming_text, ""
@@ -313,7 +326,9 @@ class LiveRecognizer:
             r, _ = await self.dispatcher.run(len(samples) / SAMPLE_RATE, call,
                                              s.final_model.name)
             text, device = r.text, r.device  # type: ignore[attr-defined]
-        self.metrics.final_latency.observe(time.monotonic() - ended)
+        now, (ended, closed) = time.monotonic(), arrivals  # of its end, of the closing chunk
+        self.metrics.final_latency.observe(now - ended)
+        self.metrics.endpoint_latency.observe(now - closed)
         event = self._event(s, is_final=True, text=text, start_ms=start_ms, end_ms=end_ms,
                             processed_ms=processed_ms)
         return LiveEvent(**{**event.__dict__, "model": s.final_model.name,

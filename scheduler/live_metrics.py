@@ -6,6 +6,9 @@
 - `asr_live_final_latency_seconds`: per utterance, from the arrival of the audio where it
   ends to its final result (includes the VAD's end-of-speech silence window and, in two-pass
   mode, the offline model);
+- `asr_live_endpoint_latency_seconds`: per utterance, from the arrival of the chunk with which
+  the VAD closed it to its final result: the service's own part of the final latency (the
+  rest is the VAD's end-of-speech silence);
 - `asr_live_batch_size`: per chunk step that ran the model, how many streams were decoded in
   the same fused model call (chunks needing no model call, e.g. silence, are not counted);
 - `asr_live_resumes_total`: live streams moved to another worker after a worker loss.
@@ -29,6 +32,10 @@ class LiveMetrics:
         self.final_latency = Histogram(
             "asr_live_final_latency_seconds", "Per utterance: from the arrival of the audio "
             "where it ends to its final result", buckets=LIVE_LATENCY_BUCKETS, registry=registry)
+        self.endpoint_latency = Histogram(
+            "asr_live_endpoint_latency_seconds", "Per utterance: from the arrival of the chunk "
+            "with which the VAD closed it to its final result", buckets=LIVE_LATENCY_BUCKETS,
+            registry=registry)
         self.batch_size = Histogram(
             "asr_live_batch_size", "Per live chunk step that ran the model: streams decoded in "
             "the same fused model call",

@@ -239,7 +239,7 @@ class AsrService:
         server = WrappedServer(grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit)]), wrappers)
         live = LiveRecognizer(self.dispatcher, self.catalog, LiveMetrics(self.metrics.registry),
-                              cfg.max_live_streams, self._runtime_dir)
+                              cfg.max_live_streams, self._runtime_dir, cfg.live_end_silence_ms)
         recognizer = RecognizerServicer(pipeline, cfg.max_unary_bytes, StreamLimits(
             cfg.max_streams, cfg.max_streams_per_client, cfg.stream_idle_timeout_s), live,
             relayed=bool(cfg.frontends))

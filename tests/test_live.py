@@ -263,6 +263,13 @@ def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: Runn
     svc = live_service
     registry = svc.service.metrics.registry
     before = registry.get_sample_value("asr_live_resumes_total") or 0.0
+
+    def histogram(name: str) -> tuple[float, float]:
+        return (registry.get_sample_value(f"{name}_count") or 0.0,
+                registry.get_sample_value(f"{name}_sum") or 0.0)
+
+    latencies = ("asr_live_final_latency_seconds", "asr_live_endpoint_latency_seconds")
+    before_latency = {n: histogram(n) for n in latencies}
     results: dict[int, list[pb.StreamingRecognizeResponse]] = {}
     errors: list[BaseException] = []
 
@@ -307,6 +314,15 @@ def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: Runn
     for responses in results.values():
         for f in finals_of(responses):
             assert f.result.text == expected[(f.utterance_start_ms, f.utterance_end_ms)]
+    # Real-time streams: finals ~2 s after the end of speech (FSMN-VAD's own end-silence
+    # schedule; the last utterance ~1 s, closed by the end of the stream), and the service's
+    # part after the VAD's endpoint is what is left.
+    (n_final, s_final), (n_end, s_end) = (
+        (histogram(n)[0] - before_latency[n][0], histogram(n)[1] - before_latency[n][1])
+        for n in latencies)
+    assert n_final == n_end >= 48
+    assert s_final / n_final > 0.8 and s_end / n_end < s_final / n_final - 0.6, (
+        s_final / n_final, s_end / n_end)
     # Steps of several streams shared engine ticks.
     total = registry.get_sample_value("asr_live_batch_size_count") or 0
     alone = registry.get_sample_value("asr_live_batch_size_bucket",
@@ -402,3 +418,18 @@ def test_live_session_memory_stays_bounded(models_dir: Path, talk: np.ndarray) -
     assert kept_max <= bound, (kept_max, bound)
     assert vad_max <= bound, (vad_max, bound)
     assert session._asr_cache == {}
+
+
+def test_service_default_end_silence_fills_only_unset_requests() -> None:
+    """Unit: `--live-end-silence-ms` applies to streams whose request leaves it 0."""
+    from scheduler.live import LiveRecognizer, LiveRequest
+    from scheduler.workers_client import LiveSettings
+
+    def recognizer(default: int) -> LiveRecognizer:
+        return LiveRecognizer(None, None, None, 8, end_silence_ms=default)  # type: ignore[arg-type]
+
+    unset = LiveRequest("r1")
+    asked = LiveRequest("r2", settings=LiveSettings(end_silence_ms=700))
+    assert recognizer(300).with_defaults(unset).settings.end_silence_ms == 300
+    assert recognizer(300).with_defaults(asked).settings.end_silence_ms == 700
+    assert recognizer(0).with_defaults(unset).settings.end_silence_ms == 0

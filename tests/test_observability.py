@@ -135,7 +135,9 @@ def test_dashboard_shape() -> None:
                    "asr_worker_torch_reserved_bytes", "asr_cpu_fallbacks_total",
                    "asr_oom_events_total", "asr_cache_clears_total", "asr_worker_up",
                    "asr_worker_restarts_total", "asr_live_streams",
-                   "asr_stream_final_latency_seconds_bucket", "asr_real_time_factor_bucket"):
+                   "asr_stream_final_latency_seconds_bucket", "asr_real_time_factor_bucket",
+                   "asr_live_final_latency_seconds_bucket",
+                   "asr_live_endpoint_latency_seconds_bucket"):
         assert metric in everything, f"no panel shows {metric}"
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le, rpc) (rate(asr_request_latency" in everything
