@@ -33,10 +33,11 @@ T = TypeVar("T")
 
 
 async def _requests(config: pb.RecognitionConfig, chunks: Iterable[bytes] | AsyncIterable[bytes],
-                    interim_results: bool = False
-                    ) -> AsyncIterator[pb.StreamingRecognizeRequest]:
+                    interim_results: bool = False, live: bool = False, final_model: str = "",
+                    end_silence_ms: int = 0) -> AsyncIterator[pb.StreamingRecognizeRequest]:
     yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
-        config=config, interim_results=interim_results))
+        config=config, interim_results=interim_results, live=live, final_model=final_model,
+        end_silence_ms=end_silence_ms))
     if isinstance(chunks, AsyncIterable):
         async for chunk in chunks:
             yield pb.StreamingRecognizeRequest(audio_content=chunk)
@@ -163,15 +164,17 @@ class AsyncAsrClient:
 
     async def stream(self, chunks: Iterable[bytes] | AsyncIterable[bytes],
                      options: TranscribeOptions | None = None, *, interim_results: bool = True,
-                     timeout: float | None = None, **overrides: Any
+                     timeout: float | None = None, live: bool = False, final_model: str = "",
+                     end_silence_ms: int = 0, **overrides: Any
                      ) -> AsyncIterator[StreamResult]:
-        """Stream audio chunks and yield interim/final results (see `AsrClient.stream`)."""
+        """Stream audio chunks and yield interim/final results (see `AsrClient.stream`, live
+        mode and its `final_model` and `end_silence_ms` included)."""
         config = replace(options or self.options, **overrides).to_config()
         started = time.monotonic()
         try:
             async for resp in self.recognizer.StreamingRecognize(
-                    _requests(config, chunks, interim_results), timeout=timeout,
-                    metadata=self.metadata):
+                    _requests(config, chunks, interim_results, live, final_model,
+                              end_silence_ms), timeout=timeout, metadata=self.metadata):
                 yield stream_result(resp, wall_time_s=time.monotonic() - started)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None

@@ -433,3 +433,36 @@ def test_service_default_end_silence_fills_only_unset_requests() -> None:
     assert recognizer(300).with_defaults(unset).settings.end_silence_ms == 300
     assert recognizer(300).with_defaults(asked).settings.end_silence_ms == 700
     assert recognizer(0).with_defaults(unset).settings.end_silence_ms == 0
+
+
+def test_async_client_live_two_pass_with_end_silence(live_service: RunningService,
+                                                     models_dir: Path, talk: np.ndarray) -> None:
+    """`AsyncAsrClient.stream(..., live=True, final_model=..., end_silence_ms=...)`: the same
+    finals as the blocking client's with the same settings, from the offline model on the
+    streaming worker's segments."""
+    import asyncio
+
+    from client import AsrClient, AsyncAsrClient
+    from client.options import TranscribeOptions
+
+    pcm = pcm16(talk)
+    chunks = [pcm[i:i + 3200] for i in range(0, len(pcm), 3200)]
+    opts = TranscribeOptions(raw_pcm=True, sample_rate=16000)
+    kw = {"live": True, "final_model": "final", "end_silence_ms": 300}
+
+    async def run() -> list[tuple[int, int, str, str]]:
+        async with AsyncAsrClient(live_service.address) as client:
+            return [(r.utterance_start_ms, r.utterance_end_ms, r.transcript.text,
+                     r.transcript.model)
+                    async for r in client.stream(chunks, opts, timeout=120, **kw)
+                    if r.is_final and not r.is_last]
+
+    got = asyncio.run(run())
+    with AsrClient(live_service.address) as client:
+        want = [(r.utterance_start_ms, r.utterance_end_ms, r.transcript.text, r.transcript.model)
+                for r in client.stream(iter(chunks), opts, timeout=120, **kw)
+                if r.is_final and not r.is_last]
+    assert got == want and len(got) >= 3 and all(m == "final" for *_, m in got)
+    spans = [(s, e) for s, e, _, _ in got]
+    assert [t for _, _, t, _ in got] == offline_reference(models_dir / "sensevoice-tiny", talk,
+                                                          spans)
