@@ -68,7 +68,9 @@ def run_vad_calls(calls: list[VadCall]) -> list[torch.Tensor]:
             scores[i] = out[b:b + 1]
             for key, value in merged.items():
                 calls[i].cache[key] = value[b:b + 1].clone()
-    return [s for s in scores if s is not None]
+    done = [s for s in scores if s is not None]
+    assert len(done) == len(calls), "every call belongs to one group"
+    return done
 
 
 def _segments(model: Any, feats: torch.Tensor, waveform: torch.Tensor, is_final: bool,
