@@ -244,11 +244,14 @@ def test_killing_a_front_end_loses_only_its_own_calls(
     for t in threads:
         t.join(60)
     assert not unexpected, unexpected[:3]
-    failed = {i: codes for i, codes in failures.items() if codes}
-    # Only the killed process's calls failed: one per client it served, each UNAVAILABLE.
+    failed = {i: [c.name for c in codes] for i, codes in failures.items() if codes}
+    # Only the killed process's calls failed, each UNAVAILABLE (retryable): one per client it
+    # served, and at most one more where the retry's reconnection raced the kill or the
+    # restart (seen once in a full run on the 2-core machine: the retried call then went on).
     assert failed, "the killed front end held calls; some must have failed"
     assert len(failed) <= held, (failed, counts)
-    assert all(codes == [grpc.StatusCode.UNAVAILABLE] for codes in failed.values()), failed
+    assert all(set(codes) == {"UNAVAILABLE"} and len(codes) <= 2
+               for codes in failed.values()), f"{failed}"
     # Every call that succeeded was answered once; the others went on after the kill.
     assert all(n == 1 for n in ok.values())
     assert len(ok) >= 4 * clients
