@@ -25,7 +25,7 @@ from gpu_worker.engines.live_session import LiveOptions
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
 from protos.common.pcm_arena import PcmArena, PcmBlock
-from protos.common.wire import END_SILENCE_RANGE_MS, decode_pcm
+from protos.common.wire import END_SILENCE_RANGE_MS, decode_pcm, end_silence_ok
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         except StopAsyncIteration:
             return
         cfg = first.config
-        low, high = END_SILENCE_RANGE_MS
-        if cfg.end_silence_ms and not low <= cfg.end_silence_ms <= high:
+        if not end_silence_ok(cfg.end_silence_ms):
+            low, high = END_SILENCE_RANGE_MS
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"end_silence_ms must be 0 or {low}-{high}")
         options = LiveOptions(offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from protos.common.event_loop import EVENT_LOOPS
-from protos.common.wire import DTYPES, END_SILENCE_RANGE_MS, MAX_SEGMENT_MS_RANGE
+from protos.common.wire import DTYPES, END_SILENCE_RANGE_MS, MAX_SEGMENT_MS_RANGE, end_silence_ok
 from scheduler.config_sources import ConfigError, add_arguments, build_config
 
 CPU_FALLBACK_POLICIES = ("never", "overflow", "always-available")
@@ -235,8 +235,8 @@ class ServeConfig(BaseSettings):
     @field_validator("live_end_silence_ms")
     @classmethod
     def _end_silence(cls, value: int) -> int:
-        low, high = END_SILENCE_RANGE_MS
-        if value and not low <= value <= high:
+        if not end_silence_ok(value):
+            low, high = END_SILENCE_RANGE_MS
             raise ValueError(f"expected 0 (the VAD's own schedule) or {low}-{high}")
         return value
 

@@ -14,7 +14,7 @@ import grpc
 
 from protos.asr.v1 import asr_pb2 as pb
 from protos.asr.v1 import asr_pb2_grpc as pb_grpc
-from protos.common.wire import END_SILENCE_RANGE_MS, MAX_SEGMENT_MS_RANGE
+from protos.common.wire import END_SILENCE_RANGE_MS, MAX_SEGMENT_MS_RANGE, end_silence_ok
 from scheduler.audio import DecodedAudio, Encoding
 from scheduler.errors import InvalidAudio, InvalidRequest
 from scheduler.interceptor import REQUEST_ID, check_request_id
@@ -256,8 +256,8 @@ def to_live_request(sc: pb.StreamingRecognitionConfig, req: RecognitionRequest) 
     look_back = (sc.encoder_chunk_look_back, sc.decoder_chunk_look_back)
     if min(look_back) < 0:
         raise InvalidRequest("chunk look-back values must not be negative")
-    low, high = END_SILENCE_RANGE_MS
-    if sc.end_silence_ms and not low <= sc.end_silence_ms <= high:
+    if not end_silence_ok(sc.end_silence_ms):
+        low, high = END_SILENCE_RANGE_MS
         raise InvalidRequest(f"end_silence_ms must be 0 (the VAD's own schedule) or {low}-{high} "
                              f"ms, not {sc.end_silence_ms}")
     settings = LiveSettings(tuple(sc.chunk_size), *look_back) if sc.chunk_size else (

@@ -17,6 +17,11 @@ DEFAULT_MAX_SEGMENT_MS = 30000  # longest VAD segment unless configured or asked
 # Live streams: the silence that ends an utterance, when a request fixes it (0: FSMN-VAD's own
 # dynamic schedule). Under 200 ms the VAD's 150 ms speech-to-silence window leaves no margin.
 END_SILENCE_RANGE_MS = (200, 6000)
+
+
+def end_silence_ok(ms: int) -> bool:
+    """An end-of-utterance silence a live stream may ask for: 0 or in END_SILENCE_RANGE_MS."""
+    return ms == 0 or END_SILENCE_RANGE_MS[0] <= ms <= END_SILENCE_RANGE_MS[1]
 MAX_SEGMENT_MS_RANGE = (1000, 600_000)  # what a request or the service may ask for, ms
 MAX_WORKER_MESSAGE_BYTES = 512 * 1024 * 1024  # gRPC message limit on the worker socket
 DTYPES = ("fp32", "bf16", "fp16")  # inference precision (bf16/fp16: autocast on CUDA)
