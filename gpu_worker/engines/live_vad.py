@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpu_worker.engines.vad_frames import detect_frames
+
 STREAMING_CHUNK_LIMIT_MS = 15000  # FunASR: a chunk_size under this means streaming input
 
 
@@ -73,6 +75,16 @@ def run_vad_calls(calls: list[VadCall]) -> list[torch.Tensor]:
     return done
 
 
+def run_alone(steps: VadSteps) -> list[list[int]]:
+    """A step's encoder passes run one by one as FunASR runs them: its segments."""
+    try:
+        call = next(steps)
+        while True:
+            call = steps.send(call.run())
+    except StopIteration as stop:
+        return stop.value
+
+
 def _segments(model: Any, feats: torch.Tensor, waveform: torch.Tensor, is_final: bool,
               cache: dict[str, Any], is_streaming_input: bool) -> VadSteps:
     """`FsmnVADStreaming.forward`, the encoder pass yielded."""
@@ -86,10 +98,7 @@ def _segments(model: Any, feats: torch.Tensor, waveform: torch.Tensor, is_final:
     model.vad_opts.nn_eval_block_size = scores.shape[1]
     stats.frm_cnt += scores.shape[1]
     stats.scores = scores if stats.scores is None else torch.cat((stats.scores, scores), dim=1)
-    if not is_final:
-        model.DetectCommonFrames(cache=cache)
-    else:
-        model.DetectLastFrames(cache=cache)
+    detect_frames(model, cache, is_final)  # FunASR's DetectCommonFrames / DetectLastFrames
     model.DropCachedFrames(stats.data_buf_start_frame, cache=cache)
     batch: list[list[int]] = []
     for i in range(stats.output_data_buf_offset, len(stats.output_data_buf)):

@@ -1,0 +1,127 @@
+"""`vad_frames.detect_frames` (FSMN-VAD's frame rules in plain Python) against FunASR's own
+`DetectCommonFrames` / `DetectLastFrames`: one stream fed through FunASR's `generate` and one
+through `vad_step` (which uses `detect_frames`) must return the same segments and leave the
+same cache after every chunk (state machine, window detector, counters, noise level, segment
+buffer, dropped frames), offline in 60 s chunks and live in 200 ms chunks, with segments cut
+at the maximum length, fixed end silences and FunASR's dynamic schedule (real FSMN-VAD
+weights, espeak-ng speech with pauses, with and without noise)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gpu_worker.engines.live_vad import run_alone, vad_step
+from gpu_worker.engines.vad_frames import supports
+from tests.audio_fixtures import espeak_wav
+
+pytestmark = pytest.mark.integration
+
+TEXTS = ["hello world this is a long recording", "please call me back tomorrow morning",
+         "numbers like forty two and seventeen", "good morning everyone and welcome",
+         "the meeting starts at nine"]
+_STATS = ["data_buf_start_frame", "frm_cnt", "latest_confirmed_speech_frame",
+          "lastest_confirmed_silence_frame", "continous_silence_frame_count",
+          "vad_state_machine", "confirmed_start_frame", "confirmed_end_frame",
+          "number_end_time_detected", "sil_frame", "noise_average_decibel",
+          "pre_end_silence_detected", "next_seg", "output_data_buf_offset",
+          "max_end_sil_frame_cnt_thresh", "speech_noise_thres", "max_time_out",
+          "last_drop_frames"]
+
+
+def _vad(models_dir: Path, max_segment_ms: int) -> Any:
+    from funasr import AutoModel
+
+    return AutoModel(model=str(models_dir / "fsmn-vad"), device="cpu", disable_update=True,
+                     disable_pbar=True, disable_log=True,
+                     max_single_segment_time=max_segment_ms)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """~130 s: the phrases, forwards and reversed, with pauses of 0.2-2.5 s, one long run of
+    speech (five phrases without a pause), and 8 s of silence in the middle."""
+    d = tmp_path_factory.mktemp("vadframes")
+    phrases = [sf.read(espeak_wav(t, d / f"p{k}.wav"), dtype="float32")[0]
+               for k, t in enumerate(TEXTS)]
+    rng = np.random.default_rng(7)
+    parts: list[np.ndarray] = []
+    for k in range(40):
+        p = phrases[k % len(phrases)]
+        parts.append(p if k % 3 else p[::-1].copy())
+        if k == 20:
+            parts.append(np.zeros(16000 * 8, np.float32))
+        elif k < 10 or k > 14:  # phrases 10-14 run on without a pause
+            parts.append(np.zeros(int(16000 * rng.uniform(0.2, 2.5)), np.float32))
+    return np.concatenate(parts)
+
+
+def _snapshot(cache: dict[str, Any]) -> dict[str, Any]:
+    s, w = cache["stats"], cache["windows_detector"]
+    snap = {name: getattr(s, name) for name in _STATS}
+    snap["segments"] = [(b.start_ms, b.end_ms, b.contain_seg_start_point,
+                         b.contain_seg_end_point) for b in s.output_data_buf]
+    snap["frames kept"] = (len(s.decibel), tuple(s.scores.shape))
+    snap["audio kept"] = (len(s.data_buf_all), len(s.data_buf))
+    snap["window"] = (w.win_sum, list(w.win_state), w.cur_win_pos, w.pre_frame_state,
+                      w.cur_frame_state)
+    return snap
+
+
+def _compare(vad: Any, audio: np.ndarray, chunk_ms: int, end_silence_ms: int = 0) -> int:
+    """Feed both streams chunk by chunk; the number of segments (all equal)."""
+    funasr_cache: dict[str, Any] = {}
+    ours: dict[str, Any] = {}
+    step, found = chunk_ms * 16, 0
+    extra = {"max_end_silence_time": end_silence_ms} if end_silence_ms else {}
+    for n, pos in enumerate(range(0, len(audio), step)):
+        piece, final = audio[pos:pos + step], pos + step >= len(audio)
+        out = vad.generate(input=piece, cache=funasr_cache, is_final=final,
+                           chunk_size=chunk_ms, **extra)
+        expected = [list(seg) for seg in out[0]["value"]] if out else []
+        got = run_alone(vad_step(vad, piece, ours, final, chunk_ms, end_silence_ms))
+        assert got == expected, f"chunk {n}"
+        if final:  # both caches were reset for the next stream
+            assert set(ours) == set(funasr_cache)
+        else:
+            a, b = _snapshot(funasr_cache), _snapshot(ours)
+            assert b == a, f"chunk {n}: " + ", ".join(k for k in a if a[k] != b[k])
+        found += len(got)
+    return found
+
+
+def test_offline_chunks_equal_funasr_state_for_state(models_dir: Path,
+                                                      recording: np.ndarray) -> None:
+    counts = {}
+    for max_segment_ms in (30000, 3000):
+        vad = _vad(models_dir, max_segment_ms)
+        assert supports(vad.model)
+        counts[max_segment_ms] = _compare(vad, recording, 60000)
+    assert counts[30000] >= 20  # one per pause at least
+    assert counts[3000] > counts[30000]  # the run without pauses was cut at 3 s
+
+
+def test_noisy_audio_equals_funasr(models_dir: Path, recording: np.ndarray) -> None:
+    rng = np.random.default_rng(3)
+    noisy = (recording + rng.normal(0, 0.03, len(recording))).astype(np.float32)
+    assert _compare(_vad(models_dir, 30000), noisy, 60000) >= 1
+
+
+@pytest.mark.parametrize("end_silence_ms", [0, 300])
+def test_live_chunks_equal_funasr_state_for_state(models_dir: Path, recording: np.ndarray,
+                                                   end_silence_ms: int) -> None:
+    found = _compare(_vad(models_dir, 30000), recording[:16000 * 45], 200, end_silence_ms)
+    assert found >= 8  # a start and an end per utterance
+
+
+def test_silence_only_and_unsupported_options(models_dir: Path,
+                                              recording: np.ndarray) -> None:
+    assert _compare(_vad(models_dir, 30000), np.zeros(16000 * 3, np.float32), 60000) == 0
+    single = _vad(models_dir, 30000)
+    single.model.vad_opts.detect_mode = 0  # single-utterance mode: FunASR's own rules run
+    assert not supports(single.model)
+    assert _compare(single, recording[:16000 * 20], 60000) >= 1
