@@ -4,15 +4,16 @@
 # all of them within ASR_GPU_BUDGET_S (default 540 s):
 #   1. models: the full-size random-weight models (sensevoice-small 234M, paraformer-streaming
 #      220M) and the real FSMN-VAD;
-#   2. tests: the GPU tier (`pytest -m gpu` of tests/test_gpu.py, test_live_batch.py and
-#      test_live_vad.py: text on cuda:0 equal to the CPU's and to `generate`, bf16 token
-#      agreement, the staged runner's overlap; live ticks fused on cuda:0 equal to serial steps
-#      and to FunASR's own calls; the batched VAD passes on cuda:0 equal to FunASR's VAD);
+#   2. tests: the GPU tier (`pytest -m gpu` of tests/test_gpu.py, test_live_batch.py,
+#      test_live_vad.py and test_vad_frames.py: text on cuda:0 equal to the CPU's and to
+#      `generate`, bf16 token agreement, the staged runner's overlap; live ticks fused on
+#      cuda:0 equal to serial steps and to FunASR's own calls; the VAD on cuda:0 equal to
+#      FunASR's, state for state);
 #   3. throughput: bench/throughput.py, 64 different 10 s clips at concurrency 1, 32, 256, 1024:
 #      FunASR plain loop, FunASR list batching (fp32 and bf16 autocast), our service with
 #      `generate`, our service with `direct` (fp32 and bf16);
 #   4. long audio: bench/long_audio.py, one 10-minute file through VAD, FunASR and ours (its
-#      VAD in 120 s pieces on 6 VAD workers at once);
+#      VAD in 120 s pieces on 6 VAD workers at once, their network on the GPU, then the CPU);
 #   5. streaming: bench/streaming.py, 1, 16, 256, 1024 live streams of full-size
 #      paraformer-streaming on 8 worker processes beside FunASR's websocket-style loop (1 and
 #      16 streams: one thread serving hundreds of streams falls behind real time), utterances
@@ -62,14 +63,14 @@ if [ "$DRY" = 1 ]; then
   DEVICE_NAME="cpu (dry run: tiny models, small sizes)"
   DEV=cpu ASR=sensevoice-tiny LIVE=paraformer-streaming-tiny
   CONCURRENCY=1,4 DTYPES=fp32 STREAMS=1,2 LOOP_STREAMS=1 MINUTES=1 VAD_WORKERS=2 LIVE_WORKERS=2
-  END_SILENCE=300
+  END_SILENCE=300 VAD_DEVICES=cpu
 else
   "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA GPU")' \
       || exit 1
   DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   DEV=cuda:0 ASR=sensevoice-small LIVE=paraformer-streaming
   CONCURRENCY=1,32,256,1024 DTYPES=fp32,bf16 STREAMS=1,16,256,1024 LOOP_STREAMS=1,16
-  MINUTES=10 VAD_WORKERS=6 LIVE_WORKERS=8 END_SILENCE=300
+  MINUTES=10 VAD_WORKERS=6 LIVE_WORKERS=8 END_SILENCE=300 VAD_DEVICES=gpu,cpu
 fi
 { echo "device: $DEVICE_NAME"; "$PY" -c 'import sys, torch; print("python", sys.version.split()[0],
 "torch", torch.__version__)'; } | tee "$OUT_DIR/device.txt"
@@ -102,7 +103,7 @@ export ASR_MAX_BATCH_AUDIO_S=2600 ASR_CACHE_CLEAR_EVERY=0 ASR_TEST_MODELS="$MODE
 
 step models 120 "$PY" -m gpu_worker.make_models "$MODELS" --only "$ASR" "$LIVE" fsmn-vad
 
-GPU_TESTS="tests/test_gpu.py tests/test_live_batch.py tests/test_live_vad.py"
+GPU_TESTS="tests/test_gpu.py tests/test_live_batch.py tests/test_live_vad.py tests/test_vad_frames.py"
 if [ "$DRY" = 1 ]; then  # the GPU tests skip on the CPU: their CPU twins use the same fixtures
   step tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs $GPU_TESTS \
       tests/test_direct_service.py
@@ -116,10 +117,13 @@ step throughput 200 "$PY" bench/throughput.py --model "$MODELS/$ASR" --devices "
     --skip-funasr-server --work-dir "$WORK/throughput" --json "$OUT_DIR/throughput.json"
 
 # The service's default engine (direct) on one 10-minute file, its VAD in 120 s pieces on the
-# VAD workers at once (a piece agrees with one-pass VAD after a 60-120 s run-in: 5 pieces).
-step long_audio 80 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
+# VAD workers at once (a piece agrees with one-pass VAD after a 60-120 s run-in: 5 pieces),
+# first with the VAD workers' FSMN network on the GPU (--vad-device gpu: on one CPU core of the
+# dev machine the network is ~0.75 s of a 10-minute file's ~2.1 s of VAD), then on their cores.
+step long_audio 110 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
     --vad-model "$MODELS/fsmn-vad" --minutes "$MINUTES" --files 1 --vad-workers "$VAD_WORKERS" \
-    --vad-split-s 120 --devices "$DEV" --work-dir "$WORK/long" --json "$OUT_DIR/long_audio.json"
+    --vad-devices "$VAD_DEVICES" --vad-split-s 120 --devices "$DEV" --work-dir "$WORK/long" \
+    --json "$OUT_DIR/long_audio.json"
 
 # Live streams spread over LIVE_WORKERS worker processes on the device: each runs its streams'
 # VAD front-end and state machine on its own core (~0.8 ms per stream per 100 ms chunk on the

@@ -101,31 +101,35 @@ def measure_funasr(args: argparse.Namespace, paths: list[Path]) -> tuple[Row, st
 
 
 @contextmanager
-def service(args: argparse.Namespace, vad_workers: int) -> Iterator[AsrClient]:
-    """Our service with `vad_workers` VAD workers, every worker ready."""
+def service(args: argparse.Namespace, vad_workers: int, vad_device: str
+            ) -> Iterator[AsrClient]:
+    """Our service with `vad_workers` VAD workers on `vad_device`, every worker ready."""
     serve = ["--model", args.model, "--vad-model", args.vad_model, "--vad-workers",
-             str(vad_workers), "--devices", args.devices, "--worker-threads", str(args.threads),
-             "--vad-split-s", str(args.vad_split_s), "--log-level", "WARNING"]
-    with service_process(serve, args.work_dir / f"service-vad{vad_workers}.log") as client:
+             str(vad_workers), "--vad-device", vad_device, "--devices", args.devices,
+             "--worker-threads", str(args.threads), "--vad-split-s", str(args.vad_split_s),
+             "--log-level", "WARNING"]
+    log_file = args.work_dir / f"service-vad{vad_workers}-{vad_device}.log"
+    with service_process(serve, log_file) as client:
         yield client
 
 
-def measure_ours(args: argparse.Namespace, paths: list[Path], vad_workers: int
-                 ) -> tuple[list[Row], str]:
+def measure_ours(args: argparse.Namespace, paths: list[Path], vad_workers: int,
+                 vad_device: str = "cpu") -> tuple[list[Row], str]:
     seconds = [sf.info(str(p)).duration for p in paths]
-    with service(args, vad_workers) as client:
+    on = f", network on the {vad_device.upper()}" if vad_device != "cpu" else ""
+    with service(args, vad_workers, vad_device) as client:
         warm = args.work_dir / "warm.wav"
         sf.write(warm, sf.read(paths[0], dtype="int16")[0][: 16000 * 60], 16000)
         client.transcribe_file(warm, timeout=600)
         start = time.perf_counter()
         text = client.transcribe_file(paths[0], timeout=3600).text
         split = f", VAD in {args.vad_split_s} s pieces" if args.vad_split_s else ""
-        single = Row(f"(b) ours, 1 file, {vad_workers} VAD worker(s){split}", 1, seconds[0],
-                     time.perf_counter() - start)
+        single = Row(f"(b) ours, 1 file, {vad_workers} VAD worker(s){on}{split}", 1,
+                     seconds[0], time.perf_counter() - start)
         start = time.perf_counter()
         with ThreadPoolExecutor(len(paths)) as pool:
             list(pool.map(lambda p: client.transcribe_file(p, timeout=3600), paths))
-        many = Row(f"(b) ours, {len(paths)} files at once, {vad_workers} VAD worker(s)",
+        many = Row(f"(b) ours, {len(paths)} files at once, {vad_workers} VAD worker(s){on}",
                    len(paths), sum(seconds), time.perf_counter() - start)
     return [single, many], text
 
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="length of each recording")
     p.add_argument("--files", type=int, default=4, help="recordings sent at once")
     p.add_argument("--vad-workers", default="1,2", help="comma-separated values to compare")
+    p.add_argument("--vad-devices", default="cpu", help="comma-separated --vad-device values "
+                   "to compare (cpu, gpu), each with every --vad-workers value")
     p.add_argument("--vad-split-s", type=int, default=0,
                    help="the service's --vad-split-s: one file's VAD in pieces of this many "
                    "seconds on the VAD workers at once (0: one VAD session per file)")
@@ -164,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     reference, funasr_text = measure_funasr(args, paths)
     rows = [reference]
     equal = []
-    for v in (int(x) for x in args.vad_workers.split(",")):
-        ours, text = measure_ours(args, paths, v)
-        rows += ours
-        equal.append(text == funasr_text)
+    for device in args.vad_devices.split(","):
+        for v in (int(x) for x in args.vad_workers.split(",")):
+            ours, text = measure_ours(args, paths, v, device)
+            rows += ours
+            equal.append(text == funasr_text)
+            log.info("%s", "\n".join(table(rows, reference).splitlines()[-2:]))
     command = "python bench/long_audio.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{datetime.date.today()}  {command}\n")
     print(table(rows, reference))

@@ -95,6 +95,17 @@ def plan_workers(config: ServeConfig, monitor: GpuMonitor) -> tuple[list[WorkerS
     return specs, ""
 
 
+def vad_torch_devices(vad_device: str, placements: list[WorkerSpec], count: int) -> list[str]:
+    """Where each of `count` VAD workers runs its network: `--vad-device gpu` spreads them
+    over the CUDA devices the recognition workers were placed on, round robin; "cpu" for all
+    with `--vad-device cpu` or where no CUDA device serves (CPU-only or simulated GPUs)."""
+    cuda = sorted({p.torch_device for p in placements if p.torch_device.startswith("cuda")},
+                  key=lambda d: int(d.partition(":")[2] or 0))
+    if vad_device != "gpu" or not cuda:
+        return ["cpu"] * count
+    return [cuda[i % len(cuda)] for i in range(count)]
+
+
 class AsrService:
     """The running scheduler: call `start()`, then `stop()`."""
 
@@ -181,8 +192,9 @@ class AsrService:
         vad_launch = dataclasses.replace(
             launch(model=vad_model or "", model_name="fsmn-vad", engine="vad", threads=1),
             pcm_arena_bytes=0)  # VAD workers get audio on their Segment streams
+        vad_devices = vad_torch_devices(cfg.vad_device, placements, vad_count)
         self.vad_workers = [] if vad_model is None else [
-            WorkerHandle(WorkerSpec(f"vad#{i}", "vad", "cpu", is_cpu=True, role="vad"),
+            WorkerHandle(WorkerSpec(f"vad#{i}", "vad", vad_devices[i], is_cpu=True, role="vad"),
                          vad_launch) for i in range(vad_count)]
 
     async def start(self) -> int:

@@ -97,3 +97,17 @@ def test_sim_devices_and_plan(monkeypatch: pytest.MonkeyPatch) -> None:
         plan_workers(ServeConfig(devices="cuda:5"), mon)
     with pytest.raises(ValueError):
         open_monitor("sim:x")
+
+
+def test_vad_workers_go_to_the_gpus_only_when_asked_and_there_are_some() -> None:
+    from scheduler.server import CPU_SPEC, vad_torch_devices
+    from scheduler.workers import WorkerSpec
+
+    gpus = [WorkerSpec(f"cuda:{i}#{k}", f"cuda:{i}", f"cuda:{i}") for i in (10, 2)
+            for k in range(2)] + [CPU_SPEC]
+    assert vad_torch_devices("gpu", gpus, 5) == ["cuda:2", "cuda:10", "cuda:2", "cuda:10",
+                                                 "cuda:2"]
+    assert vad_torch_devices("cpu", gpus, 2) == ["cpu", "cpu"]
+    simulated = [WorkerSpec("sim:0#0", "sim:0", "cpu"), CPU_SPEC]
+    assert vad_torch_devices("gpu", simulated, 3) == ["cpu"] * 3
+    assert vad_torch_devices("gpu", [CPU_SPEC], 1) == ["cpu"]

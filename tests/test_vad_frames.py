@@ -125,3 +125,29 @@ def test_silence_only_and_unsupported_options(models_dir: Path,
     single.model.vad_opts.detect_mode = 0  # single-utterance mode: FunASR's own rules run
     assert not supports(single.model)
     assert _compare(single, recording[:16000 * 20], 60000) >= 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_network_on_cuda_equals_funasr_there_and_the_cpu(models_dir: Path,
+                                                         recording: np.ndarray) -> None:
+    """`--vad-device gpu`: the FSMN on cuda:0, the rules on the CPU from its scores."""
+    from funasr import AutoModel
+
+    vad = AutoModel(model=str(models_dir / "fsmn-vad"), device="cuda:0", disable_update=True,
+                    disable_pbar=True, disable_log=True, max_single_segment_time=30000)
+    assert _compare(vad, recording, 60000) >= 20
+    on_cpu, on_cuda = ({}, {})  # type: ignore[var-annotated]
+    cpu = _vad(models_dir, 30000)
+    step = 60000 * 16
+    for pos in range(0, len(recording), step):
+        piece, final = recording[pos:pos + step], pos + step >= len(recording)
+        a = run_alone(vad_step(cpu, piece, on_cpu, final, 60000))
+        b = run_alone(vad_step(vad, piece, on_cuda, final, 60000))
+        assert a == b

@@ -33,7 +33,8 @@ ENGINE = "vad"
 
 
 class VadSessionEngine(Engine):
-    """FSMN-VAD models by max segment length, run on one CPU thread."""
+    """FSMN-VAD models by max segment length, run on one CPU thread (the network on the
+    worker's device)."""
 
     name = ENGINE
 
@@ -42,6 +43,7 @@ class VadSessionEngine(Engine):
         family = family_for(cfg.model, ENGINE)
         self.capabilities = family.capabilities(ENGINE)
         self.model_dir = cfg.model
+        self.device = cfg.torch_device  # `--vad-device gpu`: the FSMN network on cuda:N
         self.threads = cfg.threads
         self._extra = family.model_kwargs(cfg)
         self._models: dict[int, Any] = {}
@@ -53,7 +55,7 @@ class VadSessionEngine(Engine):
             from funasr import AutoModel
 
             self._models[max_segment_ms] = AutoModel(
-                model=self.model_dir, device="cpu", disable_update=True, disable_pbar=True,
+                model=self.model_dir, device=self.device, disable_update=True, disable_pbar=True,
                 disable_log=True, ncpu=self.threads, max_single_segment_time=max_segment_ms,
                 **self._extra)
         return self._models[max_segment_ms]
