@@ -11,9 +11,12 @@ created for this process, and only their place crosses the socket, as a tagged m
 long-lived `asr.frontend.v1.Relay/Link` call (a small message on an open stream costs a
 fraction of a call). A StreamingRecognize upload (not live) whose audio ends within
 `stream_link_bytes` is read here whole, under the scheduler's stream limits and idle timeout,
-and goes on the Link the same way; its responses come back as tagged answers. Every other call
-(live streams, longer uploads, Admin, Health, reflection) is relayed message by message as a
-call of its own under its own method, the messages already read first.
+and goes on the Link the same way; its responses come back as tagged answers. A live stream
+goes on the Link too: its config message as a call, then each audio message as a tagged input
+as the client sends it (inputs of many streams ready together share one Link message), its
+responses back as tagged answers, so the scheduler serves live clients without a gRPC call
+each. Every other call (longer uploads, Admin, Health, reflection) is relayed message by
+message as a call of its own under its own method, the messages already read first.
 
 Nothing is decided here: status codes, details and trailers come back from the scheduler as
 they are. The client's address and the call's deadline go along (the scheduler limits streams
@@ -312,11 +315,11 @@ class Relay(grpc.GenericRpcHandler):
 
     def _link_call(self, request: bytes,
                    decoded: tuple[pb.RecognitionConfig, DecodedAudio | str] | None,
-                   context: grpc.aio.ServicerContext, stream: bool
+                   context: grpc.aio.ServicerContext, stream: bool, inline: bool = False
                    ) -> tuple[Callable[[fpb.LinkRequest, int], None], PcmBlock | None]:
         """A call for the Link: the audio decoded here into the arena (else the request's
-        bytes; inline when the arena is full or off), the call's metadata, address and
-        deadline along. Its `fill(outbox, tag)` for `TaggedCall`, and the arena block it
+        bytes; inline when the arena is full or off, or asked), the call's metadata, address
+        and deadline along. Its `fill(outbox, tag)` for `TaggedCall`, and the arena block it
         uses (`_free` it when the call is over)."""
         audio = decoded[1] if decoded is not None else None
         block = None
@@ -324,7 +327,7 @@ class Relay(grpc.GenericRpcHandler):
             block = self.arena.put(audio.samples)  # type: ignore[union-attr]
             if block is None:  # no room for the samples: relay the request itself
                 decoded = audio = None
-        if decoded is None and self.arena is not None:
+        if decoded is None and self.arena is not None and not inline:
             block = self.arena.put_bytes(request)
         timeout = context.time_remaining()
 
@@ -358,8 +361,8 @@ class Relay(grpc.GenericRpcHandler):
 
     async def _stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[bytes]:
-        """StreamingRecognize: an upload read whole here goes on the Link; anything else
-        is relayed message by message, the messages read so far first."""
+        """StreamingRecognize: a live stream, or an upload read whole here, goes on the
+        Link; anything else is relayed message by message, the messages read so far first."""
         messages = requests.__aiter__()
         read: list[bytes] = []
         limits = self.stream_limits
@@ -375,9 +378,15 @@ class Relay(grpc.GenericRpcHandler):
                     upload, taken = await self._read_upload(messages, read, idle)
                 finally:
                     idle.close()
+                if upload is _LIVE:
+                    (first,) = read
+                    read.clear()
+                    async for response in self._live(first, messages, context):
+                        yield response
+                    return
                 if upload is not None:
                     read.clear()
-                    config, audio = upload
+                    config, audio = upload  # type: ignore[misc]
                     request = b""
                     decoded = await self._decode_audio(config, audio)
                     if decoded is None:
@@ -403,15 +412,55 @@ class Relay(grpc.GenericRpcHandler):
         async for response in self._relay_stream(_replay(read, messages), context):
             yield response
 
+    async def _live(self, first: bytes, messages: AsyncIterator[bytes],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """A live stream on the Link: its first message (the config) as a live call, each
+        later message as a tagged input as the client sends it, the scheduler's responses
+        back as they come; its status ends the client's call when that is not OK."""
+        fill_meta, _ = self._link_call(first, None, context, stream=False, inline=True)
+        link = self.link
+
+        def fill(outbox: fpb.LinkRequest, tag: int) -> None:
+            fill_meta(outbox, tag)
+            outbox.calls[-1].live = True
+
+        tag, answers = link.open_stream(fill)
+
+        def audio(data: bytes) -> Callable[[fpb.LinkRequest], None]:
+            return lambda outbox: outbox.input.add(tag=tag, audio=data)
+
+        def other(data: bytes) -> Callable[[fpb.LinkRequest], None]:
+            return lambda outbox: outbox.input.add(tag=tag, message=data)
+
+        async def pump() -> None:
+            async for message in messages:
+                try:
+                    chunk = parse_streaming(message)
+                except DecodeError:
+                    chunk = None
+                add = (audio(bytes(chunk.audio_content)) if isinstance(chunk, AudioChunk)
+                       else other(message))
+                if not link.send_input(tag, add):
+                    return  # the stream is over (or the Link broke): its answer says why
+            link.send_input(tag, lambda outbox: outbox.input.add(tag=tag, end=True))
+
+        pumper = asyncio.get_running_loop().create_task(pump())
+        try:
+            async with contextlib.aclosing(answers):
+                async for answer in answers:
+                    if isinstance(answer, str) or answer.code or answer.more:
+                        yield await _response(answer, context)
+        finally:
+            pumper.cancel()
+            await asyncio.gather(pumper, return_exceptions=True)
+
     async def _read_upload(self, messages: AsyncIterator[bytes], read: list[bytes],
                            idle: IdleWatch
-                           ) -> tuple[tuple[pb.RecognitionConfig, bytes] | None, int]:
-        """Read an upload whole: (its config and audio, or None to relay it message by
-        message instead, e.g. live, over `stream_link_bytes`, unexpected messages; the
-        audio bytes held in `buffered`). Every message read is kept in `read`."""
-        limit = self.cfg.stream_link_bytes if self.arena is not None else 0
-        if not limit:
-            return None, 0
+                           ) -> tuple[tuple[pb.RecognitionConfig, bytes] | object | None, int]:
+        """Read an upload whole: (its config and audio, `_LIVE` for a live stream (its
+        first message read), or None to relay it message by message instead, e.g. over
+        `stream_link_bytes`, unexpected messages; the audio bytes held in `buffered`). Every
+        message read is kept in `read`."""
         try:
             first = await idle.next(messages)
         except StopAsyncIteration:
@@ -422,8 +471,12 @@ class Relay(grpc.GenericRpcHandler):
         except DecodeError:
             return None, 0
         if (not isinstance(head, pb.StreamingRecognizeRequest)
-                or head.WhichOneof("streaming_request") != "streaming_config"
-                or head.streaming_config.live):
+                or head.WhichOneof("streaming_request") != "streaming_config"):
+            return None, 0
+        if head.streaming_config.live:
+            return _LIVE, 0
+        limit = self.cfg.stream_link_bytes if self.arena is not None else 0
+        if not limit:
             return None, 0
         chunks: list[memoryview] = []
         size = 0
@@ -473,6 +526,7 @@ async def _replay(read: list[bytes], messages: AsyncIterator[bytes]) -> AsyncIte
 
 
 _CONTAINER = (pb.AUDIO_ENCODING_UNSPECIFIED, pb.CONTAINER)
+_LIVE = object()  # `_read_upload`: a live stream, for the Link
 
 
 async def serve(cfg: FrontendConfig, secret: str) -> int:

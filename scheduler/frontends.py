@@ -5,7 +5,9 @@ it, picking the port when it is 0; the others join it through SO_REUSEPORT), res
 dies, and stops them after the scheduler's drain. Each process gets a shared-memory arena
 (memfd), new at every start; `LinkServicer` serves each front end's `asr.frontend.v1.Relay/Link`
 call: every Recognize call the front end relays on it (request bytes in that arena) is answered
-as `Recognizer.Recognize` answers a direct call.
+as `Recognizer.Recognize` answers a direct call, and every StreamingRecognize call it carries
+(an upload read whole, or a live stream whose audio follows as tagged inputs) as
+`Recognizer.StreamingRecognize` answers one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from scheduler.frontend import FRONTEND_KEY, READY, RECOGNIZE, STREAMING, Fronte
 from scheduler.interceptor import REQUEST_ID_KEY, code_name, set_request_id, status_of
 from scheduler.limits import client_key
 from scheduler.metrics import Metrics
+from scheduler.request_views import AudioChunk
 from scheduler.servicers import RecognizerServicer
 
 log = logging.getLogger(__name__)
@@ -342,10 +345,12 @@ class LinkServicer(fpb_grpc.RelayServicer):
                 data.release()
 
     async def answer(self, call: fpb.RelayedCall, index: int,
-                     emit: Callable[[fpb.RelayedAnswer], None]) -> None:
+                     emit: Callable[[fpb.RelayedAnswer], None],
+                     inputs: asyncio.Queue[fpb.StreamInput] | None = None) -> None:
         """Run one relayed call to its end, its answers to `emit`: one for a Recognize call, a
-        stream's responses as they come (`more` on all but the last); how it failed as its
-        last answer. Never raises but CancelledError."""
+        stream's responses as they come (`more` on all but the last; a live stream's all
+        with `more`, then an empty answer); how it failed as its last answer. `inputs`: a
+        live stream's relayed messages. Never raises but CancelledError."""
         rpc, path = _rpc_of(call)
         done = self.metrics.track(rpc)
         started, code = time.monotonic(), "OK"
@@ -355,14 +360,20 @@ class LinkServicer(fpb_grpc.RelayServicer):
                        if self.tokens is not None else None)
             if refused is not None:
                 raise refused
-            if call.HasField("decoded"):
+            if call.live:
+                request, audio, error = pb.RecognizeRequest(), None, ""
+            elif call.HasField("decoded"):
                 request = pb.RecognizeRequest(config=call.decoded.config)
                 audio = self._decoded(call, index)
                 error = call.decoded.error
             else:
                 request, audio, error = self._request(call, index), None, ""
             timeout = call.timeout_s or None
-            if call.stream:
+            if call.live:
+                assert inputs is not None, "a live call has its inputs"
+                await run_admitted(self.drain, lambda: self._live(call, inputs, emit))
+                emit(fpb.RelayedAnswer(tag=call.tag))  # the stream ended: OK
+            elif call.stream:
                 await run_admitted(self.drain, lambda: self._stream(call, request, timeout,
                                                                     audio, error, emit))
             else:
@@ -400,9 +411,61 @@ class LinkServicer(fpb_grpc.RelayServicer):
                 self.metrics.live_streams.dec()
 
 
+    async def _live(self, call: fpb.RelayedCall, inputs: asyncio.Queue[fpb.StreamInput],
+                    emit: Callable[[fpb.RelayedAnswer], None]) -> None:
+        """A relayed live stream, under the same stream limits and idle timeout as a live
+        stream of the scheduler's own; its audio from `inputs` as the front end relays it."""
+        try:
+            first = pb.StreamingRecognizeRequest.FromString(call.request)
+        except DecodeError as exc:
+            raise InvalidRequest(f"malformed request message: {str(exc)[:200]}") from None
+        recognizer = self.recognizer
+        with recognizer.limits.admit(client_key(call.peer,
+                                                call.metadata.get("authorization", ""))):
+            self.metrics.live_streams.inc()
+            idle = recognizer.limits.idle_watch()
+            try:
+                responses = recognizer.live_responses(first.streaming_config,
+                                                      _RelayedInputs(inputs), idle,
+                                                      call.timeout_s or None)
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        emit(fpb.RelayedAnswer(tag=call.tag, more=True,
+                                               response=response.SerializeToString()))
+            finally:
+                idle.close()
+                self.metrics.live_streams.dec()
+
+
+class _RelayedInputs:
+    """A relayed live stream's messages after its first, from its queue of `StreamInput`s:
+    audio as `AudioChunk`s, any other message parsed (the servicer refuses it as it would
+    on a direct stream), the end at the client's half-close."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: asyncio.Queue[fpb.StreamInput]) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> _RelayedInputs:
+        return self
+
+    async def __anext__(self) -> AudioChunk | pb.StreamingRecognizeRequest:
+        item = await self._queue.get()
+        if item.end:
+            raise StopAsyncIteration
+        if item.message:
+            try:
+                return pb.StreamingRecognizeRequest.FromString(item.message)
+            except DecodeError as exc:
+                raise InvalidRequest(f"malformed request message: {str(exc)[:200]}") from None
+        return AudioChunk(item.audio)  # type: ignore[arg-type]  # bytes: joined to a tail
+
+
 def _rpc_of(call: fpb.RelayedCall) -> tuple[str, str]:
     """The public method a relayed call stands for: (its name, its path)."""
-    return ("StreamingRecognize", STREAMING) if call.stream else ("Recognize", RECOGNIZE)
+    return (("StreamingRecognize", STREAMING) if call.stream or call.live
+            else ("Recognize", RECOGNIZE))
 
 
 class _Link:
@@ -413,6 +476,7 @@ class _Link:
         self.index = index
         owner.in_flight[index] = 0
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.inputs: dict[int, asyncio.Queue[fpb.StreamInput]] = {}  # live calls' by tag
         self.outbox = fpb.LinkResponse()
         self.wake = asyncio.Event()
 
@@ -441,9 +505,15 @@ class _Link:
         try:
             async for message in requests:
                 for call in message.calls:
+                    if call.live:
+                        self.inputs[call.tag] = asyncio.Queue()
                     self.tasks[call.tag] = loop.create_task(self._answer(call))
                     self.owner.carried[self.index, _rpc_of(call)[0]] += 1
                 self.owner.in_flight[self.index] = len(self.tasks)
+                for item in message.input:  # a stream already over has no queue: dropped
+                    queue = self.inputs.get(item.tag)
+                    if queue is not None:
+                        queue.put_nowait(item)
                 for tag in message.cancel:
                     task = self.tasks.get(tag)
                     if task is not None:
@@ -457,8 +527,9 @@ class _Link:
 
     async def _answer(self, call: fpb.RelayedCall) -> None:
         try:
-            await self.owner.answer(call, self.index, self._emit)
+            await self.owner.answer(call, self.index, self._emit, self.inputs.get(call.tag))
         finally:
             self.tasks.pop(call.tag, None)
+            self.inputs.pop(call.tag, None)
             self.owner.in_flight[self.index] = len(self.tasks)
             self.wake.set()

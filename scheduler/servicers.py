@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -96,8 +97,7 @@ class StreamAudio:
 
     __slots__ = ("_idle", "_messages", "ended_at")
 
-    def __init__(self, messages: AsyncIterator[pb.StreamingRecognizeRequest],
-                 idle: IdleWatch) -> None:
+    def __init__(self, messages: AsyncIterator[Any], idle: IdleWatch) -> None:
         self._messages, self._idle = messages, idle
         self.ended_at = 0.0
 
@@ -177,8 +177,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                                          f"streaming_config (got {kind or 'an empty message'})")
                 sc = first.streaming_config
                 if sc.live:
-                    async for response in self._live(sc, messages, idle, context):
-                        yield response
+                    responses = self.live_responses(sc, messages, idle,
+                                                    context.time_remaining())
+                    async with contextlib.aclosing(responses):
+                        async for response in responses:
+                            yield response
                     return
                 # An upload: each segment's final result as it finishes, then the whole file's.
                 # The loop is here, not in a generator of its own: an async generator layer on
@@ -234,15 +237,17 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                                              audio_processed_s=item.audio_duration_s
                                              ), processed_ms
 
-    async def _live(self, sc: pb.StreamingRecognitionConfig,
-                    messages: AsyncIterator[pb.StreamingRecognizeRequest], idle: IdleWatch,
-                    context: grpc.aio.ServicerContext
-                    ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+    async def live_responses(self, sc: pb.StreamingRecognitionConfig,
+                             messages: AsyncIterator[Any], idle: IdleWatch,
+                             timeout_s: float | None
+                             ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+        """A live stream after its config message: `messages` are the client's next ones
+        (`StreamingRecognizeRequest`s, or anything with their `WhichOneof` and
+        `audio_content`: a front end's relayed inputs)."""
         if self.live is None:
             raise InvalidRequest("live mode is not available on this service")
-        req = to_request(sc.config, b"", context.time_remaining())
+        req = to_request(sc.config, b"", timeout_s)
         live_req = to_live_request(sc, req)
-
         async for ev in self.live.run(live_req, StreamAudio(messages, idle)):
             yield live_response(ev, req.request_id)
 

@@ -182,6 +182,36 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         finally:
             self._done(tag, finished)
 
+    def open_stream(self, add: Callable[[OutboxT, int], Any]
+                    ) -> tuple[int, AsyncIterator[AnswerT | str]]:
+        """Send one request at once, as `request_stream` does: its tag (for `send_input`)
+        and its answers, as `request_stream` gives them."""
+        answers: asyncio.Queue[AnswerT | str] = asyncio.Queue()
+        tag = self._send(add, answers)
+        return tag, self._stream_answers(tag, answers)
+
+    async def _stream_answers(self, tag: int, answers: asyncio.Queue[AnswerT | str]
+                              ) -> AsyncIterator[AnswerT | str]:
+        finished = False
+        try:
+            while True:
+                answer = await answers.get()
+                finished = isinstance(answer, str) or not answer.more  # type: ignore[attr-defined]
+                yield answer
+                if finished:
+                    return
+        finally:
+            self._done(tag, finished)
+
+    def send_input(self, tag: int, add: Callable[[OutboxT], Any]) -> bool:
+        """More input for the open request `tag` (`add(outbox)` puts it in the next message);
+        False, sending nothing, once the request is over or the call it went on broke."""
+        if tag not in self._pending or self._call is None:
+            return False
+        add(self._outbox)
+        self._flush()
+        return True
+
     def _send(self, add: Callable[[OutboxT, int], Any],
               sink: asyncio.Future[AnswerT | str] | asyncio.Queue[AnswerT | str]) -> int:
         """Put a request in the outbox (opening the call first if needed); its tag."""

@@ -466,3 +466,66 @@ def test_async_client_live_two_pass_with_end_silence(live_service: RunningServic
     spans = [(s, e) for s, e, _, _ in got]
     assert [t for _, _, t, _ in got] == offline_reference(models_dir / "sensevoice-tiny", talk,
                                                           spans)
+
+
+def test_live_streams_ride_the_front_ends_link(live_service: RunningService, models_dir: Path,
+                                              talk: np.ndarray) -> None:
+    """Behind front-end processes a live stream goes on a front end's Link (its audio as
+    tagged inputs): the same finals as the scheduler's own, streams of several clients at
+    once each answered alike, counted on the Link; a second config refused as the scheduler
+    refuses it; a client that goes away ends its stream on the scheduler too."""
+    from tests.test_frontends import link_requests
+
+    def finals(rs: list[pb.StreamingRecognizeResponse]) -> list[tuple[Any, ...]]:
+        return [(r.result.text, r.utterance_start_ms, r.utterance_end_ms, r.is_last)
+                for r in rs if r.is_final]
+
+    def refused(address: str) -> tuple[grpc.StatusCode, str]:
+        twice = [*itertools.islice(live_requests(talk), 3), next(live_requests(talk))]
+        with grpc.insecure_channel(address) as ch, pytest.raises(grpc.RpcError) as err:
+            list(pb_grpc.RecognizerStub(ch).StreamingRecognize(iter(twice), timeout=60))
+        return err.value.code(), err.value.details()
+
+    direct = finals(run_stream(live_service.address, talk))
+    assert len(direct) == 4
+    svc = RunningService(make_config(
+        [f"live={models_dir / 'paraformer-streaming-tiny'}",
+         f"final={models_dir / 'sensevoice-tiny'}"], vad_model=str(models_dir / "fsmn-vad"),
+        vad_workers=1, workers_per_device=1, frontends=2))
+    try:
+        svc.wait_all_ready()
+        results: dict[int, list[tuple[Any, ...]]] = {}
+        errors: list[BaseException] = []
+
+        def one(k: int) -> None:
+            try:
+                results[k] = finals(run_stream(svc.address, talk))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        assert not errors, errors
+        assert [results[k] for k in range(3)] == [direct] * 3
+        assert link_requests(svc, "StreamingRecognize") == 3
+        assert refused(svc.address) == refused(live_service.address)
+        assert refused(svc.address)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+        gauge = svc.service.metrics.live_streams
+        with grpc.insecure_channel(svc.address) as ch:
+            call = pb_grpc.RecognizerStub(ch).StreamingRecognize(
+                live_requests(talk, realtime=True), timeout=120)
+            next(call)  # the first interim: the stream is open on a worker
+            assert gauge._value.get() == 1
+            call.cancel()
+        deadline = time.monotonic() + 10
+        while (gauge._value.get() or sum(svc.service.dispatcher.live_streams.values())) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gauge._value.get() == 0
+        assert sum(svc.service.dispatcher.live_streams.values()) == 0
+    finally:
+        svc.stop()

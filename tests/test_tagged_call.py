@@ -120,3 +120,30 @@ async def test_a_broken_call_ends_each_stream_with_why() -> None:
     assert got[0] == b"seg1" and len(got) == 2
     assert isinstance(got[1], str) and "peer gone" in got[1]
     assert link.pending == 0
+
+
+async def test_an_open_stream_takes_inputs_until_it_is_over() -> None:
+    """`open_stream` sends at once and gives the tag; `send_input` puts more for that tag in
+    the next messages, in order, until the last answer came or the call broke."""
+    fake = FakeCall()
+    link = _link(fake)
+    tag, answers = link.open_stream(lambda out, t: out.calls.add(tag=t, live=True))
+    await _until(lambda: fake.sent_calls() == [tag])
+    for chunk in (b"a", b"b", b"c"):
+        assert link.send_input(tag, lambda out, c=chunk: out.input.add(tag=tag, audio=c))
+    assert link.send_input(tag, lambda out: out.input.add(tag=tag, end=True))
+    await _until(lambda: sum(len(m.input) for m in fake.written) == 4)
+    sent = [(i.tag, i.audio, i.end) for m in fake.written for i in m.input]
+    assert sent == [(tag, b"a", False), (tag, b"b", False), (tag, b"c", False), (tag, b"", True)]
+    fake.answer(tag, "interim", more=True)
+    fake.answer(tag, "", more=False)
+    got = [a.response async for a in answers if not isinstance(a, str)]
+    assert got == [b"interim", b""]
+    assert not link.send_input(tag, lambda out: out.input.add(tag=tag, audio=b"late"))
+    assert fake.sent_cancels() == []  # it ended with its last answer: nothing to cancel
+
+    other, answers = link.open_stream(lambda out, t: out.calls.add(tag=t, live=True))
+    fake.incoming.put_nowait(ConnectionError("gone"))
+    assert [a async for a in answers] == ["the test link broke: gone"]
+    assert not link.send_input(other, lambda out: out.input.add(tag=other, audio=b"x"))
+    await link.close("test over")

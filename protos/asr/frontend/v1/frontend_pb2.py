@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.asr.v1 import asr_pb2 as protos_dot_asr_dot_v1_dot_asr__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/asr/frontend/v1/frontend.proto\x12\x0f\x61sr.frontend.v1\x1a\x17protos/asr/v1/asr.proto\"J\n\x0bLinkRequest\x12+\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1c.asr.frontend.v1.RelayedCall\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"\xaf\x02\n\x0bRelayedCall\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0f\n\x07request\x18\x05 \x01(\x0c\x12<\n\x08metadata\x18\x06 \x03(\x0b\x32*.asr.frontend.v1.RelayedCall.MetadataEntry\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x11\n\ttimeout_s\x18\x08 \x01(\x01\x12.\n\x07\x64\x65\x63oded\x18\t \x01(\x0b\x32\x1d.asr.frontend.v1.DecodedAudio\x12\x0e\n\x06stream\x18\n \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x0c\x44\x65\x63odedAudio\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x15\n\rsample_format\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x13\n\x0bsource_rate\x18\x05 \x01(\r\x12\x17\n\x0fsource_channels\x18\x06 \x01(\r\x12\x11\n\tcontainer\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"?\n\x0cLinkResponse\x12/\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1e.asr.frontend.v1.RelayedAnswer\"\xcc\x01\n\rRelayedAnswer\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12>\n\x08trailers\x18\x04 \x03(\x0b\x32,.asr.frontend.v1.RelayedAnswer.TrailersEntry\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x0c\n\x04more\x18\x06 \x01(\x08\x1a/\n\rTrailersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32P\n\x05Relay\x12G\n\x04Link\x12\x1c.asr.frontend.v1.LinkRequest\x1a\x1d.asr.frontend.v1.LinkResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/asr/frontend/v1/frontend.proto\x12\x0f\x61sr.frontend.v1\x1a\x17protos/asr/v1/asr.proto\"w\n\x0bLinkRequest\x12+\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1c.asr.frontend.v1.RelayedCall\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\x12+\n\x05input\x18\x03 \x03(\x0b\x32\x1c.asr.frontend.v1.StreamInput\"G\n\x0bStreamInput\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x0f\n\x07message\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\"\xbd\x02\n\x0bRelayedCall\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0f\n\x07request\x18\x05 \x01(\x0c\x12<\n\x08metadata\x18\x06 \x03(\x0b\x32*.asr.frontend.v1.RelayedCall.MetadataEntry\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x11\n\ttimeout_s\x18\x08 \x01(\x01\x12.\n\x07\x64\x65\x63oded\x18\t \x01(\x0b\x32\x1d.asr.frontend.v1.DecodedAudio\x12\x0e\n\x06stream\x18\n \x01(\x08\x12\x0c\n\x04live\x18\x0b \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x0c\x44\x65\x63odedAudio\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x15\n\rsample_format\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x13\n\x0bsource_rate\x18\x05 \x01(\r\x12\x17\n\x0fsource_channels\x18\x06 \x01(\r\x12\x11\n\tcontainer\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"?\n\x0cLinkResponse\x12/\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1e.asr.frontend.v1.RelayedAnswer\"\xcc\x01\n\rRelayedAnswer\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12>\n\x08trailers\x18\x04 \x03(\x0b\x32,.asr.frontend.v1.RelayedAnswer.TrailersEntry\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x0c\n\x04more\x18\x06 \x01(\x08\x1a/\n\rTrailersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32P\n\x05Relay\x12G\n\x04Link\x12\x1c.asr.frontend.v1.LinkRequest\x1a\x1d.asr.frontend.v1.LinkResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYEDANSWER_TRAILERSENTRY']._loaded_options = None
   _globals['_RELAYEDANSWER_TRAILERSENTRY']._serialized_options = b'8\001'
   _globals['_LINKREQUEST']._serialized_start=83
-  _globals['_LINKREQUEST']._serialized_end=157
-  _globals['_RELAYEDCALL']._serialized_start=160
-  _globals['_RELAYEDCALL']._serialized_end=463
-  _globals['_RELAYEDCALL_METADATAENTRY']._serialized_start=416
-  _globals['_RELAYEDCALL_METADATAENTRY']._serialized_end=463
-  _globals['_DECODEDAUDIO']._serialized_start=466
-  _globals['_DECODEDAUDIO']._serialized_end=658
-  _globals['_LINKRESPONSE']._serialized_start=660
-  _globals['_LINKRESPONSE']._serialized_end=723
-  _globals['_RELAYEDANSWER']._serialized_start=726
-  _globals['_RELAYEDANSWER']._serialized_end=930
-  _globals['_RELAYEDANSWER_TRAILERSENTRY']._serialized_start=883
-  _globals['_RELAYEDANSWER_TRAILERSENTRY']._serialized_end=930
-  _globals['_RELAY']._serialized_start=932
-  _globals['_RELAY']._serialized_end=1012
+  _globals['_LINKREQUEST']._serialized_end=202
+  _globals['_STREAMINPUT']._serialized_start=204
+  _globals['_STREAMINPUT']._serialized_end=275
+  _globals['_RELAYEDCALL']._serialized_start=278
+  _globals['_RELAYEDCALL']._serialized_end=595
+  _globals['_RELAYEDCALL_METADATAENTRY']._serialized_start=548
+  _globals['_RELAYEDCALL_METADATAENTRY']._serialized_end=595
+  _globals['_DECODEDAUDIO']._serialized_start=598
+  _globals['_DECODEDAUDIO']._serialized_end=790
+  _globals['_LINKRESPONSE']._serialized_start=792
+  _globals['_LINKRESPONSE']._serialized_end=855
+  _globals['_RELAYEDANSWER']._serialized_start=858
+  _globals['_RELAYEDANSWER']._serialized_end=1062
+  _globals['_RELAYEDANSWER_TRAILERSENTRY']._serialized_start=1015
+  _globals['_RELAYEDANSWER_TRAILERSENTRY']._serialized_end=1062
+  _globals['_RELAY']._serialized_start=1064
+  _globals['_RELAY']._serialized_end=1144
 # @@protoc_insertion_point(module_scope)

@@ -8,15 +8,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LinkRequest(_message.Message):
-    __slots__ = ("calls", "cancel")
+    __slots__ = ("calls", "cancel", "input")
     CALLS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
     calls: _containers.RepeatedCompositeFieldContainer[RelayedCall]
     cancel: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, calls: _Optional[_Iterable[_Union[RelayedCall, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+    input: _containers.RepeatedCompositeFieldContainer[StreamInput]
+    def __init__(self, calls: _Optional[_Iterable[_Union[RelayedCall, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., input: _Optional[_Iterable[_Union[StreamInput, _Mapping]]] = ...) -> None: ...
+
+class StreamInput(_message.Message):
+    __slots__ = ("tag", "audio", "message", "end")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    audio: bytes
+    message: bytes
+    end: bool
+    def __init__(self, tag: _Optional[int] = ..., audio: _Optional[bytes] = ..., message: _Optional[bytes] = ..., end: _Optional[bool] = ...) -> None: ...
 
 class RelayedCall(_message.Message):
-    __slots__ = ("tag", "generation", "offset", "length", "request", "metadata", "peer", "timeout_s", "decoded", "stream")
+    __slots__ = ("tag", "generation", "offset", "length", "request", "metadata", "peer", "timeout_s", "decoded", "stream", "live")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +48,7 @@ class RelayedCall(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     DECODED_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     tag: int
     generation: int
     offset: int
@@ -44,7 +59,8 @@ class RelayedCall(_message.Message):
     timeout_s: float
     decoded: DecodedAudio
     stream: bool
-    def __init__(self, tag: _Optional[int] = ..., generation: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., peer: _Optional[str] = ..., timeout_s: _Optional[float] = ..., decoded: _Optional[_Union[DecodedAudio, _Mapping]] = ..., stream: _Optional[bool] = ...) -> None: ...
+    live: bool
+    def __init__(self, tag: _Optional[int] = ..., generation: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., peer: _Optional[str] = ..., timeout_s: _Optional[float] = ..., decoded: _Optional[_Union[DecodedAudio, _Mapping]] = ..., stream: _Optional[bool] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class DecodedAudio(_message.Message):
     __slots__ = ("config", "sample_format", "offset", "length", "source_rate", "source_channels", "container", "error")
