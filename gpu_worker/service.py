@@ -43,6 +43,14 @@ class UnitFailed(Exception):
         self.code, self.details = code, details
 
 
+class LiveFailed(Exception):
+    """A live stream ended with this status (not OK)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
 class WorkerServicer(pb_grpc.WorkerServicer):
     """Routes the Worker RPCs to one engine."""
 
@@ -190,7 +198,15 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     async def Live(self, request_iterator: AsyncIterator[pb.LiveRequest],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LiveResponse]:
-        messages = request_iterator.__aiter__()
+        try:
+            async for response in self.live_stream(request_iterator.__aiter__()):
+                yield response
+        except LiveFailed as exc:
+            await context.abort(exc.code, exc.details)
+
+    async def live_stream(self, messages: AsyncIterator[pb.LiveRequest]
+                          ) -> AsyncIterator[pb.LiveResponse]:
+        """One live stream: an answer per chunk; `LiveFailed` with the status it ends with."""
         try:
             first = await messages.__anext__()
         except StopAsyncIteration:
@@ -198,13 +214,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         cfg = first.config
         if not end_silence_ok(cfg.end_silence_ms):
             low, high = END_SILENCE_RANGE_MS
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"end_silence_ms must be 0 or {low}-{high}")
+            raise LiveFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"end_silence_ms must be 0 or {low}-{high}")
         options = LiveOptions(offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)
         if cfg.chunk_size:
             if len(cfg.chunk_size) != 3 or min(cfg.chunk_size) < 0 or cfg.chunk_size[1] < 1:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "chunk_size must be 3 values [left, chunk >= 1, right]")
+                raise LiveFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                                 "chunk_size must be 3 values [left, chunk >= 1, right]")
             options = LiveOptions(chunk_size=tuple(cfg.chunk_size),  # type: ignore[arg-type]
                                   encoder_look_back=cfg.encoder_chunk_look_back,
                                   decoder_look_back=cfg.decoder_chunk_look_back,
@@ -226,13 +242,18 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     tick_streams=u.tick_streams, step_s=u.step_s)
                 self.served += len(u.finals)
         except Unsupported as exc:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+            raise LiveFailed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None
         except Exception as exc:  # this stream failed alone (INTERNAL, not a lost worker)
             log.exception("live stream %s failed", cfg.request_id,
                           extra={"request_id": cfg.request_id})
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            raise LiveFailed(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
         finally:
             self.active -= 1
+
+    async def LiveLink(self, request_iterator: AsyncIterator[pb.LiveLinkRequest],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LiveLinkResponse]:
+        async for message in _LiveLink(self).run(request_iterator):
+            yield message
 
     async def ClearCache(self, request: pb.WorkerClearCacheRequest,
                          context: grpc.aio.ServicerContext) -> pb.WorkerClearCacheResponse:
@@ -242,3 +263,80 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
         return pb.WorkerClearCacheResponse(reserved_before_bytes=before,
                                            reserved_after_bytes=after)
+
+
+class _LiveLink:
+    """One LiveLink call: a task per tagged stream fed from its queue, answers batched back
+    (a tick answers all its streams at once: one message)."""
+
+    def __init__(self, servicer: WorkerServicer) -> None:
+        self.servicer = servicer
+        self.streams: dict[int, tuple[asyncio.Queue[pb.LiveRequest | None],
+                                      asyncio.Task[None]]] = {}
+        self.newest = 0  # the highest tag started: tags only grow, so a lower one is over
+        self.outbox = pb.LiveLinkResponse()
+        self.wake = asyncio.Event()
+
+    async def run(self, requests: AsyncIterator[pb.LiveLinkRequest]
+                  ) -> AsyncIterator[pb.LiveLinkResponse]:
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if self.outbox.answers:
+                    message, self.outbox = self.outbox, pb.LiveLinkResponse()
+                    yield message
+                if reader.done() and not self.streams:
+                    reader.result()  # the call broke: raise it
+                    return
+        finally:  # the scheduler ended the call or went away: its streams with it
+            tasks = [task for _, task in self.streams.values()]
+            for task in (reader, *tasks):
+                task.cancel()
+            await asyncio.gather(reader, *tasks, return_exceptions=True)
+
+    async def _read(self, requests: AsyncIterator[pb.LiveLinkRequest]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in requests:
+                for item in message.requests:
+                    stream = self.streams.get(item.tag)
+                    if stream is None:
+                        if item.tag <= self.newest:
+                            continue  # a chunk for a stream that ended (e.g. refused)
+                        self.newest = item.tag
+                        queue: asyncio.Queue[pb.LiveRequest | None] = asyncio.Queue()
+                        stream = queue, loop.create_task(self._stream(item.tag, queue))
+                        self.streams[item.tag] = stream
+                    stream[0].put_nowait(item.request)
+                for tag in message.cancel:
+                    stream = self.streams.get(tag)
+                    if stream is not None:
+                        stream[1].cancel()
+        finally:
+            for queue, _ in self.streams.values():
+                queue.put_nowait(None)  # no more input: a stream waiting for some ends
+            self.wake.set()
+
+    async def _stream(self, tag: int, queue: asyncio.Queue[pb.LiveRequest | None]) -> None:
+        async def requests() -> AsyncIterator[pb.LiveRequest]:
+            while (req := await queue.get()) is not None:
+                yield req
+                if req.is_final:
+                    return
+
+        end = pb.TaggedLiveResponse(tag=tag)
+        try:
+            async for response in self.servicer.live_stream(requests()):
+                self.outbox.answers.add(tag=tag, response=response, more=True)
+                self.wake.set()
+        except LiveFailed as exc:
+            end.code, end.details = exc.code.value[0], exc.details
+        except asyncio.CancelledError:
+            self.streams.pop(tag, None)
+            self.wake.set()
+            raise
+        self.streams.pop(tag, None)
+        self.outbox.answers.append(end)
+        self.wake.set()

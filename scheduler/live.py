@@ -204,7 +204,7 @@ class LiveRecognizer:
         w = await self.dispatcher.place_live(s.model.name, self.max_live_streams, s.avoid,
                                              resumed)
         s.worker = w
-        s.call = LiveCall(w.stub, w.spec.worker_id, s.req.settings,
+        s.call = LiveCall(w.live_link, w.spec.worker_id, s.req.settings,
                           s.kept.start // SAMPLES_PER_MS, s.req.request_id)
         for a in range(s.kept.start, s.kept.end, RESEND_SAMPLES):  # resend from the safe point
             s.call.send(s.kept.slice(a, min(a + RESEND_SAMPLES, s.kept.end)))

@@ -42,10 +42,15 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
 
     def __init__(self, what: str, open_call: Callable[[], Any],
                  new_outbox: Callable[[], OutboxT],
-                 on_broken: Callable[[str], object] | None = None) -> None:
+                 on_broken: Callable[[str], object] | None = None,
+                 linger_s: float = 0.0) -> None:
         """`what` names the call in failure reasons ("the Work call"); `on_broken(why)` is
-        told when the other side ends the call or it breaks (not when `close` ends it)."""
+        told when the other side ends the call or it breaks (not when `close` ends it).
+        `linger_s`: the writer waits this long after something arrives before it sends, so
+        that what arrives meanwhile shares the message (a gRPC call's message costs far more
+        than an item in it)."""
         self.what = what
+        self._linger_s = linger_s
         self._on_broken = on_broken
         self._open_call = open_call
         self._new_outbox = new_outbox
@@ -79,6 +84,8 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 await self._wake.wait()
+                if self._linger_s:
+                    await asyncio.sleep(self._linger_s)
                 self._wake.clear()
                 message, self._outbox = self._outbox, self._new_outbox()
                 if message.ByteSize() == 0:  # already sent by `_flush`
@@ -222,10 +229,16 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         self._flush()
         return tag
 
+    def cancel_stream(self, tag: int, tell: bool = True) -> None:
+        """Stop waiting for the answers of stream `tag` (from `open_stream`), its answers
+        iterator left unread; `tell`: the other side is told to stop it."""
+        self._done(tag, answered=not tell)
+
     def _done(self, tag: int, answered: bool) -> None:
         """The caller stopped waiting for `tag`: without its (last) answer, the other side
-        is told to stop it."""
-        self._pending.pop(tag, None)
+        is told to stop it (once: a tag no longer waiting is over already)."""
+        if self._pending.pop(tag, None) is None:
+            return
         if not answered and self._call is not None:
             self._outbox.cancel.append(tag)  # type: ignore[attr-defined]
             self._flush()

@@ -37,7 +37,7 @@ from protos.common.wire import WORKER_CHANNEL_OPTIONS
 from protos.common.worker_auth import SECRET_ENV, client_interceptors
 from protos.common.worker_config import WorkerConfig
 from scheduler.work_stream import WorkStream
-from scheduler.workers_client import Capabilities, WorkerInfo, get_info
+from scheduler.workers_client import Capabilities, LiveLink, WorkerInfo, get_info, live_link
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ class WorkerHandle:
         self.last_assigned = 0.0
         self.last_error = ""
         self.stub: wpb_grpc.WorkerStub | None = None
+        self.live_link: LiveLink | None = None  # its live streams' call (streaming models)
         self.link: WorkStream | None = None  # the unit hand-off of the current process
         self._arena: PcmArena | None = None  # created at spawn, handed to `link`
         self._work_sock: socket.socket | None = None  # our end of the unit socket pair, too
@@ -325,6 +326,7 @@ class WorkerHandle:
             options=list(WORKER_CHANNEL_OPTIONS),
             interceptors=client_interceptors(self.launch.secret))
         self.stub = wpb_grpc.WorkerStub(self._channel)
+        self.live_link = live_link(self.stub, self.spec.worker_id)
         work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
                                                  options=list(WORKER_CHANNEL_OPTIONS))
         self._set_suspect(False)
@@ -336,6 +338,9 @@ class WorkerHandle:
         if self.link is not None:
             await self.link.close()  # units still waiting on the old process: WorkerLost
             self.link = None
+        if self.live_link is not None:
+            await self.live_link.close("the worker's connection was closed")
+            self.live_link = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

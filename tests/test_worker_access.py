@@ -77,6 +77,10 @@ def test_other_users_cannot_reach_workers(start_service, models_dir: Path) -> No
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Work(iter([wpb.WorkRequest(units=[unit])]), timeout=10))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            live = wpb.TaggedLiveRequest(tag=1, request=wpb.LiveRequest(is_final=True))
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.LiveLink(iter([wpb.LiveLinkRequest(requests=[live])]), timeout=10))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert worker.ready  # the scheduler's own calls carry the secret
     finally:
         svc.stop()

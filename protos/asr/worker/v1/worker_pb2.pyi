@@ -14,6 +14,42 @@ class SampleFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 S16LE: SampleFormat
 F32LE: SampleFormat
 
+class LiveLinkRequest(_message.Message):
+    __slots__ = ("requests", "cancel")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[TaggedLiveRequest]
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, requests: _Optional[_Iterable[_Union[TaggedLiveRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TaggedLiveRequest(_message.Message):
+    __slots__ = ("tag", "request")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    request: LiveRequest
+    def __init__(self, tag: _Optional[int] = ..., request: _Optional[_Union[LiveRequest, _Mapping]] = ...) -> None: ...
+
+class LiveLinkResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[TaggedLiveResponse]
+    def __init__(self, answers: _Optional[_Iterable[_Union[TaggedLiveResponse, _Mapping]]] = ...) -> None: ...
+
+class TaggedLiveResponse(_message.Message):
+    __slots__ = ("tag", "response", "more", "code", "details")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    response: LiveResponse
+    more: bool
+    code: int
+    details: str
+    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[LiveResponse, _Mapping]] = ..., more: _Optional[bool] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -65,6 +65,11 @@ class WorkerStub:
                 request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveRequest.SerializeToString,
                 response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveResponse.FromString,
                 _registered_method=True)
+        self.LiveLink = channel.stream_stream(
+                '/asr.worker.v1.Worker/LiveLink',
+                request_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveLinkRequest.SerializeToString,
+                response_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveLinkResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -120,6 +125,17 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiveLink(self, request_iterator, context):
+        """Many live streams over one call (the scheduler keeps one per worker): each stream's
+        LiveRequests tagged, its LiveResponses back by tag, exactly as Live would give them; a
+        stream ends with an answer without a response (`more` unset; its code as Live's status).
+        Cheaper per chunk than a Live call per stream: no per-stream HTTP/2 stream, and the
+        chunks (answers) of many streams ready at the same moment share one message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +168,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Live,
                     request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveRequest.FromString,
                     response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveResponse.SerializeToString,
+            ),
+            'LiveLink': grpc.stream_stream_rpc_method_handler(
+                    servicer.LiveLink,
+                    request_deserializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveLinkRequest.FromString,
+                    response_serializer=protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveLinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +338,33 @@ class Worker:
             '/asr.worker.v1.Worker/Live',
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveRequest.SerializeToString,
             protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiveLink(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/asr.worker.v1.Worker/LiveLink',
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveLinkRequest.SerializeToString,
+            protos_dot_asr_dot_worker_dot_v1_dot_worker__pb2.LiveLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,
