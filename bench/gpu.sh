@@ -63,14 +63,14 @@ if [ "$DRY" = 1 ]; then
   DEVICE_NAME="cpu (dry run: tiny models, small sizes)"
   DEV=cpu ASR=sensevoice-tiny LIVE=paraformer-streaming-tiny
   CONCURRENCY=1,4 DTYPES=fp32 STREAMS=1,2 LOOP_STREAMS=1 MINUTES=1 VAD_WORKERS=2 LIVE_WORKERS=2
-  END_SILENCE=300 VAD_DEVICES=cpu
+  END_SILENCE=300 VAD_DEVICES=cpu FRONTENDS=1
 else
   "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA GPU")' \
       || exit 1
   DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   DEV=cuda:0 ASR=sensevoice-small LIVE=paraformer-streaming
   CONCURRENCY=1,32,256,1024 DTYPES=fp32,bf16 STREAMS=1,16,256,1024 LOOP_STREAMS=1,16
-  MINUTES=10 VAD_WORKERS=6 LIVE_WORKERS=8 END_SILENCE=300 VAD_DEVICES=gpu,cpu
+  MINUTES=10 VAD_WORKERS=6 LIVE_WORKERS=8 END_SILENCE=300 VAD_DEVICES=gpu,cpu FRONTENDS=2
 fi
 { echo "device: $DEVICE_NAME"; "$PY" -c 'import sys, torch; print("python", sys.version.split()[0],
 "torch", torch.__version__)'; } | tee "$OUT_DIR/device.txt"
@@ -130,10 +130,13 @@ step long_audio 110 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
 # dev machine's CPU after the batched VAD passes: one core holds ~100 streams). Utterances end
 # after 300 ms of silence (the VAD's own schedule waits ~2 s, whatever the hardware; CPU rows
 # in BENCHMARKS.md show both): the rows give the latency after the end of speech and, apart,
-# the service's own part after the VAD's endpoint.
+# the service's own part after the VAD's endpoint. The clients' calls are held by FRONTENDS
+# front-end processes, which carry the streams to the scheduler on their Links (the one
+# scheduler's CPU per stream is what caps the streams per machine: BENCHMARKS.md).
 step streaming 150 "$PY" bench/streaming.py --model "$MODELS/$LIVE" \
     --vad-model "$MODELS/fsmn-vad" --devices "$DEV" --streams "$STREAMS" \
     --workers-per-device "$LIVE_WORKERS" --end-silence-ms "$END_SILENCE" \
+    --frontends "$FRONTENDS" \
     --loop-streams "$LOOP_STREAMS" --work-dir "$WORK/streaming" --json "$OUT_DIR/streaming.json"
 
 section() {  # title file

@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("build/bench-streaming"))
     p.add_argument("--json", type=Path, default=None, help="write the rows here too")
     p.add_argument("--variants", default="service,funasr-loop")
+    p.add_argument("--frontends", type=int, default=0,
+                   help="the service's --frontends: front-end processes hold the clients' "
+                   "calls and carry live streams to the scheduler on their Links")
     p.add_argument("--streams-per-client-process", type=int, default=64,
                    help="the service's streams are played by ceil(streams / this) client "
                    "processes (one process for up to this many)")
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     serve = ["--model", f"live={args.model}", "--vad-model", args.vad_model, "--devices",
              args.devices, "--workers-per-device", str(args.workers_per_device),
-             "--max-live-streams", str(max(counts) * 2),
+             "--frontends", str(args.frontends), "--max-live-streams", str(max(counts) * 2),
              # all streams come from this one client: lift the per-client and total caps
              "--max-streams", str(max(counts) * 2),
              "--max-streams-per-client", str(max(counts) * 2)]

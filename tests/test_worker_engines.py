@@ -279,3 +279,80 @@ def test_torch_device_on_cpu() -> None:
         assert torch.is_inference_mode_enabled()
     with pytest.raises(ValueError, match="dtype 'int8'"):
         TorchDevice("cpu", "int8")
+
+
+class EchoLive(Engine):
+    """A live engine of the test: per chunk, how much audio the stream has had (ms); a chunk
+    of 3 samples fails the stream."""
+
+    name = "echo-live"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = family_for_class("ParaformerStreaming").capabilities("generate")
+        self.closed = 0
+
+    def stats(self) -> EngineStats:
+        return EngineStats(model="echo")
+
+    async def live(self, options: Any, chunks: Any) -> Any:  # type: ignore[override]
+        from gpu_worker.engines.live_session import LiveUpdate
+
+        total = 0
+        try:
+            async for chunk in chunks:
+                if len(chunk.audio) == 3:
+                    raise ValueError("three samples")
+                total += len(chunk.audio)
+                yield LiveUpdate(processed_ms=total // 16 + options.offset_ms)
+        finally:
+            self.closed += 1
+
+
+async def test_live_link_runs_tagged_streams_apart() -> None:
+    """LiveLink: each tag its own stream, answers in order per tag; a refused stream ends
+    with its code and its later chunks start nothing; a failing stream ends INTERNAL alone;
+    a cancelled stream ends without an answer; the rest go on."""
+    engine = EchoLive()
+    servicer = WorkerServicer(engine, "cpu")
+    inbox: asyncio.Queue[wpb.LiveLinkRequest | None] = asyncio.Queue()
+
+    async def requests() -> Any:
+        while (m := await inbox.get()) is not None:
+            yield m
+
+    def chunk(tag: int, samples: int, final: bool = False, **config: int
+              ) -> wpb.TaggedLiveRequest:
+        req = wpb.LiveRequest(pcm=np.zeros(samples, "<f4").tobytes(),
+                              sample_format=wpb.F32LE, is_final=final)
+        if config:
+            req.config.CopyFrom(wpb.LiveConfig(**config))
+        return wpb.TaggedLiveRequest(tag=tag, request=req)
+
+    answers: list[wpb.TaggedLiveResponse] = []
+
+    async def collect() -> None:
+        async for message in servicer.LiveLink(requests(), None):  # type: ignore[arg-type]
+            answers.extend(message.answers)
+
+    collector = asyncio.ensure_future(collect())
+    inbox.put_nowait(wpb.LiveLinkRequest(requests=[
+        chunk(1, 1600, offset_ms=1000), chunk(2, 1600, end_silence_ms=50),
+        chunk(3, 1600), chunk(4, 1600)]))
+    inbox.put_nowait(wpb.LiveLinkRequest(requests=[chunk(1, 3200), chunk(2, 1600),
+                                                   chunk(3, 3)]))
+    await asyncio.sleep(0.1)
+    inbox.put_nowait(wpb.LiveLinkRequest(cancel=[4], requests=[chunk(1, 0, final=True)]))
+    await asyncio.sleep(0.1)
+    inbox.put_nowait(None)
+    await asyncio.wait_for(collector, 10)
+
+    def of(tag: int) -> list[tuple[int, bool, int]]:
+        return [(a.response.processed_ms, a.more, a.code) for a in answers if a.tag == tag]
+
+    assert of(1) == [(1100, True, 0), (1300, True, 0), (1300, True, 0), (0, False, 0)]
+    assert of(2) == [(0, False, grpc.StatusCode.INVALID_ARGUMENT.value[0])]
+    assert of(3) == [(100, True, 0), (0, False, grpc.StatusCode.INTERNAL.value[0])]
+    assert of(4) == [(100, True, 0)]  # cancelled: no end answer
+    assert "three samples" in next(a.details for a in answers if a.tag == 3 and not a.more)
+    assert engine.closed == 3 and servicer.active == 0  # 1, 3 and 4 ran; 2 never started
