@@ -34,7 +34,7 @@ from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.pcm_arena import PcmArena
 from protos.common.pcm_arena import supported as pcm_arena_supported
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
-from protos.common.worker_auth import SECRET_ENV, client_interceptors
+from protos.common.worker_auth import SECRET_ENV, call_metadata, client_interceptors
 from protos.common.worker_config import WorkerConfig
 from scheduler.work_stream import WorkStream
 from scheduler.workers_client import Capabilities, LiveLink, WorkerInfo, get_info, live_link
@@ -326,21 +326,24 @@ class WorkerHandle:
             options=list(WORKER_CHANNEL_OPTIONS),
             interceptors=client_interceptors(self.launch.secret))
         self.stub = wpb_grpc.WorkerStub(self._channel)
-        self.live_link = live_link(self.stub, self.spec.worker_id)
         work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
                                                  options=list(WORKER_CHANNEL_OPTIONS))
+        # Live streams' call on the Work call's channel: no interceptors (a task hop per
+        # message on a stream), the secret in the call's metadata.
+        self.live_link = live_link(wpb_grpc.WorkerStub(work_channel), self.spec.worker_id,
+                                   call_metadata(self.launch.secret))
         self._set_suspect(False)
         self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret,
                                sock, self._on_link_broken)
 
     async def _close_channel(self) -> None:
         self._drop_spawned()
+        if self.live_link is not None:  # before the Work stream closes their channel
+            await self.live_link.close("the worker's connection was closed")
+            self.live_link = None
         if self.link is not None:
             await self.link.close()  # units still waiting on the old process: WorkerLost
             self.link = None
-        if self.live_link is not None:
-            await self.live_link.close("the worker's connection was closed")
-            self.live_link = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

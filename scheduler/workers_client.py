@@ -45,10 +45,13 @@ LIVE_LINGER_S = 0.005
 LiveLink = TaggedCall[wpb.LiveLinkRequest, wpb.TaggedLiveResponse]
 
 
-def live_link(stub: wpb_grpc.WorkerStub, worker_id: str) -> LiveLink:
-    """The LiveLink call of one worker connection, opened at its first stream."""
-    return TaggedCall(f"the live link of worker {worker_id}", lambda: stub.LiveLink(),
-                      wpb.LiveLinkRequest, linger_s=LIVE_LINGER_S)
+def live_link(stub: wpb_grpc.WorkerStub, worker_id: str,
+              metadata: tuple[tuple[str, str], ...] = ()) -> LiveLink:
+    """The LiveLink call of one worker connection (`metadata`: the call's, e.g. the worker
+    secret on a channel without interceptors), opened at its first stream."""
+    return TaggedCall(f"the live link of worker {worker_id}",
+                      lambda: stub.LiveLink(metadata=metadata), wpb.LiveLinkRequest,
+                      linger_s=LIVE_LINGER_S)
 
 
 @dataclass(frozen=True)
