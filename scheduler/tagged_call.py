@@ -177,17 +177,10 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         each answer as it comes, or why the call broke (then nothing more). Whenever the
         caller stops reading before the last answer, the other side is told to stop it."""
         answers: asyncio.Queue[AnswerT | str] = asyncio.Queue()
-        tag = self._send(add, answers)
-        finished = False
-        try:
-            while True:
-                answer = await answers.get()
-                finished = isinstance(answer, str) or not answer.more  # type: ignore[attr-defined]
+        tag = self._send(add, answers)  # here, not before: nothing is sent until read
+        async with contextlib.aclosing(self._stream_answers(tag, answers)) as stream:
+            async for answer in stream:
                 yield answer
-                if finished:
-                    return
-        finally:
-            self._done(tag, finished)
 
     def open_stream(self, add: Callable[[OutboxT, int], Any]
                     ) -> tuple[int, AsyncIterator[AnswerT | str]]:
@@ -199,6 +192,8 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
 
     async def _stream_answers(self, tag: int, answers: asyncio.Queue[AnswerT | str]
                               ) -> AsyncIterator[AnswerT | str]:
+        """The answers of stream `tag` until its last; told to the other side to stop it
+        when left before that (once started: close it, or `cancel_stream`)."""
         finished = False
         try:
             while True:
