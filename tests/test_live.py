@@ -10,6 +10,8 @@ text on the same samples.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -521,6 +523,37 @@ def test_live_streams_ride_the_front_ends_link(live_service: RunningService, mod
             next(call)  # the first interim: the stream is open on a worker
             assert gauge._value.get() == 1
             call.cancel()
+        deadline = time.monotonic() + 10
+        while (gauge._value.get() or sum(svc.service.dispatcher.live_streams.values())) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gauge._value.get() == 0
+        assert sum(svc.service.dispatcher.live_streams.values()) == 0
+
+        # A front end killed (-9) under live streams: their clients see UNAVAILABLE, the
+        # scheduler ends the streams it carried for it (their worker sessions too).
+        assert svc.service.frontends is not None
+        pids = [p.pid for p in svc.service.frontends.processes]
+        codes: list[grpc.StatusCode] = []
+
+        def doomed() -> None:
+            try:
+                run_stream(svc.address, talk, realtime=True)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+
+        victims = [threading.Thread(target=doomed) for _ in range(2)]
+        for t in victims:
+            t.start()
+        deadline = time.monotonic() + 30
+        while gauge._value.get() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gauge._value.get() == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for t in victims:
+            t.join(60)
+        assert codes == [grpc.StatusCode.UNAVAILABLE] * 2
         deadline = time.monotonic() + 10
         while (gauge._value.get() or sum(svc.service.dispatcher.live_streams.values())) \
                 and time.monotonic() < deadline:
