@@ -79,13 +79,16 @@ async def serve(cfg: WorkerConfig, engine: Engine) -> int:
     watcher = loop.create_task(watch_parent(cfg.parent_pid, stop))
     units = (loop.create_task(serve_work_socket(
         servicer, socket.socket(fileno=cfg.work_socket_fd))) if cfg.work_socket_fd >= 0 else None)
+    live = (loop.create_task(serve_live_socket(
+        servicer, socket.socket(fileno=cfg.live_socket_fd))) if cfg.live_socket_fd >= 0 else None)
     # Freed batch tensors stay in the heap after load; give them back once idle.
     trimmer = loop.create_task(trim_when_idle(lambda: servicer.served, lambda: servicer.active))
     await stop.wait()
     watcher.cancel()
     trimmer.cancel()
-    if units is not None:
-        units.cancel()
+    for task in (units, live):
+        if task is not None:
+            task.cancel()
     await server.stop(2.0)
     await engine.stop()
     return exit_code
@@ -120,3 +123,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.torch_device}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return run_loop(serve(cfg, engine), cfg.event_loop)
+
+
+async def serve_live_socket(servicer: WorkerServicer, sock: socket.socket) -> None:
+    """The scheduler's live streams over the live socket pair end this process inherited:
+    the `LiveLink` call's messages as frames, served by the same code."""
+    await framed.serve(sock, wpb.LiveLinkRequest.FromString,
+                       lambda requests: servicer.LiveLink(requests, None), "the live socket")

@@ -30,7 +30,9 @@ from typing import IO
 
 import grpc
 
+from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
+from protos.common.framed import FramedFirst
 from protos.common.pcm_arena import PcmArena
 from protos.common.pcm_arena import supported as pcm_arena_supported
 from protos.common.wire import WORKER_CHANNEL_OPTIONS
@@ -163,6 +165,8 @@ class WorkerHandle:
         self.link: WorkStream | None = None  # the unit hand-off of the current process
         self._arena: PcmArena | None = None  # created at spawn, handed to `link`
         self._work_sock: socket.socket | None = None  # our end of the unit socket pair, too
+        self._live_sock: socket.socket | None = None  # and of the live socket pair
+        self._live_open: FramedFirst | None = None  # how the live link opens its call
         self._channel: grpc.aio.Channel | None = None
         self._crashes: collections.deque[float] = collections.deque()
         self._stopping = False
@@ -229,15 +233,17 @@ class WorkerHandle:
         """Where units go: the Work stream, or plain Transcribe calls (None: not connected)."""
         return self.link or self.stub
 
-    def worker_config(self, work_fd: int = -1) -> WorkerConfig:
+    def worker_config(self, work_fd: int = -1, live_fd: int = -1) -> WorkerConfig:
         """This worker's settings: the pool's, with its own id, device and socket;
-        `work_fd`: the worker's end of the unit socket pair (-1: none)."""
+        `work_fd`, `live_fd`: the worker's ends of the unit and live socket pairs (-1:
+        none)."""
         arena = self._arena
         return dataclasses.replace(
             self.launch.worker, worker_id=self.spec.worker_id, socket_path=self.socket_path,
             torch_device=self.spec.torch_device, device_name=self.spec.device_name,
             parent_pid=os.getpid(), pcm_arena_fd=arena.fd if arena else -1,
-            pcm_arena_bytes=arena.size if arena else 0, work_socket_fd=work_fd)
+            pcm_arena_bytes=arena.size if arena else 0, work_socket_fd=work_fd,
+            live_socket_fd=live_fd)
 
     def absorb(self, info: WorkerInfo) -> None:
         """Fold a worker's own counters into totals that survive its restarts."""
@@ -284,23 +290,28 @@ class WorkerHandle:
         if self.launch.pcm_arena_bytes and pcm_arena_supported():
             self._arena = PcmArena.create(self.launch.pcm_arena_bytes,
                                           f"asr-pcm-{self.spec.worker_id}")
-        theirs = None
+        theirs = theirs_live = None
         if self.launch.work_socket:
             self._work_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._live_sock, theirs_live = socket.socketpair(socket.AF_UNIX,
+                                                             socket.SOCK_STREAM)
         fds = tuple(fd for fd in (self._arena.fd if self._arena else -1,
-                                  theirs.fileno() if theirs else -1) if fd >= 0)
+                                  theirs.fileno() if theirs else -1,
+                                  theirs_live.fileno() if theirs_live else -1) if fd >= 0)
         try:
             self.process = subprocess.Popen(
                 [*self.launch.command,
-                 self.worker_config(theirs.fileno() if theirs else -1).to_json()], env=env,
-                stderr=subprocess.PIPE, umask=0o077,  # its socket: 0600
+                 self.worker_config(theirs.fileno() if theirs else -1,
+                                    theirs_live.fileno() if theirs_live else -1).to_json()],
+                env=env, stderr=subprocess.PIPE, umask=0o077,  # its socket: 0600
                 pass_fds=fds)
         except BaseException:
             self._drop_spawned()
             raise
         finally:
-            if theirs is not None:
-                theirs.close()  # the worker holds its end; its exit is our end-of-file
+            for end in (theirs, theirs_live):
+                if end is not None:
+                    end.close()  # the worker holds its end; its exit is our end-of-file
         assert self.process.stderr is not None
         threading.Thread(target=self._forward_stderr, args=(self.process.stderr,),
                          name=f"stderr-{self.spec.worker_id}", daemon=True).start()
@@ -315,11 +326,16 @@ class WorkerHandle:
         if self._work_sock is not None:
             self._work_sock.close()
             self._work_sock = None
+        if self._live_sock is not None:
+            self._live_sock.close()
+            self._live_sock = None
 
     async def _connect(self) -> None:
-        # The new process's arena and unit socket go to its link.
+        # The new process's arena and unit socket go to its link, its live socket to its
+        # live link.
         arena, self._arena = self._arena, None
         sock, self._work_sock = self._work_sock, None
+        live_sock, self._live_sock = self._live_sock, None
         await self._close_channel()
         self._channel = grpc.aio.insecure_channel(
             f"unix://{self.socket_path}",
@@ -328,10 +344,14 @@ class WorkerHandle:
         self.stub = wpb_grpc.WorkerStub(self._channel)
         work_channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}",
                                                  options=list(WORKER_CHANNEL_OPTIONS))
-        # Live streams' call on the Work call's channel: no interceptors (a task hop per
-        # message on a stream), the secret in the call's metadata.
-        self.live_link = live_link(wpb_grpc.WorkerStub(work_channel), self.spec.worker_id,
-                                   call_metadata(self.launch.secret))
+        # Live streams' call: frames over the live socket pair; should that break while the
+        # worker lives on, a gRPC LiveLink call on the Work call's channel (no interceptors:
+        # a task hop per message on a stream; the secret in the call's metadata).
+        live_stub = wpb_grpc.WorkerStub(work_channel)
+        metadata = call_metadata(self.launch.secret)
+        self._live_open = FramedFirst(live_sock, wpb.LiveLinkResponse.FromString,
+                                      lambda: live_stub.LiveLink(metadata=metadata))
+        self.live_link = live_link(self._live_open, self.spec.worker_id)
         self._set_suspect(False)
         self.link = WorkStream(work_channel, self.spec.worker_id, arena, self.launch.secret,
                                sock, self._on_link_broken)
@@ -341,6 +361,9 @@ class WorkerHandle:
         if self.live_link is not None:  # before the Work stream closes their channel
             await self.live_link.close("the worker's connection was closed")
             self.live_link = None
+        if self._live_open is not None:
+            self._live_open.close()  # its socket, if no stream ever used it
+            self._live_open = None
         if self.link is not None:
             await self.link.close()  # units still waiting on the old process: WorkerLost
             self.link = None

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -45,12 +45,10 @@ LIVE_LINGER_S = 0.005
 LiveLink = TaggedCall[wpb.LiveLinkRequest, wpb.TaggedLiveResponse]
 
 
-def live_link(stub: wpb_grpc.WorkerStub, worker_id: str,
-              metadata: tuple[tuple[str, str], ...] = ()) -> LiveLink:
-    """The LiveLink call of one worker connection (`metadata`: the call's, e.g. the worker
-    secret on a channel without interceptors), opened at its first stream."""
-    return TaggedCall(f"the live link of worker {worker_id}",
-                      lambda: stub.LiveLink(metadata=metadata), wpb.LiveLinkRequest,
+def live_link(open_call: Callable[[], Any], worker_id: str) -> LiveLink:
+    """The LiveLink call of one worker connection, opened (`open_call`: a gRPC LiveLink call
+    or a framed stream of its messages) at its first stream."""
+    return TaggedCall(f"the live link of worker {worker_id}", open_call, wpb.LiveLinkRequest,
                       linger_s=LIVE_LINGER_S)
 
 

@@ -35,6 +35,7 @@ class WorkerConfig:
     pcm_arena_fd: int = -1  # inherited descriptor of the scheduler's shared PCM arena; -1 none
     pcm_arena_bytes: int = 0
     work_socket_fd: int = -1  # inherited end of the scheduler's unit socket pair; -1 none
+    live_socket_fd: int = -1  # inherited end of the scheduler's live socket pair; -1 none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
