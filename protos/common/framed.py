@@ -7,7 +7,8 @@ write alone took ~0.11 ms of the scheduler's CPU per 10 s request and the worker
 per unit, most of it in gRPC. Here the same `WorkRequest`/`WorkResponse` messages go as
 length-prefixed frames over one end of a `socketpair` the worker inherits at spawn (like its PCM
 arena): no listener, so nobody else can connect (no secret needed), and when either process dies
-the other reads end-of-file at once.
+the other reads end-of-file at once. A second socket pair carries the worker's live streams
+(`LiveLink` messages) the same way.
 
 A frame is a 4-byte little-endian length, then that many bytes of one serialized message.
 `FramedStream` has the shape `TaggedCall` expects of a call (`write`, async iteration over

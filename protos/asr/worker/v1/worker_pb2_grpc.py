@@ -130,7 +130,9 @@ class WorkerServicer:
         LiveRequests tagged, its LiveResponses back by tag, exactly as Live would give them; a
         stream ends with an answer without a response (`more` unset; its code as Live's status).
         Cheaper per chunk than a Live call per stream: no per-stream HTTP/2 stream, and the
-        chunks (answers) of many streams ready at the same moment share one message.
+        chunks (answers) of many streams ready at the same moment share one message. The
+        scheduler sends these messages as frames over a socket pair the worker inherits at spawn
+        (as Work's), and makes this call only should that socket break.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
