@@ -35,16 +35,9 @@ GPU_OOM_DETAIL = "gpu_oom"
 UNHEALTHY_DETAIL = "worker_unhealthy"
 
 
-class UnitFailed(Exception):
-    """One unit's failure, with the status code its answer carries."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-class LiveFailed(Exception):
-    """A live stream ended with this status (not OK)."""
+class Failed(Exception):
+    """A unit's or a live stream's failure, with the status code its answer (or call)
+    ends with."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -78,7 +71,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                          context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
         try:
             return await self._unit(request)
-        except UnitFailed as exc:
+        except Failed as exc:
             await context.abort(exc.code, exc.details)
             raise  # not reached: abort raises
 
@@ -94,7 +87,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         async def run(tag: int, request: pb.TranscribeRequest) -> None:
             try:
                 answer = pb.WorkAnswer(tag=tag, result=await self._unit(request))
-            except UnitFailed as exc:
+            except Failed as exc:
                 answer = pb.WorkAnswer(tag=tag, code=exc.code.value[0], details=exc.details)
             except asyncio.CancelledError:
                 answer = pb.WorkAnswer(tag=tag, code=grpc.StatusCode.CANCELLED.value[0],
@@ -134,15 +127,15 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         if not request.HasField("pcm_ref"):
             return decode_pcm(request.pcm, request.sample_format)
         if self.arena is None:
-            raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, "this worker has no PCM arena")
+            raise Failed(grpc.StatusCode.INVALID_ARGUMENT, "this worker has no PCM arena")
         ref = request.pcm_ref
         try:
             return self.arena.read(PcmBlock(ref.offset, ref.num_bytes, request.sample_format))
         except ValueError as exc:
-            raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            raise Failed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
     async def _unit(self, request: pb.TranscribeRequest) -> pb.TranscribeResponse:
-        """One unit through the engine; failures as `UnitFailed` with their status code."""
+        """One unit through the engine; failures as `Failed` with their status code."""
         self.active += 1
         try:
             return await self._run_unit(request)
@@ -152,7 +145,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def _run_unit(self, request: pb.TranscribeRequest) -> pb.TranscribeResponse:
         audio = self._audio(request)
         if audio.size == 0:
-            raise UnitFailed(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
+            raise Failed(grpc.StatusCode.INVALID_ARGUMENT, "no audio samples")
         utt = Utterance(audio=audio, language=request.language or "auto",
                         use_itn=request.enable_itn, hotwords=tuple(request.hotwords),
                         request_id=request.request_id,
@@ -160,16 +153,16 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             transcript, stats = await self.engine.transcribe(utt)
         except Unsupported as exc:
-            raise UnitFailed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from exc
+            raise Failed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from exc
         except WorkerUnhealthy as exc:
-            raise UnitFailed(grpc.StatusCode.UNAVAILABLE,
+            raise Failed(grpc.StatusCode.UNAVAILABLE,
                              f"{UNHEALTHY_DETAIL}: {exc.reason}") from exc
         except Exception as exc:  # one utterance failed alone: report it, keep serving
             if is_oom(exc):
-                raise UnitFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL) from exc
+                raise Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL) from exc
             log.exception("request %s failed", request.request_id,
                           extra={"request_id": request.request_id})
-            raise UnitFailed(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
+            raise Failed(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
         self.served += 1
         return pb.TranscribeResponse(
             text=transcript.text, language=transcript.language, device=self.device_name,
@@ -201,12 +194,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             async for response in self.live_stream(request_iterator.__aiter__()):
                 yield response
-        except LiveFailed as exc:
+        except Failed as exc:
             await context.abort(exc.code, exc.details)
 
     async def live_stream(self, messages: AsyncIterator[pb.LiveRequest]
                           ) -> AsyncIterator[pb.LiveResponse]:
-        """One live stream: an answer per chunk; `LiveFailed` with the status it ends with."""
+        """One live stream: an answer per chunk; `Failed` with the status it ends with."""
         try:
             first = await messages.__anext__()
         except StopAsyncIteration:
@@ -214,12 +207,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         cfg = first.config
         if not end_silence_ok(cfg.end_silence_ms):
             low, high = END_SILENCE_RANGE_MS
-            raise LiveFailed(grpc.StatusCode.INVALID_ARGUMENT,
+            raise Failed(grpc.StatusCode.INVALID_ARGUMENT,
                              f"end_silence_ms must be 0 or {low}-{high}")
         options = LiveOptions(offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)
         if cfg.chunk_size:
             if len(cfg.chunk_size) != 3 or min(cfg.chunk_size) < 0 or cfg.chunk_size[1] < 1:
-                raise LiveFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                raise Failed(grpc.StatusCode.INVALID_ARGUMENT,
                                  "chunk_size must be 3 values [left, chunk >= 1, right]")
             options = LiveOptions(chunk_size=tuple(cfg.chunk_size),  # type: ignore[arg-type]
                                   encoder_look_back=cfg.encoder_chunk_look_back,
@@ -242,11 +235,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     tick_streams=u.tick_streams, step_s=u.step_s)
                 self.served += len(u.finals)
         except Unsupported as exc:
-            raise LiveFailed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None
+            raise Failed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None
         except Exception as exc:  # this stream failed alone (INTERNAL, not a lost worker)
             log.exception("live stream %s failed", cfg.request_id,
                           extra={"request_id": cfg.request_id})
-            raise LiveFailed(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+            raise Failed(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
         finally:
             self.active -= 1
 
@@ -331,7 +324,7 @@ class _LiveLink:
             async for response in self.servicer.live_stream(requests()):
                 self.outbox.answers.add(tag=tag, response=response, more=True)
                 self.wake.set()
-        except LiveFailed as exc:
+        except Failed as exc:
             end.code, end.details = exc.code.value[0], exc.details
         except asyncio.CancelledError:
             self.streams.pop(tag, None)

@@ -315,24 +315,26 @@ class Relay(grpc.GenericRpcHandler):
 
     def _link_call(self, request: bytes,
                    decoded: tuple[pb.RecognitionConfig, DecodedAudio | str] | None,
-                   context: grpc.aio.ServicerContext, stream: bool, inline: bool = False
+                   context: grpc.aio.ServicerContext, stream: bool, live: bool = False
                    ) -> tuple[Callable[[fpb.LinkRequest, int], None], PcmBlock | None]:
         """A call for the Link: the audio decoded here into the arena (else the request's
-        bytes; inline when the arena is full or off, or asked), the call's metadata, address
-        and deadline along. Its `fill(outbox, tag)` for `TaggedCall`, and the arena block it
-        uses (`_free` it when the call is over)."""
+        bytes; inline when the arena is full or off, and for a `live` stream, whose request is
+        its small config message), the call's metadata, address and deadline along. Its
+        `fill(outbox, tag)` for `TaggedCall`, and the arena block it uses (`_free` it when the
+        call is over)."""
         audio = decoded[1] if decoded is not None else None
         block = None
         if isinstance(audio, DecodedAudio):
             block = self.arena.put(audio.samples)  # type: ignore[union-attr]
             if block is None:  # no room for the samples: relay the request itself
                 decoded = audio = None
-        if decoded is None and self.arena is not None and not inline:
+        if decoded is None and self.arena is not None and not live:
             block = self.arena.put_bytes(request)
         timeout = context.time_remaining()
 
         def fill(outbox: fpb.LinkRequest, tag: int) -> None:
-            call = outbox.calls.add(tag=tag, generation=self.cfg.generation, stream=stream)
+            call = outbox.calls.add(tag=tag, generation=self.cfg.generation, stream=stream,
+                                    live=live)
             if decoded is not None:
                 out = call.decoded
                 out.config.CopyFrom(decoded[0])
@@ -417,13 +419,8 @@ class Relay(grpc.GenericRpcHandler):
         """A live stream on the Link: its first message (the config) as a live call, each
         later message as a tagged input as the client sends it, the scheduler's responses
         back as they come; its status ends the client's call when that is not OK."""
-        fill_meta, _ = self._link_call(first, None, context, stream=False, inline=True)
+        fill, _ = self._link_call(first, None, context, stream=False, live=True)
         link = self.link
-
-        def fill(outbox: fpb.LinkRequest, tag: int) -> None:
-            fill_meta(outbox, tag)
-            outbox.calls[-1].live = True
-
         tag, answers = link.open_stream(fill)
 
         def audio(data: bytes) -> Callable[[fpb.LinkRequest], None]:

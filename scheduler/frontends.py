@@ -361,19 +361,18 @@ class LinkServicer(fpb_grpc.RelayServicer):
             if refused is not None:
                 raise refused
             if call.live:
-                request, audio, error = pb.RecognizeRequest(), None, ""
-            elif call.HasField("decoded"):
+                assert inputs is not None, "a live call has its inputs"
+                await run_admitted(self.drain, lambda: self._live(call, inputs, emit))
+                emit(fpb.RelayedAnswer(tag=call.tag))  # the stream ended: OK
+                return
+            if call.HasField("decoded"):
                 request = pb.RecognizeRequest(config=call.decoded.config)
                 audio = self._decoded(call, index)
                 error = call.decoded.error
             else:
                 request, audio, error = self._request(call, index), None, ""
             timeout = call.timeout_s or None
-            if call.live:
-                assert inputs is not None, "a live call has its inputs"
-                await run_admitted(self.drain, lambda: self._live(call, inputs, emit))
-                emit(fpb.RelayedAnswer(tag=call.tag))  # the stream ended: OK
-            elif call.stream:
+            if call.stream:
                 await run_admitted(self.drain, lambda: self._stream(call, request, timeout,
                                                                     audio, error, emit))
             else:
@@ -397,19 +396,24 @@ class LinkServicer(fpb_grpc.RelayServicer):
                       emit: Callable[[fpb.RelayedAnswer], None]) -> None:
         """A relayed upload, under the same stream limits as a stream of the scheduler's own
         (counted from when it arrives whole)."""
-        recognizer = self.recognizer
-        with recognizer.limits.admit(client_key(call.peer,
-                                                call.metadata.get("authorization", ""))):
+        with self._counted_stream(call):
+            responses = self.recognizer.relayed_upload(request, timeout_s, audio, error)
+            async with contextlib.aclosing(responses):
+                async for response in responses:
+                    emit(fpb.RelayedAnswer(tag=call.tag, more=not response.is_last,
+                                           response=response.SerializeToString()))
+
+    @contextlib.contextmanager
+    def _counted_stream(self, call: fpb.RelayedCall) -> Iterator[None]:
+        """A relayed stream admitted under the scheduler's stream limits (per client) and
+        counted in `asr_live_streams` while it runs, as a stream of its own is."""
+        key = client_key(call.peer, call.metadata.get("authorization", ""))
+        with self.recognizer.limits.admit(key):
             self.metrics.live_streams.inc()
             try:
-                responses = recognizer.relayed_upload(request, timeout_s, audio, error)
-                async with contextlib.aclosing(responses):
-                    async for response in responses:
-                        emit(fpb.RelayedAnswer(tag=call.tag, more=not response.is_last,
-                                               response=response.SerializeToString()))
+                yield
             finally:
                 self.metrics.live_streams.dec()
-
 
     async def _live(self, call: fpb.RelayedCall, inputs: asyncio.Queue[fpb.StreamInput],
                     emit: Callable[[fpb.RelayedAnswer], None]) -> None:
@@ -420,9 +424,7 @@ class LinkServicer(fpb_grpc.RelayServicer):
         except DecodeError as exc:
             raise InvalidRequest(f"malformed request message: {str(exc)[:200]}") from None
         recognizer = self.recognizer
-        with recognizer.limits.admit(client_key(call.peer,
-                                                call.metadata.get("authorization", ""))):
-            self.metrics.live_streams.inc()
+        with self._counted_stream(call):
             idle = recognizer.limits.idle_watch()
             try:
                 responses = recognizer.live_responses(first.streaming_config,
@@ -434,7 +436,6 @@ class LinkServicer(fpb_grpc.RelayServicer):
                                                response=response.SerializeToString()))
             finally:
                 idle.close()
-                self.metrics.live_streams.dec()
 
 
 class _RelayedInputs:
