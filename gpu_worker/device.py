@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from protos.common.wire import DTYPES, SAMPLE_RATE
 
@@ -20,6 +21,47 @@ MEMORY_HEADROOM = 0.8  # share of free memory a batch may plan to use
 # Messages of CUDA errors after which the context is poisoned: every later call fails too.
 _STICKY_MARKERS = ("cuda error", "device-side assert", "illegal memory access",
                    "cublas_status", "cudnn_status", "unspecified launch failure")
+
+
+T = TypeVar("T")
+
+
+def one_thread_here() -> None:
+    """Make torch compute single-threaded on the calling thread, for good.
+
+    Why threads other than the model thread must not start OpenMP teams (measured on the
+    2-core machine, SenseVoiceSmall on a 10 s clip, 2 torch threads): libgomp counts every
+    thread of every thread's team, and once that count exceeds the cores it lets idle team
+    threads spin only briefly before sleeping on a futex, so each of the model's many small
+    parallel regions waits for a wake-up. A worker that had loaded its model with 2 threads
+    on the main thread and computed on its model thread ran the clip in 0.80-0.91 s, a plain
+    loop on the main thread in 0.66-0.78 s; the second team thread spun 77 % of the time
+    instead of 100 %. torch applies its global thread count to a thread lazily, at its first
+    parallel op; `get_num_threads` does that now, so later changes elsewhere leave this
+    thread at one."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.get_num_threads()
+
+
+def on_own_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a new thread that ends when it returns, taking its OpenMP team with it (see
+    `one_thread_here`): for loading a model, which FunASR does with the model's thread count."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="load")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -82,6 +124,9 @@ class TorchDevice:
 
     def set_threads(self) -> None:
         self._torch.set_num_threads(self.threads)
+        # Applied to this thread now: torch would otherwise apply its global count (which
+        # `one_thread_here` on another thread may have changed since) at the first op.
+        self._torch.get_num_threads()
 
     def memory(self) -> tuple[int, int]:
         if not self.has_cache:

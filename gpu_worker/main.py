@@ -22,6 +22,7 @@ import sys
 
 import grpc
 
+from gpu_worker.device import on_own_thread, one_thread_here
 from gpu_worker.engines.base import Engine, StartupError, create_engine
 from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.log_level, cfg.log_format, cfg.worker_id)
     try:
         load_plugins()
-        engine = create_engine(cfg)
+        engine = load_engine(cfg)
     except StartupError as exc:
         log.error("worker %s cannot start: %s", cfg.worker_id, exc)
         print(f"gpu_worker: cannot start: {exc}", file=sys.stderr)
@@ -123,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.torch_device}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return run_loop(serve(cfg, engine), cfg.event_loop)
+
+
+def load_engine(cfg: WorkerConfig) -> Engine:
+    """The engine, its model loaded. On the CPU the model computes on its model thread in an
+    OpenMP team; this (the event loop's) thread stays single-threaded and the model loads on
+    a thread of its own that ends afterwards, so no other team is left to make libgomp
+    throttle the model thread's (`gpu_worker.device.one_thread_here`). On CUDA the host does
+    little torch work, and engines such as vLLM's expect to load on the main thread."""
+    if cfg.torch_device != "cpu":
+        return create_engine(cfg)
+    one_thread_here()
+    return on_own_thread(lambda: create_engine(cfg))
 
 
 async def serve_live_socket(servicer: WorkerServicer, sock: socket.socket) -> None:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gpu_worker.device import Device, is_oom, is_sticky_error
+from gpu_worker.device import Device, is_oom, is_sticky_error, one_thread_here
 from gpu_worker.engines.base import BatchStats, Transcript, Utterance, WorkerUnhealthy
 from gpu_worker.engines.health import DEFAULT_THRESHOLD, FailureTracker
 
@@ -99,8 +99,9 @@ class Batcher:
         # Staged runners (prepare -> compute -> finish) keep `in_flight` batches going: the
         # host stages of one run on this thread while the model thread computes another.
         self._staged = all(hasattr(runner, m) for m in ("prepare", "compute", "finish"))
-        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host") \
-            if self._staged else None
+        # (Single-threaded torch there: a second OpenMP team would throttle the model's.)
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host",
+                                        initializer=one_thread_here) if self._staged else None
         self._slots = asyncio.Semaphore(
             max(1, int(getattr(runner, "in_flight", 1))) if self._staged else 1)
         self._in_flight: set[asyncio.Task[None]] = set()

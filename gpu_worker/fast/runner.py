@@ -57,8 +57,11 @@ class DirectRunner:
     padding_invariant = True
     # The device computes padded frames: the batcher's audio cap counts size x longest clip.
     padded_budget = True
-    # Batches in flight at once: one being prepared or turned into text on the host while
-    # the device computes another (`prepare` -> `compute` -> `finish`).
+    # Batches in flight at once: on CUDA two, one being prepared or turned into text on the
+    # host while the device computes the other (`prepare` -> `compute` -> `finish`). On the
+    # CPU one: host and "device" share the same cores, so there is nothing to overlap, and a
+    # second batch taken while the first computes only splits the queue into smaller batches
+    # (measured: 16 requests at concurrency 8 ran as batches of 1, 4, 3, 1, 4, 2).
     in_flight = 2
 
     def __init__(self, model_dir: str, family: Family, device: TorchDevice,
@@ -79,6 +82,7 @@ class DirectRunner:
         self.fbank = BatchFbank(self.frontend, device.name)
         self._pin = device.name.startswith("cuda") and torch.cuda.is_available()
         self._copy_stream = torch.cuda.Stream(device.name) if self._pin else None
+        self.in_flight = 2 if self._pin else 1
         log.info("direct engine: %s (%s, family %s) on %s", model_dir,
                  type(self.model).__name__, family.name, device.name)
 
