@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gpu_worker.engines.live_vad import run_alone, vad_step
+from gpu_worker.engines.live_vad import run_alone, use_fast_fbank, vad_step
 from gpu_worker.engines.vad_frames import supports
 from tests.audio_fixtures import espeak_wav
 
@@ -127,6 +127,76 @@ def test_silence_only_and_unsupported_options(models_dir: Path,
     assert _compare(single, recording[:16000 * 20], 60000) >= 1
 
 
+def _front_state(cache: dict[str, Any]) -> tuple[Any, ...]:
+    f = cache["frontend"]
+    return (tuple(f["input_cache"].shape), tuple(f["reserve_waveforms"].shape),
+            [tuple(t.shape) for t in f["lfr_splice_cache"]], f.get("emitted_lfr_frames"))
+
+
+def _compare_fbank(reference: Any, ours: Any, audio: np.ndarray, chunk_ms: int) -> int:
+    """FunASR's calls on `reference`, `vad_step` on `ours` (our fbank in its front-end): the
+    same segments after every chunk, the same frame and sample bookkeeping, scores within
+    float rounding; the number of segments."""
+    theirs: dict[str, Any] = {}
+    mine: dict[str, Any] = {}
+    step, found, worst = chunk_ms * 16, 0, 0.0
+    for n, pos in enumerate(range(0, len(audio), step)):
+        piece, final = audio[pos:pos + step], pos + step >= len(audio)
+        out = reference.generate(input=piece, cache=theirs, is_final=final, chunk_size=chunk_ms)
+        expected = [list(seg) for seg in out[0]["value"]] if out else []
+        got = run_alone(vad_step(ours, piece, mine, final, chunk_ms))
+        assert got == expected, f"chunk {n}"
+        if not final:
+            assert _front_state(mine) == _front_state(theirs), f"chunk {n}"
+            a, b = theirs["stats"].scores, mine["stats"].scores
+            assert a.shape == b.shape, f"chunk {n}"
+            if a.numel():
+                worst = max(worst, float((a - b).abs().max()))
+            sa, sb = _snapshot(theirs), _snapshot(mine)
+            for k in ("noise_average_decibel",):  # float sums of the features' energies
+                assert sb.pop(k) == pytest.approx(sa.pop(k), rel=1e-4), f"chunk {n}"
+            assert sb == sa, f"chunk {n}: " + ", ".join(k for k in sa if sa[k] != sb[k])
+        found += len(got)
+    assert worst < 1e-3, worst  # speech probabilities: rounding, not another computation
+    return found
+
+
+def test_our_fbank_in_the_front_end_keeps_funasr_segments(models_dir: Path,
+                                                          recording: np.ndarray) -> None:
+    """The VAD workers' features (`install_online_fbank`: torch's FFT instead of
+    kaldi-native-fbank) leave FunASR's segments and state as they are: offline 60 s chunks
+    with 30 s and 3 s maximum segments, noisy audio, live 200 ms chunks."""
+    rng = np.random.default_rng(3)
+    noisy = (recording + rng.normal(0, 0.03, len(recording))).astype(np.float32)
+    for max_segment_ms, audio, chunk_ms, least in ((30000, recording, 60000, 20),
+                                                   (3000, recording, 60000, 25),
+                                                   (30000, noisy, 60000, 1),
+                                                   (30000, recording[:16000 * 45], 200, 8)):
+        ours = _vad(models_dir, max_segment_ms)
+        assert use_fast_fbank(ours, "cpu")
+        assert _compare_fbank(_vad(models_dir, max_segment_ms), ours, audio,
+                              chunk_ms) >= least, (max_segment_ms, chunk_ms)
+
+
+def test_our_fbank_equals_kaldi_within_rounding(models_dir: Path,
+                                                recording: np.ndarray) -> None:
+    import torch
+
+    from gpu_worker.fast.features import install_online_fbank
+
+    front = _vad(models_dir, 30000).kwargs["frontend"]
+    wave = torch.from_numpy(recording[:16000 * 60]).unsqueeze(0)
+    theirs = front.forward_fbank(wave, torch.tensor([wave.size(1)]), cache={
+        "input_cache": torch.empty(0)})
+    assert install_online_fbank(front, "cpu")
+    mine = front.forward_fbank(wave, torch.tensor([wave.size(1)]), cache={
+        "input_cache": torch.empty(0)})
+    assert torch.equal(mine[0], theirs[0]) and torch.equal(mine[2], theirs[2])
+    assert mine[1].shape == theirs[1].shape == (1, 5998, 80)
+    torch.testing.assert_close(mine[1], theirs[1], rtol=1e-4, atol=2e-3)
+    assert not install_online_fbank(object(), "cpu")  # not a WavFrontendOnline: untouched
+
+
 def _cuda() -> bool:
     import torch
 
@@ -151,3 +221,17 @@ def test_network_on_cuda_equals_funasr_there_and_the_cpu(models_dir: Path,
         a = run_alone(vad_step(cpu, piece, on_cpu, final, 60000))
         b = run_alone(vad_step(vad, piece, on_cuda, final, 60000))
         assert a == b
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_fbank_and_network_on_cuda_keep_funasr_segments(models_dir: Path,
+                                                        recording: np.ndarray) -> None:
+    """A VAD worker with `--vad-device gpu`: our fbank and the FSMN on cuda:0, LFR, CMVN and
+    the rules on the CPU; FunASR's segments on the CPU."""
+    from funasr import AutoModel
+
+    vad = AutoModel(model=str(models_dir / "fsmn-vad"), device="cuda:0", disable_update=True,
+                    disable_pbar=True, disable_log=True, max_single_segment_time=30000)
+    assert use_fast_fbank(vad, "cuda:0")
+    assert _compare_fbank(_vad(models_dir, 30000), vad, recording, 60000) >= 20

@@ -134,6 +134,17 @@ def _base_kwargs(vad: Any) -> dict[str, Any]:
     return dict(base if base is not None else vad.kwargs)
 
 
+def use_fast_fbank(vad: Any, device: str) -> bool:
+    """Our log-mel (`gpu_worker.fast.features.install_online_fbank`, on `device`) in `vad`'s
+    streaming front-end: the one `vad_step` takes and the one FunASR's own calls use; True
+    when installed in both."""
+    from gpu_worker.fast.features import install_online_fbank
+
+    fronts = {id(f): f for f in (vad.kwargs.get("frontend"), _base_kwargs(vad).get("frontend"))
+              if f is not None}
+    return bool(fronts) and all([install_online_fbank(f, device) for f in fronts.values()])
+
+
 def speech_frontier_ms(cache: dict[str, Any]) -> int | None:
     """Where the open segment's speech reaches so far (ms of the VAD session), or None when no
     segment is open: audio after it is silence the VAD is still timing, which may end the

@@ -8,7 +8,9 @@ A chunk runs through `vad_step` (FunASR's `generate(input=chunk, cache=..., is_f
 chunk_size=60000)` step for step) with the frame decisions of `vad_frames.detect_frames`:
 the same segments and cache, without FunASR's per-frame tensor indexing (its state machine was
 a third of the VAD's CPU time; one 10-minute file: 2.8 s -> 2.1 s on one core of the dev
-machine). `tests/test_vad_frames.py` checks both against FunASR.
+machine), and the log-mel of `gpu_worker.fast.features` (torch, on the worker's device) in
+place of kaldi-native-fbank (2.1 s -> 1.2 s). `tests/test_vad_frames.py` checks both against
+FunASR.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gpu_worker.engines.base import Engine, EngineStats, SessionChunk, register_engine
-from gpu_worker.engines.live_vad import run_alone, vad_step
+from gpu_worker.engines.live_vad import run_alone, use_fast_fbank, vad_step
 from gpu_worker.families import family_for
 from protos.common.wire import DEFAULT_MAX_SEGMENT_MS, VAD_CHUNK_MS
 from protos.common.worker_config import WorkerConfig
@@ -54,10 +56,14 @@ class VadSessionEngine(Engine):
         if max_segment_ms not in self._models:
             from funasr import AutoModel
 
-            self._models[max_segment_ms] = AutoModel(
+            vad = AutoModel(
                 model=self.model_dir, device=self.device, disable_update=True, disable_pbar=True,
                 disable_log=True, ncpu=self.threads, max_single_segment_time=max_segment_ms,
                 **self._extra)
+            if not use_fast_fbank(vad, self.device):
+                log.info("VAD features: FunASR's own fbank (front-end %s)",
+                         type(vad.kwargs.get("frontend")).__name__)
+            self._models[max_segment_ms] = vad
         return self._models[max_segment_ms]
 
     def stats(self) -> EngineStats:

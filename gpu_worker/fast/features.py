@@ -9,11 +9,16 @@ stacking (first frame repeated left, last frame repeated right) and CMVN `(x + s
 Frames past a clip's end never mix into its features, so a clip's features do not depend on
 its neighbours. Clips shorter than one window take FunASR's own path (FunASR shrinks the window
 for them).
+
+`install_online_fbank` puts the same log-mel into FSMN-VAD's streaming front-end
+(`WavFrontendOnline`) in place of kaldi-native-fbank, for one front-end instance.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import types
 from typing import Any
 
 import torch
@@ -114,6 +119,11 @@ class BatchFbank:
             feats, lfr_lens = self._with_short_clips(feats, lfr_lens, wave, lengths, short)
         return feats, lfr_lens
 
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, N) waveforms at the front-end's scale -> (B, F, n_mels) Kaldi log-mel (snip_edges:
+        F = 1 + (N - window) // shift), on this object's device."""
+        return self._log_mel(wave.to(self.device, torch.float32))
+
     def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         frames = wave.unfold(1, self.win, self.shift)  # (B, F, win)
         frames = frames - frames.mean(dim=-1, keepdim=True)
@@ -159,3 +169,46 @@ class BatchFbank:
             feats[i, :t] = mat[0, :t].to(self.device)
             lens[i] = t
         return feats, lens
+
+
+def install_online_fbank(frontend: Any, device: str = "cpu") -> bool:
+    """Compute `frontend`'s (FunASR's `WavFrontendOnline`, FSMN-VAD's streaming front-end)
+    log-mel with `BatchFbank.log_mel` on `device` instead of kaldi-native-fbank; True when
+    installed (False, and the front-end untouched, where this module cannot reproduce its
+    settings). Only the fbank step changes: FunASR's own code still keeps the sample and
+    frame caches and does LFR and CMVN, on the CPU.
+
+    Why: kaldi-native-fbank took 1.08 s of 2.52 s of FSMN-VAD over a 10-minute recording on
+    one core, torch's batched FFT 0.15-0.35 s (BENCHMARKS.md, `bench/vad_speed.py`). The
+    features equal kaldi's within float rounding, not bit for bit; `tests/test_vad_frames.py`
+    checks that the VAD's segments stay FunASR's."""
+    if type(frontend).__name__ != "WavFrontendOnline":
+        return False
+    try:
+        fbank = BatchFbank(frontend, device)
+    except (ValueError, AttributeError):
+        return False
+    size, shift = frontend.frame_sample_length, frontend.frame_shift_sample_length
+    if (size, shift) != (fbank.win, fbank.shift):
+        return False
+
+    def forward_fbank(self: Any, input: torch.Tensor, input_lengths: torch.Tensor,
+                      cache: dict[str, Any] | None = None, **kwargs: Any
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # FunASR's `WavFrontendOnline.forward_fbank` (batch of one), the fbank call ours.
+        if cache is None:
+            cache = {}
+        input = torch.cat((cache["input_cache"], input), dim=1)
+        frame_num = self.compute_frame_num(input.shape[-1], size, shift)
+        cache["input_cache"] = input[:, -(input.shape[-1] - frame_num * shift):]
+        waveforms = feats = lengths = torch.empty(0)
+        if frame_num:
+            waveforms = input[:, :(frame_num - 1) * shift + size]
+            feats = fbank.log_mel(waveforms * (1 << 15)).cpu()
+            lengths = torch.as_tensor([feats.size(1)] * feats.size(0))
+        cache["fbanks"] = feats
+        cache["fbanks_lens"] = copy.deepcopy(lengths)
+        return waveforms, feats, lengths
+
+    frontend.forward_fbank = types.MethodType(forward_fbank, frontend)
+    return True
