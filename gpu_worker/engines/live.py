@@ -35,6 +35,7 @@ from gpu_worker.engines.base import Capabilities, EngineStats, Unsupported
 from gpu_worker.engines.batched import BatchedEngine
 from gpu_worker.engines.live_batch import TickItem, TickStats, run_tick_fused, run_tick_serial
 from gpu_worker.engines.live_session import LiveOptions, LiveSession, LiveUpdate
+from gpu_worker.engines.live_vad import use_fast_fbank
 from protos.common.wire import DEFAULT_MAX_SEGMENT_MS
 from protos.common.worker_config import WorkerConfig
 
@@ -167,6 +168,7 @@ class LiveEngine(BatchedEngine):
             self._vad_model = AutoModel(model=cfg.vad_model, device="cpu", disable_update=True,
                                         disable_pbar=True, disable_log=True, ncpu=1,
                                         max_single_segment_time=DEFAULT_MAX_SEGMENT_MS)
+            use_fast_fbank(self._vad_model, "cpu")  # our log-mel: ~20 % less per 200 ms step
         self.ticker = LiveTicker(self.batcher.run_in_model_thread, _fused_steps(runner))
 
     def start(self) -> None:
