@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +110,9 @@ def sent_at(sends: list[tuple[float, float]], position_s: float) -> float:
 
 @dataclass
 class Latencies:
-    firsts: list[float]  # first interim, s
-    finals: list[float]  # final after end of speech, s
-    endpoints: list[float]  # final after the VAD's endpoint, s
+    firsts: list[float] = field(default_factory=list)  # first interim, s
+    finals: list[float] = field(default_factory=list)  # final after end of speech, s
+    endpoints: list[float] = field(default_factory=list)  # final after the VAD's endpoint, s
     failed: int = 0
 
 
@@ -129,7 +129,7 @@ def run_service(client: AsrClient, audio: np.ndarray, streams: int, end_silence_
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     step = int(CHUNK_S * RATE) * 2
     ends = SpeechEnds(audio)
-    out = Latencies([], [], [])
+    out = Latencies()
     lock = threading.Lock()
     opts = TranscribeOptions(raw_pcm=True, sample_rate=RATE)
     failed: list[BaseException] = []
@@ -228,7 +228,7 @@ def run_funasr_loop(model_dir: str, vad_dir: str, audio: np.ndarray, streams: in
     sessions = [LiveSession(vad, asr, options) for _ in range(streams)]
     seen: list[set[int]] = [set() for _ in range(streams)]
     ends = SpeechEnds(audio)
-    out = Latencies([], [], [])
+    out = Latencies()
     t0 = time.monotonic()
     for due, k, i in chunks:  # one thread, arrival order, one stream per model call
         wait = t0 + due - time.monotonic()
