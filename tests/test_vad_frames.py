@@ -235,3 +235,34 @@ def test_fbank_and_network_on_cuda_keep_funasr_segments(models_dir: Path,
                     disable_pbar=True, disable_log=True, max_single_segment_time=30000)
     assert use_fast_fbank(vad, "cuda:0")
     assert _compare_fbank(_vad(models_dir, 30000), vad, recording, 60000) >= 20
+
+
+@pytest.mark.parametrize("fbank", ["torch", "kaldi"])
+def test_vad_workers_take_the_fbank_they_are_told(models_dir: Path, recording: np.ndarray,
+                                                  fbank: str) -> None:
+    """`--vad-fbank`: `torch` puts our log-mel into the VAD session engine's front-end,
+    `kaldi` leaves FunASR's; both segment like FunASR."""
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from gpu_worker.engines.base import SessionChunk
+    from gpu_worker.engines.session import VadSessionEngine
+    from protos.common.worker_config import WorkerConfig
+
+    engine = VadSessionEngine(WorkerConfig(model=str(models_dir / "fsmn-vad"), engine="vad",
+                                           vad_fbank=fbank))
+    vad = engine.model(30000)
+    front = vad.kwargs["frontend"]
+    assert ("forward_fbank" in vars(front)) == (fbank == "torch")
+    audio = recording[:16000 * 120]
+
+    async def segments() -> list[tuple[int, int]]:
+        async def chunks() -> AsyncIterator[SessionChunk]:
+            for pos in range(0, len(audio), 16000 * 60):
+                yield SessionChunk(audio=audio[pos:pos + 16000 * 60], max_segment_ms=30000,
+                                   is_final=pos + 16000 * 60 >= len(audio))
+        return [s for found in [f async for f in engine.segment(chunks())] for s in found]
+
+    got = asyncio.run(segments())
+    reference = _vad(models_dir, 30000).generate(input=audio)[0]["value"]
+    assert [list(s) for s in got] == [list(s) for s in reference] and len(got) >= 10

@@ -47,6 +47,7 @@ class VadSessionEngine(Engine):
         self.model_dir = cfg.model
         self.device = cfg.torch_device  # `--vad-device gpu`: the FSMN network on cuda:N
         self.threads = cfg.threads
+        self.fast_fbank = cfg.vad_fbank == "torch"
         self._extra = family.model_kwargs(cfg)
         self._models: dict[int, Any] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
@@ -60,7 +61,7 @@ class VadSessionEngine(Engine):
                 model=self.model_dir, device=self.device, disable_update=True, disable_pbar=True,
                 disable_log=True, ncpu=self.threads, max_single_segment_time=max_segment_ms,
                 **self._extra)
-            if not use_fast_fbank(vad, self.device):
+            if self.fast_fbank and not use_fast_fbank(vad, self.device):
                 log.info("VAD features: FunASR's own fbank (front-end %s)",
                          type(vad.kwargs.get("frontend")).__name__)
             self._models[max_segment_ms] = vad
