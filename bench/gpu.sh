@@ -13,7 +13,7 @@
 #      FunASR plain loop, FunASR list batching (fp32 and bf16 autocast), our service with
 #      `generate`, our service with `direct` (fp32 and bf16);
 #   4. long audio: bench/long_audio.py, one 10-minute file through VAD, FunASR and ours (its
-#      VAD in 120 s pieces on 6 VAD workers at once, their network on the GPU, then the CPU);
+#      VAD in 120 s pieces on 6 VAD workers at once, their fbank and network on the GPU, then the CPU);
 #   5. streaming: bench/streaming.py, 1, 16, 256, 1024 live streams of full-size
 #      paraformer-streaming on 8 worker processes beside FunASR's websocket-style loop (1 and
 #      16 streams: one thread serving hundreds of streams falls behind real time), utterances
@@ -118,8 +118,9 @@ step throughput 200 "$PY" bench/throughput.py --model "$MODELS/$ASR" --devices "
 
 # The service's default engine (direct) on one 10-minute file, its VAD in 120 s pieces on the
 # VAD workers at once (a piece agrees with one-pass VAD after a 60-120 s run-in: 5 pieces),
-# first with the VAD workers' FSMN network on the GPU (--vad-device gpu: on one CPU core of the
-# dev machine the network is ~0.75 s of a 10-minute file's ~2.1 s of VAD), then on their cores.
+# first with the VAD workers' fbank and FSMN network on the GPU (--vad-device gpu: on one CPU
+# core of the dev machine they are ~0.15-0.35 s and ~0.75 s of a 10-minute file's ~1.3 s of
+# VAD), then on their cores.
 step long_audio 110 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
     --vad-model "$MODELS/fsmn-vad" --minutes "$MINUTES" --files 1 --vad-workers "$VAD_WORKERS" \
     --vad-devices "$VAD_DEVICES" --vad-split-s 120 --devices "$DEV" --work-dir "$WORK/long" \
