@@ -9,7 +9,8 @@ chunk_size=60000)` step for step) with the frame decisions of `vad_frames.detect
 the same segments and cache, without FunASR's per-frame tensor indexing (its state machine was
 a third of the VAD's CPU time; one 10-minute file: 2.8 s -> 2.1 s on one core of the dev
 machine), and the log-mel of `gpu_worker.fast.features` (torch, on the worker's device) in
-place of kaldi-native-fbank (2.1 s -> 1.2 s). `tests/test_vad_frames.py` checks both against
+place of kaldi-native-fbank (2.35 s -> 1.34 s, `bench/vad_speed.py`; `--vad-fbank kaldi` keeps
+FunASR's). `tests/test_vad_frames.py` checks both against
 FunASR.
 """
 
@@ -45,7 +46,7 @@ class VadSessionEngine(Engine):
         family = family_for(cfg.model, ENGINE)
         self.capabilities = family.capabilities(ENGINE)
         self.model_dir = cfg.model
-        self.device = cfg.torch_device  # `--vad-device gpu`: the FSMN network on cuda:N
+        self.device = cfg.torch_device  # `--vad-device gpu`: fbank and FSMN network on cuda:N
         self.threads = cfg.threads
         self.fast_fbank = cfg.vad_fbank == "torch"
         self._extra = family.model_kwargs(cfg)
