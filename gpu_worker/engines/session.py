@@ -10,8 +10,7 @@ the same segments and cache, without FunASR's per-frame tensor indexing (its sta
 a third of the VAD's CPU time; one 10-minute file: 2.8 s -> 2.1 s on one core of the dev
 machine), and the log-mel of `gpu_worker.fast.features` (torch, on the worker's device) in
 place of kaldi-native-fbank (2.35 s -> 1.34 s, `bench/vad_speed.py`; `--vad-fbank kaldi` keeps
-FunASR's). `tests/test_vad_frames.py` checks both against
-FunASR.
+FunASR's). `tests/test_vad_frames.py` checks both against FunASR.
 """
 
 from __future__ import annotations
