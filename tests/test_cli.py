@@ -19,10 +19,20 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and not handed out before by this test process: two calls in
+    a row may get the same port back from the kernel (a service was once started with its
+    gRPC and metrics ports equal, which it refuses)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
