@@ -156,7 +156,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             raise Failed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from exc
         except WorkerUnhealthy as exc:
             raise Failed(grpc.StatusCode.UNAVAILABLE,
-                             f"{UNHEALTHY_DETAIL}: {exc.reason}") from exc
+                         f"{UNHEALTHY_DETAIL}: {exc.reason}") from exc
         except Exception as exc:  # one utterance failed alone: report it, keep serving
             if is_oom(exc):
                 raise Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, GPU_OOM_DETAIL) from exc
@@ -208,12 +208,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         if not end_silence_ok(cfg.end_silence_ms):
             low, high = END_SILENCE_RANGE_MS
             raise Failed(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"end_silence_ms must be 0 or {low}-{high}")
+                         f"end_silence_ms must be 0 or {low}-{high}")
         options = LiveOptions(offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)
         if cfg.chunk_size:
             if len(cfg.chunk_size) != 3 or min(cfg.chunk_size) < 0 or cfg.chunk_size[1] < 1:
                 raise Failed(grpc.StatusCode.INVALID_ARGUMENT,
-                                 "chunk_size must be 3 values [left, chunk >= 1, right]")
+                             "chunk_size must be 3 values [left, chunk >= 1, right]")
             options = LiveOptions(chunk_size=tuple(cfg.chunk_size),  # type: ignore[arg-type]
                                   encoder_look_back=cfg.encoder_chunk_look_back,
                                   decoder_look_back=cfg.decoder_chunk_look_back,
