@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from protos.common.wire import DTYPES, SAMPLE_RATE
@@ -47,21 +47,10 @@ def one_thread_here() -> None:
 
 def on_own_thread(fn: Callable[[], T]) -> T:
     """`fn()` on a new thread that ends when it returns, taking its OpenMP team with it (see
-    `one_thread_here`): for loading a model, which FunASR does with the model's thread count."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="load")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    `one_thread_here`): for loading a model, which FunASR does with the model's thread count.
+    Its exception, if any, is raised here."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool:
+        return pool.submit(fn).result()
 
 
 def is_oom(exc: BaseException) -> bool:
