@@ -1,6 +1,6 @@
 """The live streams' online FSMN-VAD step (`vad_step`): alone, exactly FunASR's `generate` per
-chunk; its encoder passes batched across streams, the same segments for every stream (real
-FSMN-VAD weights, espeak-ng speech)."""
+chunk; its encoder passes (and, with our fbank, its log-mels) batched across streams, the same
+segments for every stream (real FSMN-VAD weights, espeak-ng speech)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gpu_worker.engines.live_vad import VadCall, run_vad_calls, speech_frontier_ms, vad_step
+from gpu_worker.engines.live_vad import (
+    FbankCall,
+    VadCall,
+    VadWork,
+    run_vad_calls,
+    speech_frontier_ms,
+    use_fast_fbank,
+    vad_step,
+)
 from tests.audio_fixtures import espeak_wav
 
 pytestmark = pytest.mark.integration
@@ -36,6 +44,17 @@ def vad(models_dir: Path, request: pytest.FixtureRequest) -> Any:
     return AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000,
                      disable_update=True, disable_pbar=True, disable_log=True,
                      device=request.param)
+
+
+@pytest.fixture(scope="module")
+def fast_vad(models_dir: Path) -> Any:
+    """The VAD with our fbank in its streaming front-end (what the live workers run)."""
+    from funasr import AutoModel
+
+    vad = AutoModel(model=str(models_dir / "fsmn-vad"), max_single_segment_time=30000,
+                    disable_update=True, disable_pbar=True, disable_log=True, device="cpu")
+    assert use_fast_fbank(vad, "cpu")
+    return vad
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +87,7 @@ def drive_alone(vad: Any, cache: dict[str, Any], audio: np.ndarray, is_final: bo
     try:
         call = next(run)
         while True:
-            assert isinstance(call, VadCall)
+            assert isinstance(call, VadCall | FbankCall)
             call = run.send(call.run())
     except StopIteration as stop:
         return stop.value
@@ -87,17 +106,21 @@ def test_a_step_alone_is_funasr_generate(vad: Any, streams: list[np.ndarray]) ->
     assert found >= 2 * len(streams)  # every stream's utterances were closed
 
 
+@pytest.mark.parametrize("fbank", ["kaldi", "torch"])
 @pytest.mark.parametrize("n", [2, 4, 12])
-def test_batched_encoder_passes_give_each_stream_its_own_segments(
-        vad: Any, streams: list[np.ndarray], n: int) -> None:
-    """N streams stepping together, their encoder passes run as one batched pass per round
-    (streams start at different times, some rounds have streams with fresh caches): every
-    step's segments equal the stream stepped alone."""
+def test_batched_vad_work_gives_each_stream_its_own_segments(
+        vad: Any, fast_vad: Any, streams: list[np.ndarray], n: int, fbank: str) -> None:
+    """N streams stepping together, their VAD work run as one batched call per kind and round
+    (encoder passes; with our fbank also the log-mels; streams start at different times, some
+    rounds have streams with fresh caches): every step's segments equal the stream stepped
+    alone."""
+    if fbank == "torch":
+        vad = fast_vad
     audios = [streams[k % len(streams)][(k // len(streams)) * 800:] for k in range(n)]
     plans = [[(None, False)] * (k % 3) + chunks(a, k) for k, a in enumerate(audios)]
     alone: list[dict[str, Any]] = [{} for _ in range(n)]
     together: list[dict[str, Any]] = [{} for _ in range(n)]
-    largest = 0
+    largest: dict[type, int] = {FbankCall: 0, VadCall: 0}
     for t in range(max(len(p) for p in plans)):
         runs, want = {}, {}
         for k in range(n):
@@ -114,7 +137,8 @@ def test_batched_encoder_passes_give_each_stream_its_own_segments(
                 got[k] = stop.value
         while waiting:
             ids = list(waiting)
-            largest = max(largest, len(ids))
+            for kind in largest:
+                largest[kind] = max(largest[kind], sum(isinstance(waiting[k], kind) for k in ids))
             scores = run_vad_calls([waiting.pop(k) for k in ids])
             for k, s in zip(ids, scores, strict=True):
                 try:
@@ -122,7 +146,26 @@ def test_batched_encoder_passes_give_each_stream_its_own_segments(
                 except StopIteration as stop:
                     got[k] = stop.value
         assert got == want, t
-    assert largest == n
+    assert largest[VadCall] == n
+    assert largest[FbankCall] == (n if fbank == "torch" else 0)
+
+
+def test_batched_log_mels_equal_each_streams_own(fast_vad: Any,
+                                                 streams: list[np.ndarray]) -> None:
+    """One `run_vad_calls` of several streams' log-mels (different lengths: steps of 200-270
+    ms) gives each stream, bit for bit, what its call alone gives."""
+    calls: list[VadWork] = []
+    for k, audio in enumerate(streams * 2):
+        step_ms = CHUNK_MS + 10 * k
+        run = vad_step(fast_vad, audio[k * 160:k * 160 + 16 * step_ms], {}, False, step_ms)
+        calls.append(next(run))
+        run.close()
+    assert all(isinstance(c, FbankCall) for c in calls)
+    assert len({c.wave.shape[1] for c in calls}) > 1  # type: ignore[attr-defined]
+    for call, mel in zip(calls, run_vad_calls(calls), strict=True):
+        import torch
+
+        assert torch.equal(mel, call.run())
 
 
 def test_fixed_end_silence_is_funasr_max_end_silence_time(vad: Any,

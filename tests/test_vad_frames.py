@@ -193,7 +193,10 @@ def test_our_fbank_equals_kaldi_within_rounding(models_dir: Path,
         "input_cache": torch.empty(0)})
     assert torch.equal(mine[0], theirs[0]) and torch.equal(mine[2], theirs[2])
     assert mine[1].shape == theirs[1].shape == (1, 5998, 80)
-    torch.testing.assert_close(mine[1], theirs[1], rtol=1e-4, atol=2e-3)
+    # Rounding differs with the CPU's vector code: largest difference 2.2e-3 on an Intel Xeon
+    # (a log of a bin with little energy), under 2e-3 on an AMD EPYC; log-mels span ~0-25.
+    torch.testing.assert_close(mine[1], theirs[1], rtol=1e-4, atol=5e-3)
+    assert (mine[1] - theirs[1]).abs().mean() < 1e-4
     assert not install_online_fbank(object(), "cpu")  # not a WavFrontendOnline: untouched
 
 

@@ -13,8 +13,9 @@ ended and the next began in the same chunk) or finish with its update.
 `run_tick_serial` is the fallback for models `StreamingBatch` does not serve: each stream's
 calls go through FunASR's `generate` one by one.
 
-Each step's VAD hands its network pass to the tick (`live_vad.VadCall`); the tick runs the
-passes of all its streams as one (`run_vad_calls`) before the decoder rounds.
+Each step's VAD hands its log-mel and its network pass to the tick (`live_vad.FbankCall`,
+`live_vad.VadCall`); the tick runs those of all its streams as one call each (`run_vad_calls`)
+before the decoder rounds.
 
 A failure inside one stream's step (its VAD's front-end or state machine, say) fails that
 stream only; a failure of a fused VAD pass or model call fails the streams in that call.
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpu_worker.engines.live_session import DecodeCall, LiveSession, LiveUpdate, StepRun
-from gpu_worker.engines.live_vad import VadCall, run_vad_calls
+from gpu_worker.engines.live_vad import VadWork, run_vad_calls
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class _FusedTick:
         self.runs: list[StepRun] = [item.session.steps(item.audio, item.is_final)
                                     for item in tick]
         self.pending: dict[int, _Pending] = {}
-        self.vad: dict[int, VadCall] = {}  # streams waiting for their VAD encoder pass
+        self.vad: dict[int, VadWork] = {}  # streams waiting for VAD work (log-mel, encoder pass)
         self.stats = TickStats()
 
     def advance(self, i: int, value: Any) -> None:
@@ -104,7 +105,7 @@ class _FusedTick:
 
         while True:
             try:
-                call: DecodeCall | VadCall = (next(self.runs[i]) if value is None
+                call: DecodeCall | VadWork = (next(self.runs[i]) if value is None
                                               else self.runs[i].send(value))
             except StopIteration as stop:
                 update: LiveUpdate = stop.value
@@ -115,7 +116,7 @@ class _FusedTick:
                 log.exception("live step failed")
                 self.outcomes[i] = exc
                 return
-            if isinstance(call, VadCall):
+            if isinstance(call, VadWork):
                 self.vad[i] = call
                 return
             state = call.cache.get(FUSED_CACHE_KEY)
@@ -132,7 +133,7 @@ class _FusedTick:
             value = str(sentence_postprocess([])[0])  # no whole chunk yet: FunASR's empty text
 
     def run_vad(self) -> None:
-        """The VAD encoder passes of every stream waiting for one, as one batched pass."""
+        """The VAD work of every stream waiting for some, batched by kind."""
         ids = list(self.vad)
         calls = [self.vad.pop(i) for i in ids]
         try:

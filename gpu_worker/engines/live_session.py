@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_worker.engines.live_vad import VadCall, speech_frontier_ms, vad_step
+from gpu_worker.engines.live_vad import VadWork, speech_frontier_ms, vad_step
 from protos.common.wire import SAMPLES_PER_MS
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class LiveUpdate:
 
 # A step yields the VAD's encoder passes (send back the scores) and the decoder calls (send
 # back the text); a tick runs each kind for all its streams together.
-StepRun = Generator["DecodeCall | VadCall", "str | torch.Tensor", "LiveUpdate"]
+StepRun = Generator["DecodeCall | VadWork", "str | torch.Tensor", "LiveUpdate"]
 
 
 class LiveSession:
@@ -257,7 +257,7 @@ class LiveSession:
         try:
             call = next(run)
             while True:
-                if isinstance(call, VadCall):
+                if isinstance(call, VadWork):
                     call = run.send(call.run())
                     continue
                 calls += 1

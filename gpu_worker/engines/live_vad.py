@@ -4,13 +4,16 @@
 written as a generator: it does what that method does with the stream's cache (the front-end's
 carried samples and frames, the 200 ms sub-chunks, the dynamic end-silence schedule, the
 decibels, the state machine, the segment bookkeeping) by calling the model's own methods, but
-where FunASR runs the FSMN encoder it yields a `VadCall` and waits for the scores. Run alone
-(`VadCall.run`), a step is FunASR's `generate(input=chunk, cache=..., is_final=...,
-chunk_size=...)`: the same calls on the same tensors. A live tick instead runs the `VadCall`s
-of all its streams as one encoder pass (`run_vad_calls`): the FSMN's layers work row by row
-(linear maps, a per-channel convolution along time, each stream's own left context), so a
-stream's scores do not depend on its neighbours, and one pass costs about what one stream's
-did (CPU, 20 frames: 5 ms for 1 stream, 10 ms for 16, 70 ms for 256).
+where FunASR runs the FSMN encoder it yields a `VadCall` and waits for the scores; where the
+front-end (with our fbank installed, `gpu_worker.fast.features.install_online_fbank`) takes a
+log-mel it yields an `FbankCall` first. Run alone (`.run()`), a step is FunASR's
+`generate(input=chunk, cache=..., is_final=..., chunk_size=...)`: the same calls on the same
+tensors. A live tick instead runs the calls of all its streams together (`run_vad_calls`):
+one encoder pass for all `VadCall`s — the FSMN's layers work row by row (linear maps, a
+per-channel convolution along time, each stream's own left context), so a stream's scores do
+not depend on its neighbours, and one pass costs about what one stream's did (CPU, 20 frames:
+5 ms for 1 stream, 10 ms for 16, 70 ms for 256) — and one log-mel of all `FbankCall`s' frames
+(`BatchFbank.log_mel_many`: row by row too, bit for bit each stream's own on the CPU).
 """
 
 from __future__ import annotations
@@ -23,12 +26,47 @@ import numpy as np
 import torch
 
 from gpu_worker.engines.vad_frames import detect_frames
+from gpu_worker.fast.features import online_fbank_input, set_ready_log_mel
 
 STREAMING_CHUNK_LIMIT_MS = 15000  # FunASR: a chunk_size under this means streaming input
 
 
+class VadWork:
+    """Model work a VAD step hands to its caller: `run()` alone, or batched with other
+    streams' work of the same `batch_key` by `run_vad_calls`."""
+
+    def run(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_key(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    @staticmethod
+    def run_many(calls: list[Any]) -> list[torch.Tensor]:
+        """Calls of one `batch_key` together: each one's result, as its `run()` gives it."""
+        raise NotImplementedError
+
+
 @dataclass
-class VadCall:
+class FbankCall(VadWork):
+    """One stream's log-mel: the waveform its front-end's next call takes frames from."""
+
+    fbank: Any  # the front-end's `BatchFbank`
+    wave: torch.Tensor  # (1, N) on the host, at the fbank's scale
+
+    def run(self) -> torch.Tensor:
+        return self.fbank.log_mel(self.wave).cpu()
+
+    def batch_key(self) -> tuple[Any, ...]:
+        return (id(self.fbank),)
+
+    @staticmethod
+    def run_many(calls: list[FbankCall]) -> list[torch.Tensor]:
+        return calls[0].fbank.log_mel_many([c.wave for c in calls])
+
+
+@dataclass
+class VadCall(VadWork):
     """One stream's FSMN encoder pass: its features and its encoder cache (FunASR's
     `cache["encoder"]`: a left-context tensor per layer, created on the first pass)."""
 
@@ -41,38 +79,42 @@ class VadCall:
         with torch.no_grad():
             return self.encoder(self.feats, cache=self.cache)
 
+    def batch_key(self) -> tuple[Any, ...]:
+        return (id(self.encoder), tuple(self.feats.shape[1:]), self.feats.device,
+                self.feats.dtype)
 
-VadSteps = Generator[VadCall, torch.Tensor, list[list[int]]]
-
-
-def run_vad_calls(calls: list[VadCall]) -> list[torch.Tensor]:
-    """The encoder passes of many streams, one batched pass per encoder and feature shape;
-    each stream's cache is updated as its own pass would have."""
-    scores: list[torch.Tensor | None] = [None] * len(calls)
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, c in enumerate(calls):
-        key = (id(c.encoder), tuple(c.feats.shape[1:]), c.feats.device, c.feats.dtype)
-        groups.setdefault(key, []).append(i)
-    for members in groups.values():
-        if len(members) == 1:
-            scores[members[0]] = calls[members[0]].run()
-            continue
-        encoder = calls[members[0]].encoder
-        caches = [calls[i].cache for i in members]
+    @staticmethod
+    def run_many(calls: list[VadCall]) -> list[torch.Tensor]:
+        """Equal-shaped passes of one encoder as one batch, each cache updated."""
+        caches = [c.cache for c in calls]
         merged: dict[str, torch.Tensor] = {}
         for key in {k for c in caches for k in c}:
             seen = next(c[key] for c in caches if key in c)
             merged[key] = torch.cat([c[key] if key in c else torch.zeros_like(seen)
                                      for c in caches])
         with torch.no_grad():
-            out = encoder(torch.cat([calls[i].feats for i in members]), cache=merged)
-        for b, i in enumerate(members):
-            scores[i] = out[b:b + 1]
+            out = calls[0].encoder(torch.cat([c.feats for c in calls]), cache=merged)
+        for b, cache in enumerate(caches):
             for key, value in merged.items():
-                calls[i].cache[key] = value[b:b + 1].clone()
-    done = [s for s in scores if s is not None]
-    assert len(done) == len(calls), "every call belongs to one group"
-    return done
+                cache[key] = value[b:b + 1].clone()
+        return [out[b:b + 1] for b in range(len(calls))]
+
+
+VadSteps = Generator[VadWork, torch.Tensor, list[list[int]]]
+
+
+def run_vad_calls(calls: list[VadWork]) -> list[torch.Tensor]:
+    """The VAD work of many streams, one batched call per kind and `batch_key` (one log-mel
+    per fbank, one encoder pass per encoder and feature shape): each call's result, in order."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, c in enumerate(calls):
+        groups.setdefault((type(c), *c.batch_key()), []).append(i)
+    results: dict[int, torch.Tensor] = {}
+    for members in groups.values():
+        group = [calls[i] for i in members]
+        out = [group[0].run()] if len(group) == 1 else type(group[0]).run_many(group)
+        results.update(zip(members, out, strict=True))
+    return [results[i] for i in range(len(calls))]
 
 
 def run_alone(steps: VadSteps) -> list[list[int]]:
@@ -216,6 +258,9 @@ def vad_step(vad: Any, audio: np.ndarray, cache: dict[str, Any], is_final: bool,
                     break
             cache["_dynamic_accumulated_ms"] = accumulated_ms
             cache["_dynamic_in_speech"] = in_speech
+        wave = online_fbank_input(frontend, cache["frontend"], piece[None, :])
+        if wave is not None:  # our fbank: its log-mel computed by the caller
+            set_ready_log_mel(cache["frontend"], (yield FbankCall(frontend.batch_fbank, wave)))
         with torch.no_grad():  # as FunASR's `AutoModel.inference` runs it
             speech, _ = extract_fbank([piece], data_type=kwargs.get("data_type", "sound"),
                                       frontend=frontend, cache=cache["frontend"], is_final=last,

@@ -124,8 +124,20 @@ class BatchFbank:
         F = 1 + (N - window) // shift), on this object's device."""
         return self._log_mel(wave.to(self.device, torch.float32))
 
+    def log_mel_many(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several (1, N_i) waveforms at the front-end's scale -> each one's (1, F_i, n_mels)
+        log-mel on the host, as `log_mel` gives it, computed as one batch of frames on this
+        object's device (one FFT and one mel product for all: what a live tick's streams
+        share)."""
+        frames = [w.reshape(-1).unfold(0, self.win, self.shift) for w in waves]
+        mel = self._frames_log_mel(torch.cat(frames).to(self.device, torch.float32)).cpu()
+        return [m.clone()[None] for m in mel.split([f.size(0) for f in frames])]
+
     def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        frames = wave.unfold(1, self.win, self.shift)  # (B, F, win)
+        return self._frames_log_mel(wave.unfold(1, self.win, self.shift))  # (B, F, win)
+
+    def _frames_log_mel(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., win) frames -> (..., n_mels) log-mel."""
         frames = frames - frames.mean(dim=-1, keepdim=True)
         prev = torch.cat((frames[..., :1], frames[..., :-1]), dim=-1)
         frames = (frames - PREEMPHASIS * prev) * self.window
@@ -198,17 +210,57 @@ def install_online_fbank(frontend: Any, device: str = "cpu") -> bool:
         # FunASR's `WavFrontendOnline.forward_fbank` (batch of one), the fbank call ours.
         if cache is None:
             cache = {}
-        input = torch.cat((cache["input_cache"], input), dim=1)
-        frame_num = self.compute_frame_num(input.shape[-1], size, shift)
+        ready = cache.pop(READY_LOG_MEL, None)
+        input, frame_num = _online_input(self, cache, input)
         cache["input_cache"] = input[:, -(input.shape[-1] - frame_num * shift):]
         waveforms = feats = lengths = torch.empty(0)
         if frame_num:
             waveforms = input[:, :(frame_num - 1) * shift + size]
-            feats = fbank.log_mel(waveforms * (1 << 15)).cpu()
+            if ready is not None and ready.size(1) == frame_num:
+                feats = ready
+            else:
+                feats = fbank.log_mel(waveforms * (1 << 15)).cpu()
             lengths = torch.as_tensor([feats.size(1)] * feats.size(0))
         cache["fbanks"] = feats
         cache["fbanks_lens"] = copy.deepcopy(lengths)
         return waveforms, feats, lengths
 
     frontend.forward_fbank = types.MethodType(forward_fbank, frontend)
+    frontend.batch_fbank = fbank
     return True
+
+
+READY_LOG_MEL = "ready_log_mel"  # a front-end cache's log-mel computed ahead (`online_fbank_input`)
+
+
+def _online_input(frontend: Any, cache: dict[str, Any], piece: torch.Tensor
+                  ) -> tuple[torch.Tensor, int]:
+    """`WavFrontendOnline.forward_fbank`'s input: the carried samples and `piece` ((1, N)),
+    and how many frames it cuts from them."""
+    joined = torch.cat((cache["input_cache"], piece), dim=1)
+    return joined, frontend.compute_frame_num(joined.shape[-1], frontend.frame_sample_length,
+                                              frontend.frame_shift_sample_length)
+
+
+def online_fbank_input(frontend: Any, cache: dict[str, Any], piece: torch.Tensor
+                       ) -> torch.Tensor | None:
+    """For a front-end with our fbank installed: the waveform (at the fbank's scale) whose
+    log-mel its next call with `piece` ((1, N), cache `cache`) will take, so that a caller can
+    compute it ahead, for many streams at once (`BatchFbank.log_mel_many`), and hand it over
+    with `set_ready_log_mel`. None when the call takes no frames or the front-end is FunASR's.
+    An empty `cache` is initialised as the front-end's first call would."""
+    if getattr(frontend, "batch_fbank", None) is None:
+        return None
+    if not cache:
+        frontend.init_cache(cache)
+    joined, frame_num = _online_input(frontend, cache, piece)
+    if not frame_num:
+        return None
+    size, shift = frontend.frame_sample_length, frontend.frame_shift_sample_length
+    return joined[:, :(frame_num - 1) * shift + size] * (1 << 15)
+
+
+def set_ready_log_mel(cache: dict[str, Any], log_mel: torch.Tensor) -> None:
+    """The log-mel of `online_fbank_input`'s waveform, for the front-end's next call (used
+    once; a call that cuts a different number of frames computes its own)."""
+    cache[READY_LOG_MEL] = log_mel
