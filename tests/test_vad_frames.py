@@ -269,3 +269,39 @@ def test_vad_workers_take_the_fbank_they_are_told(models_dir: Path, recording: n
     got = asyncio.run(segments())
     reference = _vad(models_dir, 30000).generate(input=audio)[0]["value"]
     assert [list(s) for s in got] == [list(s) for s in reference] and len(got) >= 10
+
+
+def test_a_new_maximum_segment_length_loads_off_the_event_loop(models_dir: Path,
+                                                               recording: np.ndarray) -> None:
+    """A stream asking for a maximum segment length the VAD worker has no model for yet gets
+    one loaded on the engine's VAD thread, not on the event loop (a load takes ~1 s there:
+    every other stream of the worker would wait), and its segments are FunASR's for it."""
+    import asyncio
+    import threading
+    from collections.abc import AsyncIterator
+
+    from gpu_worker.engines.base import SessionChunk
+    from gpu_worker.engines.session import VadSessionEngine
+    from protos.common.worker_config import WorkerConfig
+
+    engine = VadSessionEngine(WorkerConfig(model=str(models_dir / "fsmn-vad"), engine="vad"))
+    loads: list[tuple[int, str]] = []
+    load = engine.model
+
+    def traced(max_segment_ms: int) -> Any:
+        loads.append((max_segment_ms, threading.current_thread().name))
+        return load(max_segment_ms)
+
+    engine.model = traced  # type: ignore[method-assign]
+    audio = recording[:16000 * 50]
+
+    async def segments() -> list[tuple[int, int]]:
+        async def chunks() -> AsyncIterator[SessionChunk]:
+            yield SessionChunk(audio=audio, max_segment_ms=3000, is_final=True)
+        return [s for found in [f async for f in engine.segment(chunks())] for s in found]
+
+    got = asyncio.run(segments())
+    assert loads and all(ms == 3000 and name.startswith("vad") for ms, name in loads), loads
+    reference = _vad(models_dir, 3000).generate(input=audio)[0]["value"]
+    assert [list(s) for s in got] == [list(s) for s in reference]
+    assert max(e - s for s, e in got) < 3100 and len(got) >= 8  # cut near 3 s (3,010 seen)

@@ -87,8 +87,9 @@ class VadSessionEngine(Engine):
         cache: dict[str, Any] = {}
         model = None
         async for chunk in chunks:
-            if model is None:
-                model = self.model(chunk.max_segment_ms or DEFAULT_MAX_SEGMENT_MS)
+            if model is None:  # a new maximum segment length loads a model: not on the loop
+                model = await loop.run_in_executor(
+                    self._executor, self.model, chunk.max_segment_ms or DEFAULT_MAX_SEGMENT_MS)
             yield await loop.run_in_executor(self._executor, self._run, model, cache,
                                              chunk.audio, chunk.is_final)
             if chunk.is_final:
