@@ -15,8 +15,10 @@ Reported per N: mean
 model-thread ms per tick (all of it, and the decoder part alone), p95, the speed-up, fused
 model calls per tick and streams per call, and how many updates differed between (a) and (b)
 (must be 0 with FunASR's front-end; `--device-frontend` computes the fused path's features
-with our batched front-end, equal only within float rounding). The order of (a) and (b)
-alternates per tick, so machine load hits both alike.
+with our batched front-end, equal only within float rounding). `--vad-fbank torch` puts our
+fbank into the VAD's front-end for both paths, as the worker does; the fused path then also
+computes all streams' VAD log-mels as one batch (bit-equal on the CPU: 0 differences). The
+order of (a) and (b) alternates per tick, so machine load hits both alike.
 
     python bench/live_batch.py --model models/paraformer-streaming-tiny \\
         --vad-model models/fsmn-vad --streams 1,16,64
@@ -163,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-frontend", action="store_true",
                    help="fused path: features of full chunks by our batched front-end on the "
                    "device (default: FunASR's front-end per chunk, bit-exact)")
+    p.add_argument("--vad-fbank", choices=("kaldi", "torch"), default="kaldi",
+                   help="the VAD front-end's fbank in both paths: FunASR's kaldi-native-fbank, "
+                   "or ours (what the worker runs, `--vad-fbank torch`; the fused path then "
+                   "batches the streams' log-mels too)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of the model (the VAD uses 1, as in the worker)")
     p.add_argument("--work-dir", type=Path, default=Path("build/bench-live-batch"))
@@ -175,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     asr = AutoModel(model=args.model, device=args.device, ncpu=args.threads, **kw)
     vad = AutoModel(model=args.vad_model, device="cpu", max_single_segment_time=30000, ncpu=1,
                     **kw)
+    if args.vad_fbank == "torch":
+        from gpu_worker.engines.live_vad import use_fast_fbank
+
+        if not use_fast_fbank(vad, "cpu"):
+            p.error("our fbank does not fit this VAD's front-end")
     audio = recording(args.work_dir / "clips", args.utterances)
     rows = []
     for n in [int(x) for x in args.streams.split(",") if x.strip()]:
