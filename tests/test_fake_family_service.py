@@ -82,6 +82,7 @@ def test_sticky_failing_worker_is_restarted_and_its_requests_run_elsewhere(
         time.sleep(0.2)
     assert sim0.restarts >= 1, sim0.last_error
     # It exits with code 4 half a second after turning unhealthy; a heartbeat that lands in
-    # that window may see it stopping first (then the scheduler kills it).
-    assert sim0.last_error in ("exited with code 4", "no heartbeat (UNAVAILABLE); killed"), (
-        sim0.last_error)
+    # that window may see it stopping first (then the scheduler kills it). An exit's reason
+    # carries the last lines of the worker's stderr where the scheduler has read them by then.
+    assert sim0.last_error.startswith(("exited with code 4", "no heartbeat (UNAVAILABLE); "
+                                                             "killed")), sim0.last_error
