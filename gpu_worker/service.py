@@ -123,7 +123,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             for task in list(running.values()):
                 task.cancel()
 
-    def _audio(self, request: pb.TranscribeRequest) -> np.ndarray:
+    def _audio(self, request: pb.TranscribeRequest | pb.VadRequest) -> np.ndarray:
+        """A unit's or VAD chunk's samples: inline, or a copy from the PCM arena."""
         if not request.HasField("pcm_ref"):
             return decode_pcm(request.pcm, request.sample_format)
         if self.arena is None:
@@ -175,8 +176,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VadResponse]:
         async def chunks() -> AsyncIterator[SessionChunk]:
             async for req in request_iterator:
-                yield SessionChunk(audio=decode_pcm(req.pcm, req.sample_format),
-                                   is_final=req.is_final, max_segment_ms=req.max_segment_ms)
+                yield SessionChunk(audio=self._audio(req), is_final=req.is_final,
+                                   max_segment_ms=req.max_segment_ms)
 
         self.active += 1
         try:
@@ -186,6 +187,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                                for s, e in segments])
         except Unsupported as exc:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except Failed as exc:  # a chunk's audio could not be read
+            await context.abort(exc.code, exc.details)
         finally:
             self.active -= 1
 

@@ -178,7 +178,7 @@ class ServeConfig(BaseSettings):
     runtime_dir: str = Field("", description="Directory for worker sockets (default: a fresh "
                              "temp dir)")
     pcm_arena_mib: int = Field(64, ge=0, le=65536, description="Shared memory per recognition "
-                               "worker for handing it audio without copying it through gRPC "
+                               "or VAD worker for handing it audio without copying it through gRPC "
                                "(only what is in flight is touched); 0: audio goes in the "
                                "message")
     tls_cert: str = Field("", description="PEM certificate: turns TLS on (with --tls-key)")

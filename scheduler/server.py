@@ -190,9 +190,9 @@ class AsrService:
         # More than one where cores allow: a long request survives the loss of one.
         vad_count = cfg.vad_workers or min(4, max(2 if (os.cpu_count() or 1) >= 2 else 1,
                                                   (os.cpu_count() or 1) // 4))
-        vad_launch = dataclasses.replace(
-            launch(model=vad_model or "", model_name="fsmn-vad", engine="vad", threads=1),
-            pcm_arena_bytes=0)  # VAD workers get audio on their Segment streams
+        # VAD workers get their chunks (60 s, 3.75 MiB) in a PCM arena of the same size.
+        vad_launch = launch(model=vad_model or "", model_name="fsmn-vad", engine="vad",
+                            threads=1)
         vad_devices = vad_torch_devices(cfg.vad_device, placements, vad_count)
         self.vad_workers = [] if vad_model is None else [
             WorkerHandle(WorkerSpec(f"vad#{i}", "vad", vad_devices[i], is_cpu=True, role="vad"),
@@ -322,7 +322,7 @@ class AsrService:
         call is in progress, collect cyclic garbage (gRPC's own calls leave some)."""
         collected = gc.collect() if not self.drain.active else 0
         released = 0
-        for w in self.workers:
+        for w in (*self.workers, *self.vad_workers):
             arena = w.link.arena if w.link is not None else None
             if arena is not None:
                 released += arena.release_free()

@@ -26,7 +26,8 @@ class VadSession:
 
     def __init__(self, worker: WorkerHandle, max_segment_ms: int) -> None:
         self.worker = worker
-        self._stream = SegmentStream(worker.stub, worker.spec.worker_id, max_segment_ms)
+        arena = worker.link.arena if worker.link is not None else None
+        self._stream = SegmentStream(worker.stub, worker.spec.worker_id, max_segment_ms, arena)
         worker.in_flight += 1
         self._open = True
 

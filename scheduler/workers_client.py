@@ -24,7 +24,7 @@ import numpy as np
 from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.capabilities import Capabilities
-from protos.common.pcm_arena import PcmBlock
+from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.wire import F32LE, encode_pcm
 from scheduler.errors import (
     DeadlineExceeded,
@@ -181,9 +181,12 @@ class SegmentStream:
     the segments it completed (ms from the stream's first sample)."""
 
     def __init__(self, stub: wpb_grpc.WorkerStub | None, worker_id: str,
-                 max_segment_ms: int) -> None:
+                 max_segment_ms: int, arena: PcmArena | None = None) -> None:
+        """`arena`: the worker's shared PCM arena (chunks go there, the request carries
+        where; None or full: inline)."""
         self.worker_id = worker_id
         self.max_segment_ms = max_segment_ms
+        self._arena = arena
         self._outbox: asyncio.Queue[wpb.VadRequest | None] = asyncio.Queue()
         self._first = True
         self._call = _stub(stub, worker_id).Segment(self._requests())
@@ -195,16 +198,34 @@ class SegmentStream:
 
     async def push(self, chunk: np.ndarray, is_final: bool) -> list[tuple[int, int]]:
         """Send one chunk (float32 16 kHz); the segments it completed, in ms."""
-        req = wpb.VadRequest(pcm=chunk.astype("<f4", copy=False).tobytes(),
-                             sample_format=F32LE, is_final=is_final,
+        chunk = chunk.astype("<f4", copy=False)
+        req = wpb.VadRequest(sample_format=F32LE, is_final=is_final,
                              max_segment_ms=self.max_segment_ms if self._first else 0)
         self._first = False
-        await self._outbox.put(req)
+        block = self._place(chunk)
+        if block is None:
+            req.pcm = chunk.tobytes()
+        else:
+            req.pcm_ref.offset, req.pcm_ref.num_bytes = block.offset, block.num_bytes
         try:
+            await self._outbox.put(req)
             resp = await self._responses.__anext__()
         except (grpc.aio.AioRpcError, StopAsyncIteration) as exc:
             raise WorkerLost(f"VAD worker {self.worker_id}: {exc}") from exc
+        finally:  # answered, failed or abandoned: the worker reads the block no more
+            if block is not None and self._arena is not None:
+                self._arena.free(block)
         return [(int(s.start_ms), int(s.end_ms)) for s in resp.segments]
+
+    def _place(self, chunk: np.ndarray) -> PcmBlock | None:
+        """The chunk copied into the arena, or None (no arena, full, or closed with its
+        worker's connection)."""
+        if self._arena is None:
+            return None
+        try:
+            return self._arena.put(chunk)
+        except ValueError:  # the arena was closed: the call is about to fail, send inline
+            return None
 
     def close(self) -> None:
         self._outbox.put_nowait(None)

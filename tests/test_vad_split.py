@@ -91,11 +91,36 @@ def test_parallel_vad_equals_one_pass_vad(service: RunningService, models_dir: P
     svc.call(_warm(pool))
     assert {w.spec.worker_id for w in pool.workers if w.in_flight == 0} == {"vad#0", "vad#1"}
 
+    # Chunks go to the VAD workers through their shared PCM arenas (counted here), and a
+    # chunk's block is free again once its answer is back.
+    arenas = [w.link.arena for w in pool.workers if w.link is not None]
+    assert len(arenas) == 2 and all(a is not None for a in arenas)
+    placed: list[int] = []
+    for arena in arenas:
+        put = arena.put
+
+        def counted(chunk: np.ndarray, put=put) -> object:  # type: ignore[no-untyped-def]
+            block = put(chunk)
+            placed.append(0 if block is None else block.num_bytes)
+            return block
+
+        arena.put = counted  # type: ignore[method-assign]
     one_pass = svc.call(_segment(Segmenter(pool, 30000), samples))
     parallel = ParallelSegmenter(pool, 30000, PIECE_S)
     joined = svc.call(_segment(parallel, samples))
+    assert len(placed) >= SECONDS // 60 and all(n > 0 for n in placed)
+    assert all(a.in_use == 0 for a in arenas)  # type: ignore[union-attr]
+    for w in pool.workers:  # and inline, without the arenas: the same segments
+        assert w.link is not None
+        w.link.arena = None
+    try:
+        inline = svc.call(_segment(Segmenter(pool, 30000), samples))
+    finally:
+        for w, arena in zip(pool.workers, arenas, strict=True):
+            assert w.link is not None
+            w.link.arena = arena
     assert [(s, e) for s, e, _ in one_pass] == funasr_offline_vad(vad_dir, str(recording))
-    assert joined == one_pass
+    assert joined == one_pass == inline
     assert len(one_pass) > 30
     # Speech runs across cut points, and pieces really took over (not one session through).
     crossing = [k for k in range(1, int(SECONDS) // PIECE_S + 1)

@@ -202,16 +202,18 @@ class TranscribeResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., inference_time_s: _Optional[float] = ..., batch_wait_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., hotwords_ignored: _Optional[bool] = ..., batch_id: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., decode_steps: _Optional[int] = ...) -> None: ...
 
 class VadRequest(_message.Message):
-    __slots__ = ("pcm", "sample_format", "is_final", "max_segment_ms")
+    __slots__ = ("pcm", "sample_format", "is_final", "max_segment_ms", "pcm_ref")
     PCM_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     MAX_SEGMENT_MS_FIELD_NUMBER: _ClassVar[int]
+    PCM_REF_FIELD_NUMBER: _ClassVar[int]
     pcm: bytes
     sample_format: SampleFormat
     is_final: bool
     max_segment_ms: int
-    def __init__(self, pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., is_final: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ...) -> None: ...
+    pcm_ref: PcmRef
+    def __init__(self, pcm: _Optional[bytes] = ..., sample_format: _Optional[_Union[SampleFormat, str]] = ..., is_final: _Optional[bool] = ..., max_segment_ms: _Optional[int] = ..., pcm_ref: _Optional[_Union[PcmRef, _Mapping]] = ...) -> None: ...
 
 class VadSegment(_message.Message):
     __slots__ = ("start_ms", "end_ms")
