@@ -200,6 +200,20 @@ def test_our_fbank_equals_kaldi_within_rounding(models_dir: Path,
     assert not install_online_fbank(object(), "cpu")  # not a WavFrontendOnline: untouched
 
 
+def test_broadcast_cmvn_is_funasrs_bit_for_bit(models_dir: Path) -> None:
+    import torch
+
+    from gpu_worker.fast.features import broadcast_cmvn, install_online_fbank
+
+    front = _vad(models_dir, 30000).kwargs["frontend"]
+    theirs = type(front).apply_cmvn  # FunASR's (a staticmethod)
+    assert install_online_fbank(front, "cpu") and front.apply_cmvn is broadcast_cmvn
+    torch.manual_seed(3)
+    for frames in (1, 7, 60):
+        x = torch.randn(frames, front.cmvn.shape[1]) * 8
+        assert torch.equal(broadcast_cmvn(x.clone(), front.cmvn), theirs(x.clone(), front.cmvn))
+
+
 def _cuda() -> bool:
     import torch
 
