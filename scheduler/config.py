@@ -124,6 +124,11 @@ class ServeConfig(BaseSettings):
         "torch", description="The VAD's log-mel features: torch (our fbank, on the VAD's "
         "device; ~40 % of FSMN-VAD's CPU time saved) | kaldi (FunASR's own kaldi-native-fbank, "
         "bit for bit; the segments were equal on every test recording either way)")
+    live_fbank: Literal["torch", "kaldi"] = Field(
+        "torch", description="Live streams' decoder features: torch (our fbank, the full "
+        "chunks of a tick's streams in one batch on the worker's device) | kaldi (FunASR's "
+        "own Kaldi fbank per stream and chunk, bit for bit; the finals were equal on "
+        "every test recording either way)")
     vad_split_s: int = Field(0, ge=0, description="Parallel VAD of one long file: audio "
                              "longer than this (plus a 60 s chunk) is cut here, every this "
                              "many seconds, into pieces segmented at once on the VAD workers "

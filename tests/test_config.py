@@ -161,6 +161,7 @@ BAD = [
     ("vad_workers", "-2", "greater than or equal to 0"),
     ("vad_device", "cuda:0", "'cpu' or 'gpu'"),
     ("vad_fbank", "numpy", "'torch' or 'kaldi'"),
+    ("live_fbank", "numpy", "'torch' or 'kaldi'"),
     ("live_end_silence_ms", "100", "expected 0 (the VAD's own schedule) or 200-6000"),
     ("live_end_silence_ms", "7000", "less than or equal to 6000"),
 ]

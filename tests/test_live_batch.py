@@ -66,14 +66,18 @@ def comparable(u: LiveUpdate) -> tuple[Any, ...]:
             u.interim_start_ms, u.safe_ms, u.processed_ms)
 
 
+@pytest.mark.parametrize("fbank", ["kaldi", "torch"])
 @pytest.mark.parametrize("n", [1, 4, 16])
 def test_fused_ticks_equal_serial_steps(models: tuple[Any, Any], clips: list[np.ndarray],
-                                        n: int) -> None:
+                                        n: int, fbank: str) -> None:
     """N streams with different audio, chunk lengths (60-200 ms) and start times: every
     update of every stream (finals, interim text, times) from the fused tick equals the serial
-    step's, chunk by chunk; steps of several streams share model calls."""
+    step's (FunASR's `generate` per stream and call), chunk by chunk; steps of several streams
+    share model calls. `torch`: the fused path's full chunks take our batched fbank (the live
+    workers' default, `--live-fbank`), equal to FunASR's only within float rounding, yet the
+    same updates here."""
     vad, asr = models
-    batch = StreamingBatch(asr)
+    batch = StreamingBatch(asr, device_frontend=fbank == "torch")
     audios = [stream_audio(clips, k) for k in range(n)]
     chunk = [960 * (1 + k % 3) + 320 * (k % 2) for k in range(n)]  # 60 .. 200 ms
     start = [(k * 3) % 11 for k in range(n)]  # ticks before the stream opens
@@ -163,9 +167,10 @@ def test_streaming_batch_tokens_equal_funasr_generate(models: tuple[Any, Any],
 
 def test_device_frontend_features_match_funasr(models: tuple[Any, Any],
                                                clips: list[np.ndarray]) -> None:
-    """The opt-in batched front-end (`device_frontend=True`): one call for all full chunks,
-    features equal FunASR's per-chunk front-end within float rounding (not bit for bit, so
-    its texts are not guaranteed to equal the serial loop's), tails still through FunASR."""
+    """The batched front-end (`device_frontend=True`, `--live-fbank torch`): one call for all
+    full chunks, features equal FunASR's per-chunk front-end within float rounding (not bit
+    for bit, so its texts are not guaranteed to equal the serial loop's, though they did on
+    every test recording), tails still through FunASR."""
     from funasr.utils.load_utils import extract_fbank
 
     _, asr = models
@@ -189,3 +194,19 @@ def test_unsupported_models_fall_back(models_dir: Path) -> None:
     assert "not ParaformerStreaming" in (unsupported_reason(offline) or "")
     with pytest.raises(ValueError):
         StreamingBatch(offline)
+
+
+@pytest.mark.parametrize("fbank", ["torch", "kaldi"])
+def test_live_workers_take_the_fbank_they_are_told(models_dir: Path, fbank: str) -> None:
+    """`--live-fbank`: `torch` gives the live engine's fused steps our batched fbank for full
+    chunks, `kaldi` leaves FunASR's front-end per chunk (the test above checks both paths'
+    updates equal the serial steps')."""
+    from gpu_worker.engines.base import create_engine
+    from protos.common.worker_config import WorkerConfig
+
+    engine = create_engine(WorkerConfig(model=str(models_dir / "paraformer-streaming-tiny"),
+                                        vad_model=str(models_dir / "fsmn-vad"),
+                                        live_fbank=fbank))
+    fused = engine.ticker._fused  # type: ignore[attr-defined]
+    assert isinstance(fused, StreamingBatch)
+    assert (fused.fbank is not None) == (fbank == "torch")

@@ -170,7 +170,8 @@ class LiveEngine(BatchedEngine):
                                         max_single_segment_time=DEFAULT_MAX_SEGMENT_MS)
             if cfg.vad_fbank == "torch":  # our log-mel: ~20 % less per 200 ms step
                 use_fast_fbank(self._vad_model, "cpu")
-        self.ticker = LiveTicker(self.batcher.run_in_model_thread, _fused_steps(runner))
+        self.ticker = LiveTicker(self.batcher.run_in_model_thread,
+                                 _fused_steps(runner, cfg.live_fbank == "torch"))
 
     def start(self) -> None:
         super().start()
@@ -203,8 +204,9 @@ class LiveEngine(BatchedEngine):
             self.ticker.forget(session)
 
 
-def _fused_steps(runner: Any) -> Any:
-    """A `StreamingBatch` for the runner's model, or None (serial steps) with the reason
+def _fused_steps(runner: Any, device_frontend: bool) -> Any:
+    """A `StreamingBatch` for the runner's model (`device_frontend`: full chunks' features by
+    our batched fbank, `--live-fbank torch`), or None (serial steps) with the reason
     logged."""
     from gpu_worker.fast.streaming import StreamingBatch, unsupported_reason
 
@@ -213,4 +215,4 @@ def _fused_steps(runner: Any) -> Any:
     if reason is not None:
         log.info("live chunk steps run one stream per model call: %s", reason)
         return None
-    return StreamingBatch(automodel)
+    return StreamingBatch(automodel, device_frontend=device_frontend)
