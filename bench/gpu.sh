@@ -127,8 +127,9 @@ step long_audio 110 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
     --json "$OUT_DIR/long_audio.json"
 
 # Live streams spread over LIVE_WORKERS worker processes on the device: each runs its streams'
-# VAD front-end and state machine on its own core (~0.8 ms per stream per 100 ms chunk on the
-# dev machine's CPU after the batched VAD passes: one core holds ~100 streams). Utterances end
+# VAD front-end and state machine on its own core (a fused tick of 64 streams, tiny model, on
+# one core of the dev machine: ~30 ms per 100 ms chunk, i.e. ~0.46 ms per stream, with the
+# VAD's passes and log-mels and the decoder's features batched: one core holds ~200 streams). Utterances end
 # after 300 ms of silence (the VAD's own schedule waits ~2 s, whatever the hardware; CPU rows
 # in BENCHMARKS.md show both): the rows give the latency after the end of speech and, apart,
 # the service's own part after the VAD's endpoint. The clients' calls are held by FRONTENDS
