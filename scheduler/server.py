@@ -190,7 +190,7 @@ class AsrService:
         # More than one where cores allow: a long request survives the loss of one.
         vad_count = cfg.vad_workers or min(4, max(2 if (os.cpu_count() or 1) >= 2 else 1,
                                                   (os.cpu_count() or 1) // 4))
-        # VAD workers get their chunks (60 s, 3.75 MiB) in a PCM arena of the same size.
+        # VAD workers get their 60 s chunks (3.75 MiB) through a PCM arena too.
         vad_launch = launch(model=vad_model or "", model_name="fsmn-vad", engine="vad",
                             threads=1)
         vad_devices = vad_torch_devices(cfg.vad_device, placements, vad_count)

@@ -119,12 +119,18 @@ def unit_request(unit: UnitRequest, block: PcmBlock | None = None,
     req.request_id, req.language = unit.request_id, unit.language
     req.enable_itn, req.max_new_tokens = unit.enable_itn, unit.max_new_tokens
     req.hotwords.extend(unit.hotwords)
+    set_pcm(req, unit.samples, block)
+    return req
+
+
+def set_pcm(req: wpb.TranscribeRequest | wpb.VadRequest, samples: np.ndarray,
+            block: PcmBlock | None) -> None:
+    """A worker request's audio: where `block` lies in the arena, or `samples` inline."""
     if block is not None:
         req.pcm_ref.offset, req.pcm_ref.num_bytes = block.offset, block.num_bytes
         req.sample_format = block.sample_format  # type: ignore[assignment]
     else:
-        req.pcm, req.sample_format = encode_pcm(unit.samples)
-    return req
+        req.pcm, req.sample_format = encode_pcm(samples)  # type: ignore[assignment]
 
 
 def unit_error(worker_id: str, code: grpc.StatusCode, details: str) -> Exception:
@@ -199,14 +205,11 @@ class SegmentStream:
     async def push(self, chunk: np.ndarray, is_final: bool) -> list[tuple[int, int]]:
         """Send one chunk (float32 16 kHz); the segments it completed, in ms."""
         chunk = chunk.astype("<f4", copy=False)
-        req = wpb.VadRequest(sample_format=F32LE, is_final=is_final,
+        req = wpb.VadRequest(is_final=is_final,
                              max_segment_ms=self.max_segment_ms if self._first else 0)
         self._first = False
         block = self._place(chunk)
-        if block is None:
-            req.pcm = chunk.tobytes()
-        else:
-            req.pcm_ref.offset, req.pcm_ref.num_bytes = block.offset, block.num_bytes
+        set_pcm(req, chunk, block)
         try:
             await self._outbox.put(req)
             resp = await self._responses.__anext__()
