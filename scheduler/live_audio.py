@@ -1,10 +1,13 @@
-"""Live-mode input: client byte chunks in, 16 kHz mono float32 blocks out as they arrive.
+"""Live-mode input: client byte chunks in, 16 kHz mono sample blocks out as they arrive.
 
 Raw LINEAR16 is converted in memory chunk by chunk (channels mixed down, other rates resampled
-with a streaming soxr resampler), so a stream open for hours holds nothing but the current
-chunk. Containers (WAV, OGG, WebM, ...) go through the upload path's `StreamDecoder`, which
-parses them incrementally from a disk spool (the spool grows with the stream, at the encoded
-size; memory stays bounded).
+with a streaming soxr resampler, to float32), so a stream open for hours holds nothing but the
+current chunk. Raw LINEAR16 that already is 16 kHz mono is not converted at all: its blocks are
+the int16 samples as sent (half the bytes of float32 to keep and to send to the worker, which
+scales them exactly as this would; a live stream's audio passes here ten times a second).
+Containers (WAV, OGG, WebM, ...) go through the upload path's `StreamDecoder`, which parses
+them incrementally from a disk spool (the spool grows with the stream, at the encoded size;
+memory stays bounded).
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ async def _linear16(chunks: AsyncIterator[bytes], rate: int,
         rest = data[n:]
         if not n:
             continue
-        x = int16_to_float(np.frombuffer(data[:n], dtype="<i2"))
+        pcm = np.frombuffer(data if n == len(data) else data[:n], dtype="<i2")
+        if channels == 1 and resampler is None:
+            yield pcm  # 16 kHz mono: the samples as they are
+            continue
+        x = int16_to_float(pcm)
         if channels > 1:
             x = x.reshape(-1, channels).mean(axis=1, dtype=np.float32)
         if resampler is not None:
@@ -107,7 +114,8 @@ async def _container(chunks: AsyncIterator[bytes],
 
 def live_blocks(chunks: AsyncIterator[bytes], encoding: Encoding, sample_rate: int,
                 channels: int, spool_dir: str | None = None) -> AsyncIterator[np.ndarray]:
-    """16 kHz mono float32 blocks of a live stream, as its bytes arrive."""
+    """16 kHz mono blocks of a live stream, as its bytes arrive: int16 for raw 16 kHz mono
+    LINEAR16, float32 in [-1, 1] otherwise."""
     if encoding == Encoding.LINEAR16:
         return _linear16(chunks, sample_rate, max(1, channels))
     return _container(chunks, spool_dir)

@@ -25,7 +25,7 @@ from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.capabilities import Capabilities
 from protos.common.pcm_arena import PcmArena, PcmBlock
-from protos.common.wire import F32LE, encode_pcm
+from protos.common.wire import encode_pcm
 from scheduler.errors import (
     DeadlineExceeded,
     GpuOutOfMemory,
@@ -296,9 +296,9 @@ class LiveCall:
         return self._final_index >= 0 and self._answered > self._final_index
 
     def send(self, samples: np.ndarray, is_final: bool = False) -> None:
-        """Queue one chunk (float32 16 kHz)."""
-        req = wpb.LiveRequest(pcm=samples.astype("<f4", copy=False).tobytes(),
-                              sample_format=F32LE, is_final=is_final)
+        """Queue one chunk (16 kHz: int16 goes as S16LE, anything else as F32LE)."""
+        pcm, fmt = encode_pcm(samples)
+        req = wpb.LiveRequest(pcm=pcm, sample_format=fmt, is_final=is_final)
         if self._config is not None:
             req.config.CopyFrom(self._config)
             self._config = None
