@@ -43,14 +43,19 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
     def __init__(self, what: str, open_call: Callable[[], Any],
                  new_outbox: Callable[[], OutboxT],
                  on_broken: Callable[[str], object] | None = None,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0, input_linger_s: float = 0.0) -> None:
         """`what` names the call in failure reasons ("the Work call"); `on_broken(why)` is
         told when the other side ends the call or it breaks (not when `close` ends it).
         `linger_s`: the writer waits this long after something arrives before it sends, so
         that what arrives meanwhile shares the message (a gRPC call's message costs far more
-        than an item in it)."""
+        than an item in it). `input_linger_s`: on a call that sends at once (a framed
+        stream), more input for an open request (`send_input`) waits up to this long for
+        the next message, so that the inputs of many streams share one (the other side
+        wakes once for them all); requests and cancels still go at once, and take what
+        waits along."""
         self.what = what
         self._linger_s = linger_s
+        self._input_linger_s = input_linger_s
         self._on_broken = on_broken
         self._open_call = open_call
         self._new_outbox = new_outbox
@@ -66,6 +71,8 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                             ] = {}
         self._tags = itertools.count(1)
         self._writing = False  # the writer task is sending a message
+        self._flush_soon = False  # `_flush_now` is due at the end of this event loop turn
+        self._flush_later: asyncio.TimerHandle | None = None  # or after the input linger
 
     @property
     def pending(self) -> int:
@@ -140,12 +147,34 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         if notify and self._on_broken is not None:
             self._on_broken(why)
 
-    def _flush(self) -> None:
-        """Send the outbox now if the call can take it without waiting (a framed stream's
-        `send_now`, and no message of the writer task's still on its way), else wake the
-        writer task: one task switch less per request."""
+    def _flush(self, linger_s: float = 0.0) -> None:
+        """Something went into the outbox. On a call that sends without waiting (a framed
+        stream's `send_now`), the outbox goes once the event loop's current turn is over (or
+        after `linger_s`): what the tasks running in the same turn add (say, the chunks of
+        many live streams that came in one message) goes as one message and one write, with
+        no task switch. On any other call the writer task is woken."""
+        if getattr(self._call, "send_now", None) is None:
+            self._wake.set()
+            return
+        if self._flush_soon:
+            return
+        if linger_s > 0:
+            if self._flush_later is None:
+                self._flush_later = asyncio.get_running_loop().call_later(linger_s,
+                                                                          self._flush_now)
+            return
+        self._flush_soon = True
+        asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_soon = False
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
         send_now = getattr(self._call, "send_now", None)
-        if send_now is not None and not self._writing and send_now(self._outbox):
+        if send_now is None or not self._outbox.ListFields():  # broke, or sent already
+            return
+        if not self._writing and send_now(self._outbox):
             self._outbox = self._new_outbox()
         else:
             self._wake.set()
@@ -211,7 +240,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         if tag not in self._pending or self._call is None:
             return False
         add(self._outbox)
-        self._flush()
+        self._flush(self._input_linger_s)
         return True
 
     def _send(self, add: Callable[[OutboxT, int], Any],

@@ -147,3 +147,60 @@ async def test_an_open_stream_takes_inputs_until_it_is_over() -> None:
     assert [a async for a in answers] == ["the test link broke: gone"]
     assert not link.send_input(other, lambda out: out.input.add(tag=other, audio=b"x"))
     await link.close("test over")
+
+
+class FramedFake(FakeCall):
+    """A call that can send without waiting, as a framed stream can (`send_now`)."""
+
+    def send_now(self, message: fpb.LinkRequest) -> bool:
+        self.written.append(message)
+        self.wrote.set()
+        return True
+
+
+async def test_what_one_loop_turn_adds_goes_as_one_message() -> None:
+    """On a call that sends at once, requests and inputs added in the same turn of the event
+    loop (tasks woken together) share one message, sent at the end of that turn."""
+    fake = FramedFake()
+    link = _link(fake)
+    tags = [link.open_stream(lambda out, t: out.calls.add(tag=t, live=True))[0]
+            for _ in range(3)]
+    for tag in tags:
+        link.send_input(tag, lambda out, t=tag: out.input.add(tag=t, audio=b"x"))
+    assert fake.written == []  # not yet: the turn is not over
+    await asyncio.sleep(0)
+    assert len(fake.written) == 1
+    assert fake.sent_calls() == tags
+    assert [i.tag for i in fake.written[0].input] == tags
+    await link.close("test over")
+
+
+async def test_inputs_linger_for_others_and_a_request_takes_them_along() -> None:
+    """With `input_linger_s`, the inputs of several streams added over a few milliseconds go
+    as one message after the linger; a request made meanwhile goes at once, with them."""
+    fake = FramedFake()
+    link: TaggedCall[fpb.LinkRequest, fpb.RelayedAnswer] = TaggedCall(
+        "the test link", lambda: fake, fpb.LinkRequest, input_linger_s=0.05)
+    a, _ = link.open_stream(lambda out, t: out.calls.add(tag=t, live=True))
+    b, _ = link.open_stream(lambda out, t: out.calls.add(tag=t, live=True))
+    await asyncio.sleep(0)
+    assert len(fake.written) == 1  # the calls went at once
+    link.send_input(a, lambda out: out.input.add(tag=a, audio=b"1"))
+    await asyncio.sleep(0.01)
+    link.send_input(b, lambda out: out.input.add(tag=b, audio=b"2"))
+    await asyncio.sleep(0.01)
+    assert len(fake.written) == 1  # still lingering
+    await _until(lambda: len(fake.written) == 2, timeout_s=1.0)
+    assert [(i.tag, i.audio) for i in fake.written[1].input] == [(a, b"1"), (b, b"2")]
+
+    link.send_input(a, lambda out: out.input.add(tag=a, audio=b"3"))
+    single = asyncio.ensure_future(link.request(lambda out, tag: out.calls.add(tag=tag)))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(fake.written) == 3  # the request did not wait for the linger
+    assert [(i.tag, i.audio) for i in fake.written[2].input] == [(a, b"3")]
+    assert len(fake.written[2].calls) == 1
+    await asyncio.sleep(0.08)
+    assert len(fake.written) == 3  # the linger's timer found nothing left to send
+    single.cancel()
+    await link.close("test over")
