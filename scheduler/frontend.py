@@ -13,10 +13,11 @@ fraction of a call). A StreamingRecognize upload (not live) whose audio ends wit
 `stream_link_bytes` is read here whole, under the scheduler's stream limits and idle timeout,
 and goes on the Link the same way; its responses come back as tagged answers. A live stream
 goes on the Link too: its config message as a call, then each audio message as a tagged input
-as the client sends it (inputs of many streams ready together share one Link message), its
-responses back as tagged answers, so the scheduler serves live clients without a gRPC call
-each. Every other call (longer uploads, Admin, Health, reflection) is relayed message by
-message as a call of its own under its own method, the messages already read first.
+as the client sends it (an input waits up to `LIVE_INPUT_LINGER_S` for other streams', so
+that one Link message carries many), its responses back as tagged answers, so the scheduler
+serves live clients without a gRPC call each. Every other call (longer uploads, Admin,
+Health, reflection) is relayed message by message as a call of its own under its own method,
+the messages already read first.
 
 Nothing is decided here: status codes, details and trailers come back from the scheduler as
 they are. The client's address and the call's deadline go along (the scheduler limits streams
