@@ -70,7 +70,7 @@ else
   DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   DEV=cuda:0 ASR=sensevoice-small LIVE=paraformer-streaming
   CONCURRENCY=1,32,256,1024 DTYPES=fp32,bf16 STREAMS=1,16,256,1024 LOOP_STREAMS=1,16
-  MINUTES=10 VAD_WORKERS=6 LIVE_WORKERS=8 END_SILENCE=300 VAD_DEVICES=gpu,cpu FRONTENDS=2
+  MINUTES=10 VAD_WORKERS=6 LIVE_WORKERS=8 END_SILENCE=300 VAD_DEVICES=gpu,cpu FRONTENDS=4
 fi
 { echo "device: $DEVICE_NAME"; "$PY" -c 'import sys, torch; print("python", sys.version.split()[0],
 "torch", torch.__version__)'; } | tee "$OUT_DIR/device.txt"
@@ -133,8 +133,9 @@ step long_audio 110 "$PY" bench/long_audio.py --model "$MODELS/$ASR" \
 # after 300 ms of silence (the VAD's own schedule waits ~2 s, whatever the hardware; CPU rows
 # in BENCHMARKS.md show both): the rows give the latency after the end of speech and, apart,
 # the service's own part after the VAD's endpoint. The clients' calls are held by FRONTENDS
-# front-end processes, which carry the streams to the scheduler on their Links (the one
-# scheduler's CPU per stream is what caps the streams per machine: BENCHMARKS.md).
+# front-end processes, which carry the streams to the scheduler on their Links (a front end
+# spends ~1.7 ms of CPU per stream-second on the clients' gRPC messages, the scheduler ~0.7-1.0
+# behind them: BENCHMARKS.md; 4 front ends hold 1,024 streams at ~0.45 of a core each).
 step streaming 150 "$PY" bench/streaming.py --model "$MODELS/$LIVE" \
     --vad-model "$MODELS/fsmn-vad" --devices "$DEV" --streams "$STREAMS" \
     --workers-per-device "$LIVE_WORKERS" --end-silence-ms "$END_SILENCE" \
