@@ -11,6 +11,7 @@ another worker); any other failure of one request is INTERNAL for that request o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -103,9 +104,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 async for req in request_iterator:
                     for unit in req.units:
                         running[unit.tag] = asyncio.create_task(run(unit.tag, unit.request))
-                    for tag in req.cancel:
-                        if tag in running:
-                            running[tag].cancel()
+                    for tag in req.cancel:  # no answer is awaited for a cancelled unit
+                        task = running.pop(tag, None)
+                        if task is not None:  # (one not started yet never runs its finally)
+                            task.cancel()
             finally:
                 reading = False  # the scheduler closed its side (or the call broke)
                 wake.set()
@@ -303,8 +305,11 @@ class _LiveLink:
                             continue  # a chunk for a stream that ended (e.g. refused)
                         self.newest = item.tag
                         queue: asyncio.Queue[pb.LiveRequest | None] = asyncio.Queue()
-                        stream = queue, loop.create_task(self._stream(item.tag, queue))
-                        self.streams[item.tag] = stream
+                        task = loop.create_task(self._stream(item.tag, queue))
+                        stream = self.streams[item.tag] = queue, task
+                        # A stream cancelled in the message that opened it never runs: its
+                        # own cleanup would not either.
+                        task.add_done_callback(functools.partial(self._ended, item.tag))
                     stream[0].put_nowait(item.request)
                 for tag in message.cancel:
                     stream = self.streams.get(tag)
@@ -329,10 +334,10 @@ class _LiveLink:
                 self.wake.set()
         except Failed as exc:
             end.code, end.details = exc.code.value[0], exc.details
-        except asyncio.CancelledError:
-            self.streams.pop(tag, None)
-            self.wake.set()
-            raise
-        self.streams.pop(tag, None)
-        self.outbox.answers.append(end)
+        self.outbox.answers.append(end)  # (a cancelled stream gets no answer)
+
+    def _ended(self, tag: int, task: asyncio.Task[None]) -> None:
+        stream = self.streams.get(tag)
+        if stream is not None and stream[1] is task:
+            del self.streams[tag]
         self.wake.set()

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -508,7 +509,10 @@ class _Link:
                 for call in message.calls:
                     if call.live:
                         self.inputs[call.tag] = asyncio.Queue()
-                    self.tasks[call.tag] = loop.create_task(self._answer(call))
+                    task = self.tasks[call.tag] = loop.create_task(self._answer(call))
+                    # Not a `finally` in the task: a call cancelled in the message that
+                    # brought it is cancelled before it runs, and its `finally` never would.
+                    task.add_done_callback(functools.partial(self._finished, call.tag))
                     self.owner.carried[self.index, _rpc_of(call)[0]] += 1
                 self.owner.in_flight[self.index] = len(self.tasks)
                 for item in message.input:  # a stream already over has no queue: dropped
@@ -527,10 +531,11 @@ class _Link:
         self.wake.set()
 
     async def _answer(self, call: fpb.RelayedCall) -> None:
-        try:
-            await self.owner.answer(call, self.index, self._emit, self.inputs.get(call.tag))
-        finally:
-            self.tasks.pop(call.tag, None)
-            self.inputs.pop(call.tag, None)
-            self.owner.in_flight[self.index] = len(self.tasks)
-            self.wake.set()
+        await self.owner.answer(call, self.index, self._emit, self.inputs.get(call.tag))
+
+    def _finished(self, tag: int, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(tag) is task:
+            del self.tasks[tag]
+            self.inputs.pop(tag, None)
+        self.owner.in_flight[self.index] = len(self.tasks)
+        self.wake.set()

@@ -1,14 +1,18 @@
 """`TaggedCall.request_stream`: several answers per request over one tagged call, in order;
-leaving early cancels the request on the other side; a broken call ends every stream with why.
-A fake call of the right shape (write, async iteration, cancel) stands in for the transport."""
+leaving early cancels the request on the other side; a broken call ends every stream with why;
+what one event-loop turn adds goes as one message. A fake call of the right shape (write,
+async iteration, cancel) stands in for the transport. And the scheduler's end of a front end's
+Link (`_Link`) with a call cancelled in the message that brings it."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 
 from protos.asr.frontend.v1 import frontend_pb2 as fpb
+from scheduler.frontends import _Link
 from scheduler.tagged_call import TaggedCall
 
 
@@ -204,3 +208,37 @@ async def test_inputs_linger_for_others_and_a_request_takes_them_along() -> None
     assert len(fake.written) == 3  # the linger's timer found nothing left to send
     single.cancel()
     await link.close("test over")
+
+
+class _Owner:
+    """What a front end's `_Link` needs of the scheduler's `LinkServicer`: calls that run
+    until cancelled."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[int, int] = {}
+        self.carried: collections.Counter[tuple[int, str]] = collections.Counter()
+        self.started: list[int] = []
+
+    async def answer(self, call: fpb.RelayedCall, index: int, emit: object,
+                     inputs: object) -> None:
+        self.started.append(call.tag)
+        await asyncio.sleep(30)
+
+
+async def test_link_call_cancelled_in_the_message_that_brings_it() -> None:
+    """A front end sends what one turn of its event loop adds as one message, so a call and
+    its cancel (the client went away at once) can come together: the call's task is cancelled
+    before it runs. It must still leave the Link's books, and the Link's end must not wait
+    for it; another call of the same message runs and is cancelled when the Link ends."""
+    owner = _Owner()
+    link = _Link(owner, 0)  # type: ignore[arg-type]
+
+    async def requests() -> AsyncIterator[fpb.LinkRequest]:
+        yield fpb.LinkRequest(calls=[fpb.RelayedCall(tag=1), fpb.RelayedCall(tag=2)],
+                              cancel=[1])
+        await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(5):
+        answers = [m async for m in link.run(requests(), gone_at_end=True)]
+    assert answers == [] and owner.started == [2]
+    assert link.tasks == {} and owner.in_flight[0] == 0

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -31,7 +32,7 @@ from protos.asr.worker.v1 import worker_pb2 as wpb
 from protos.asr.worker.v1 import worker_pb2_grpc as wpb_grpc
 from protos.common.framed import FramedStream
 from protos.common.pcm_arena import ALIGN, PcmArena, PcmBlock, supported
-from protos.common.wire import F32LE, S16LE, WORKER_CHANNEL_OPTIONS
+from protos.common.wire import F32LE, S16LE, WORKER_CHANNEL_OPTIONS, encode_pcm
 from protos.common.worker_auth import new_secret, server_interceptors
 from scheduler.errors import DeadlineExceeded, InferenceFailed, InvalidAudio, WorkerLost
 from scheduler.work_stream import WorkStream
@@ -376,3 +377,20 @@ async def test_framed_stream_frames_and_refuses_what_is_not_a_frame() -> None:
         with pytest.raises(ConnectionError, match=why):
             await anext(aiter(s))
         s.cancel()
+
+
+async def test_a_unit_cancelled_in_the_message_that_brings_it_ends_the_call_cleanly(
+        tmp_path: Path) -> None:
+    """The scheduler sends what one turn of its event loop adds as one message, so a unit and
+    its cancel can arrive together: the unit's task is cancelled before it ever runs. The Work
+    call must not wait for it: once the scheduler closes its side, the call ends."""
+    servicer = WorkerServicer(EchoEngine(), "cpu", None)
+    pcm, fmt = encode_pcm(clip(1600, 5))
+
+    async def requests() -> AsyncIterator[wpb.WorkRequest]:
+        yield wpb.WorkRequest(units=[wpb.WorkUnit(tag=1, request=wpb.TranscribeRequest(
+            request_id="gone", pcm=pcm, sample_format=fmt))], cancel=[1])
+
+    async with asyncio.timeout(5):
+        answers = [m async for m in servicer.Work(requests(), None)]  # type: ignore[arg-type]
+    assert [a.tag for m in answers for a in m.answers] in ([], [1])

@@ -356,3 +356,25 @@ async def test_live_link_runs_tagged_streams_apart() -> None:
     assert of(4) == [(100, True, 0)]  # cancelled: no end answer
     assert "three samples" in next(a.details for a in answers if a.tag == 3 and not a.more)
     assert engine.closed == 3 and servicer.active == 0  # 1, 3 and 4 ran; 2 never started
+
+
+async def test_live_link_stream_cancelled_in_the_message_that_opens_it() -> None:
+    """The scheduler sends what one turn of its event loop adds as one message, so a stream's
+    first chunk and its cancel can come together: that stream's task is cancelled before it
+    runs. The call must not wait for it; the other stream of the message is answered."""
+    servicer = WorkerServicer(EchoLive(), "cpu")
+    req = wpb.LiveRequest(pcm=np.zeros(1600, "<f4").tobytes(), sample_format=wpb.F32LE,
+                          is_final=True)
+
+    async def requests() -> Any:
+        yield wpb.LiveLinkRequest(requests=[wpb.TaggedLiveRequest(tag=1, request=req),
+                                            wpb.TaggedLiveRequest(tag=2, request=req)],
+                                  cancel=[1])
+
+    answers = [a for m in await asyncio.wait_for(_collect(servicer.LiveLink(
+        requests(), None)), 5) for a in m.answers]  # type: ignore[arg-type]
+    assert [(a.tag, a.more) for a in answers] == [(2, True), (2, False)]
+
+
+async def _collect(messages: Any) -> list[Any]:
+    return [m async for m in messages]
