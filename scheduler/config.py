@@ -142,6 +142,10 @@ class ServeConfig(BaseSettings):
                                    "arrive")
     max_live_streams: int = Field(256, ge=1, description="Live-mode streams one device holds "
                                   "at most (more get RESOURCE_EXHAUSTED)")
+    live_input_linger_ms: float = Field(10.0, ge=0, le=50, description="With front ends: a "
+                                        "live stream's audio waits up to this long on a front "
+                                        "end's link to the scheduler for other streams', so "
+                                        "that one message carries many (0: sent at once)")
     live_end_silence_ms: int = Field(0, ge=0, le=END_SILENCE_RANGE_MS[1], description="Live "
                                      "mode: silence after speech that ends an utterance for "
                                      "streams whose request does not set end_silence_ms (0: "

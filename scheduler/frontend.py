@@ -13,7 +13,7 @@ fraction of a call). A StreamingRecognize upload (not live) whose audio ends wit
 `stream_link_bytes` is read here whole, under the scheduler's stream limits and idle timeout,
 and goes on the Link the same way; its responses come back as tagged answers. A live stream
 goes on the Link too: its config message as a call, then each audio message as a tagged input
-as the client sends it (an input waits up to `LIVE_INPUT_LINGER_S` for other streams', so
+as the client sends it (an input waits up to `live_input_linger_s` for other streams', so
 that one Link message carries many), its responses back as tagged answers, so the scheduler
 serves live clients without a gRPC call each. Every other call (longer uploads, Admin,
 Health, reflection) is relayed message by message as a call of its own under its own method,
@@ -79,10 +79,6 @@ STREAMING = "/asr.v1.Recognizer/StreamingRecognize"
 LINK = "/asr.frontend.v1.Relay/Link"
 FRONTEND_KEY = "x-asr-frontend"  # metadata of a Link call: the front end's index
 READY = "frontend-ready"  # first stdout line: "frontend-ready <port>"
-# Live streams' audio waits up to this long on the Link for other streams' (chunks of 60-200
-# ms, from clients at staggered moments), so that the scheduler wakes once for many: at 1,024
-# streams over 2 front ends, ~50 chunks a message instead of one. Calls go at once.
-LIVE_INPUT_LINGER_S = 0.01
 # Metadata a relay must not copy: HTTP/2 and gRPC's own headers, and what the relay sets.
 _DROPPED_PREFIXES = (":", "grpc-")
 _DROPPED = frozenset(("te", "content-type", "user-agent", METADATA_KEY, RELAYED_PEER_KEY))
@@ -118,6 +114,11 @@ class FrontendConfig:
     max_streams: int = 1000
     max_streams_per_client: int = 100
     stream_idle_timeout_s: float = 60.0
+    # Live streams' audio waits up to this long on the Link for other streams' (chunks of
+    # 60-200 ms, from clients at staggered moments), so that the scheduler wakes once for many
+    # (`--live-input-linger-ms`: at 1,024 streams over 2 front ends and 10 ms, ~50 chunks a
+    # message instead of one). Calls go at once.
+    live_input_linger_s: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -180,7 +181,7 @@ class Relay(grpc.GenericRpcHandler):
                                 lambda: open_link(metadata=metadata))
         self.link: TaggedCall[fpb.LinkRequest, fpb.RelayedAnswer] = TaggedCall(
             "the link to the scheduler", open_call, fpb.LinkRequest,
-            input_linger_s=LIVE_INPUT_LINGER_S)
+            input_linger_s=cfg.live_input_linger_s)
         self.active = 0
         self.started = 0
         self.stream_limits = StreamLimits(cfg.max_streams, cfg.max_streams_per_client,

@@ -77,6 +77,7 @@ class FrontendLaunch:
     max_streams: int = 1000
     max_streams_per_client: int = 100
     stream_idle_timeout_s: float = 60.0
+    live_input_linger_s: float = 0.0
     command: tuple[str, ...] = (sys.executable, "-m", "scheduler.frontend")
 
 
@@ -121,7 +122,8 @@ class FrontendProcess:
             event_loop=launch.event_loop, link_fd=theirs.fileno() if theirs else -1,
             stream_link_bytes=launch.stream_link_bytes,
             max_streams=launch.max_streams, max_streams_per_client=launch.max_streams_per_client,
-            stream_idle_timeout_s=launch.stream_idle_timeout_s)
+            stream_idle_timeout_s=launch.stream_idle_timeout_s,
+            live_input_linger_s=launch.live_input_linger_s)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,

@@ -276,7 +276,8 @@ class AsrService:
                 # Uploads that the scheduler would take whole go on the Link whole.
                 stream_link_bytes=min(cfg.stream_buffer_mib * 1024 * 1024, cfg.max_unary_bytes),
                 max_streams=cfg.max_streams, max_streams_per_client=cfg.max_streams_per_client,
-                stream_idle_timeout_s=cfg.stream_idle_timeout_s))
+                stream_idle_timeout_s=cfg.stream_idle_timeout_s,
+                live_input_linger_s=cfg.live_input_linger_ms / 1000))
             links = LinkServicer(self.frontends, recognizer, self.drain, self.metrics, tokens)
             self.frontends.serve_links(links.serve_framed)
             frontend_pb2_grpc.add_RelayServicer_to_server(links, server)

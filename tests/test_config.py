@@ -164,6 +164,8 @@ BAD = [
     ("live_fbank", "numpy", "'torch' or 'kaldi'"),
     ("live_end_silence_ms", "100", "expected 0 (the VAD's own schedule) or 200-6000"),
     ("live_end_silence_ms", "7000", "less than or equal to 6000"),
+    ("live_input_linger_ms", "60", "less than or equal to 50"),
+    ("live_input_linger_ms", "-1", "greater than or equal to 0"),
 ]
 
 

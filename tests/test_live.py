@@ -10,6 +10,7 @@ text on the same samples.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import threading
@@ -513,6 +514,10 @@ def test_live_streams_ride_the_front_ends_link(live_service: RunningService, mod
         assert not errors, errors
         assert [results[k] for k in range(3)] == [direct] * 3
         assert link_requests(svc, "StreamingRecognize") == 3
+        assert svc.service.frontends is not None  # `--live-input-linger-ms` reached them
+        for proc in svc.service.frontends.processes:
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            assert json.loads(cmdline[-2])["live_input_linger_s"] == 0.01
         assert refused(svc.address) == refused(live_service.address)
         assert refused(svc.address)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
