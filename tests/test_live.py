@@ -142,6 +142,60 @@ def finals_of(responses: list[pb.StreamingRecognizeResponse]
     return [r for r in responses if r.is_final and not r.is_last]
 
 
+def realtime_streams_with_a_kill9(svc: RunningService, talk: np.ndarray, n: int
+                                  ) -> tuple[dict[int, list[pb.StreamingRecognizeResponse]], int]:
+    """`n` staggered real-time streams of `talk`; 4 s into them (inside every stream's first
+    utterance) the worker holding the most is killed with SIGKILL. Every stream's responses,
+    and how many streams that worker held."""
+    results: dict[int, list[pb.StreamingRecognizeResponse]] = {}
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        time.sleep(0.05 * k)  # staggered, as real calls are
+        try:
+            results[k] = run_stream(svc.address, talk, realtime=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    dispatcher = svc.service.dispatcher
+    deadline = time.monotonic() + 60
+    while sum(dispatcher.live_streams.values()) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4.0)  # inside the first utterance of every stream
+    victim_id, held = dispatcher.live_streams.most_common(1)[0]
+    victim = next(w for w in dispatcher.workers if w.spec.worker_id == victim_id)
+    victim.kill()  # SIGKILL
+    for t in threads:
+        t.join(240)
+    assert not errors, errors
+    assert len(results) == n
+    return results, held
+
+
+def assert_finals_whole_and_right(results: dict[int, list[pb.StreamingRecognizeResponse]],
+                                  models_dir: Path, talk: np.ndarray) -> None:
+    """Every stream got its 3 finals, in order, none repeated, then its last response; every
+    distinct utterance span of every stream has FunASR's own streaming loop's text."""
+    spans_seen: set[tuple[int, int]] = set()
+    for k, responses in results.items():
+        finals = finals_of(responses)
+        assert len(finals) == 3, (k, [(f.utterance_start_ms, f.utterance_end_ms, f.result.text)
+                                      for f in finals])
+        spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+        spans_seen.update(spans)
+        assert responses[-1].is_last
+    spans = sorted(spans_seen)
+    expected = dict(zip(spans, funasr_reference(models_dir / "paraformer-streaming-tiny", talk,
+                                                spans), strict=True))
+    for responses in results.values():
+        for f in finals_of(responses):
+            assert f.result.text == expected[(f.utterance_start_ms, f.utterance_end_ms)]
+
+
 def test_live_finals_equal_funasr_streaming_loop(live_service: RunningService,
                                                  models_dir: Path, talk: np.ndarray) -> None:
     svc = live_service
@@ -273,50 +327,11 @@ def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: Runn
 
     latencies = ("asr_live_final_latency_seconds", "asr_live_endpoint_latency_seconds")
     before_latency = {n: histogram(n) for n in latencies}
-    results: dict[int, list[pb.StreamingRecognizeResponse]] = {}
-    errors: list[BaseException] = []
-
-    def one(k: int) -> None:
-        time.sleep(0.05 * k)  # staggered, as real calls are
-        try:
-            results[k] = run_stream(svc.address, talk, realtime=True)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    dispatcher = svc.service.dispatcher
-    deadline = time.monotonic() + 60
-    while sum(dispatcher.live_streams.values()) < 16 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(4.0)  # inside the first utterance of every stream
-    victim_id, held = dispatcher.live_streams.most_common(1)[0]
-    victim = next(w for w in dispatcher.workers if w.spec.worker_id == victim_id)
-    victim.kill()  # SIGKILL
-    for t in threads:
-        t.join(240)
-    assert not errors, errors
-    assert len(results) == 16
+    results, held = realtime_streams_with_a_kill9(svc, talk, 16)
     assert (registry.get_sample_value("asr_live_resumes_total") or 0.0) - before >= held
     resumed = [k for k, rs in results.items() if any(r.resumed for r in rs)]
     assert len(resumed) >= held
-    spans_seen: set[tuple[int, int]] = set()
-    for k, responses in results.items():
-        finals = finals_of(responses)
-        assert len(finals) == 3, (k, [(f.utterance_start_ms, f.utterance_end_ms, f.result.text)
-                                      for f in finals])
-        spans = [(f.utterance_start_ms, f.utterance_end_ms) for f in finals]
-        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
-        spans_seen.update(spans)
-        assert responses[-1].is_last
-    # Every distinct utterance span of every stream equals FunASR's own loop on it.
-    spans = sorted(spans_seen)
-    expected = dict(zip(spans, funasr_reference(models_dir / "paraformer-streaming-tiny", talk,
-                                                spans), strict=True))
-    for responses in results.values():
-        for f in finals_of(responses):
-            assert f.result.text == expected[(f.utterance_start_ms, f.utterance_end_ms)]
+    assert_finals_whole_and_right(results, models_dir, talk)
     # Real-time streams: finals ~2 s after the end of speech (FSMN-VAD's own end-silence
     # schedule; the last utterance ~1 s, closed by the end of the stream), and the service's
     # part after the VAD's endpoint is what is left.
@@ -349,6 +364,28 @@ def test_sixteen_realtime_streams_batched_and_surviving_kill9(live_service: Runn
         time.sleep(0.5)
     calls, rows = worker_totals()
     assert 0 < calls < rows, (calls, rows)
+
+
+def test_realtime_streams_through_front_ends_survive_kill9(models_dir: Path,
+                                                          talk: np.ndarray) -> None:
+    """Behind front ends (their live inputs lingering on the Link, several streams' chunks in
+    one message to a worker): 8 real-time streams, kill -9 of the worker holding the most;
+    every stream goes on, resumed where it was held, its finals whole and right."""
+    svc = RunningService(make_config(
+        [f"live={models_dir / 'paraformer-streaming-tiny'}"],
+        vad_model=str(models_dir / "fsmn-vad"), vad_workers=1, workers_per_device=2,
+        frontends=2))
+    try:
+        svc.wait_all_ready()
+        results, held = realtime_streams_with_a_kill9(svc, talk, 8)
+        assert held >= 1
+        resumed = [k for k, rs in results.items() if any(r.resumed for r in rs)]
+        assert len(resumed) >= held
+        assert_finals_whole_and_right(results, models_dir, talk)
+        registry = svc.service.metrics.registry
+        assert (registry.get_sample_value("asr_live_resumes_total") or 0.0) >= held
+    finally:
+        svc.stop()
 
 
 def test_cli_stream_live_json_and_stdin(live_service: RunningService, talk: np.ndarray,
