@@ -142,6 +142,10 @@ class ServeConfig(BaseSettings):
                                    "arrive")
     max_live_streams: int = Field(256, ge=1, description="Live-mode streams one device holds "
                                   "at most (more get RESOURCE_EXHAUSTED)")
+    live_tick_ms: float = Field(20.0, ge=0, le=100, description="Live workers start a tick "
+                                "(one step of every stream with audio waiting, batched) at "
+                                "most this often, so that the chunks of streams arriving "
+                                "meanwhile share it (0: a tick whenever a step waits)")
     live_input_linger_ms: float = Field(10.0, ge=0, le=50, description="With front ends: a "
                                         "live stream's audio waits up to this long on a front "
                                         "end's link to the scheduler for other streams', so "

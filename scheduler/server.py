@@ -160,7 +160,7 @@ class AsrService:
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
             engine=cfg.engine, max_new_tokens=cfg.max_new_tokens,
             log_level=cfg.log_level, log_format=cfg.log_format, vad_model=vad_model or "",
-            vad_fbank=cfg.vad_fbank, live_fbank=cfg.live_fbank,
+            vad_fbank=cfg.vad_fbank, live_fbank=cfg.live_fbank, live_tick_ms=cfg.live_tick_ms,
             event_loop=cfg.event_loop)
         supervision = WorkerLaunch(
             worker=base, runtime_dir=self._runtime_dir, start_timeout_s=cfg.worker_start_timeout_s,

@@ -165,6 +165,8 @@ BAD = [
     ("live_end_silence_ms", "100", "expected 0 (the VAD's own schedule) or 200-6000"),
     ("live_end_silence_ms", "7000", "less than or equal to 6000"),
     ("live_input_linger_ms", "60", "less than or equal to 50"),
+    ("live_tick_ms", "200", "less than or equal to 100"),
+    ("live_tick_ms", "-5", "greater than or equal to 0"),
     ("live_input_linger_ms", "-1", "greater than or equal to 0"),
 ]
 

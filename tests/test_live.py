@@ -555,6 +555,10 @@ def test_live_streams_ride_the_front_ends_link(live_service: RunningService, mod
         for proc in svc.service.frontends.processes:
             cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
             assert json.loads(cmdline[-2])["live_input_linger_s"] == 0.01
+        for w in svc.service.dispatcher.workers:  # and `--live-tick-ms` the workers
+            assert w.process is not None
+            cmdline = Path(f"/proc/{w.process.pid}/cmdline").read_bytes().split(b"\0")
+            assert json.loads(cmdline[-2])["live_tick_ms"] == 20
         assert refused(svc.address) == refused(live_service.address)
         assert refused(svc.address)[0] == grpc.StatusCode.INVALID_ARGUMENT
 

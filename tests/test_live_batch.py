@@ -210,3 +210,7 @@ def test_live_workers_take_the_fbank_they_are_told(models_dir: Path, fbank: str)
     fused = engine.ticker._fused  # type: ignore[attr-defined]
     assert isinstance(fused, StreamingBatch)
     assert (fused.fbank is not None) == (fbank == "torch")
+    assert engine.ticker._interval_s == 0  # type: ignore[attr-defined]  # the config's default
+    paced = create_engine(WorkerConfig(model=str(models_dir / "paraformer-streaming-tiny"),
+                                       vad_model=str(models_dir / "fsmn-vad"), live_tick_ms=20))
+    assert paced.ticker._interval_s == 0.02  # type: ignore[attr-defined]  # --live-tick-ms

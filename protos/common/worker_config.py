@@ -34,6 +34,7 @@ class WorkerConfig:
     vad_model: str = ""  # FSMN-VAD directory for live streams (streaming models); "" none
     vad_fbank: str = "torch"  # the VAD's log-mel: "torch" (ours) or "kaldi" (FunASR's own)
     live_fbank: str = "torch"  # live decoding's log-mel: "torch" (ours, batched) or "kaldi"
+    live_tick_ms: float = 0.0  # live ticks start at most this often (0: whenever steps wait)
     pcm_arena_fd: int = -1  # inherited descriptor of the scheduler's shared PCM arena; -1 none
     pcm_arena_bytes: int = 0
     work_socket_fd: int = -1  # inherited end of the scheduler's unit socket pair; -1 none
