@@ -95,7 +95,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                     await asyncio.sleep(self._linger_s)
                 self._wake.clear()
                 message, self._outbox = self._outbox, self._new_outbox()
-                if message.ByteSize() == 0:  # already sent by `_flush`
+                if message.ByteSize() == 0:  # already sent by `_flush_now`
                     continue
                 self._writing = True
                 try:

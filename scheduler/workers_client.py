@@ -38,7 +38,8 @@ from scheduler.tagged_call import TaggedCall, answer_code
 
 _LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
 # A worker's live streams share one LiveLink call, as frames over its live socket pair (sent
-# at once: a frame costs little). Only on the gRPC fallback do chunks (100 ms of audio each,
+# at the end of the event loop's turn: the chunks relayed in one turn share a frame). Only on
+# the gRPC fallback do chunks (100 ms of audio each,
 # from streams at staggered moments) wait this long to share a message: at 128 streams per
 # worker, ~6 chunks a message instead of one.
 LIVE_LINGER_S = 0.005
