@@ -73,6 +73,27 @@ def test_features_equal_funasr_wavfrontend(runners: dict[str, tuple[Any, Any]],
         assert not feats[i, n:].any(), "features past a clip's end must be zero"
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_features_stay_fp32_under_autocast(runners: dict[str, tuple[Any, Any]],
+                                           clips: list[np.ndarray], model: str) -> None:
+    """`--dtype bf16` runs the model under autocast; the features must not be computed in
+    bf16 with it (a bf16 mel product and log lose ~2-3 digits), as FunASR's own features,
+    computed on the CPU, are not. CPU autocast stands in for CUDA's here: the same rule
+    (matmul in bf16) and the same code path."""
+    direct = runners[model][1]
+    want, want_lens = direct.features(clips)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_lens = direct.features(clips)
+        many = direct.fbank.log_mel_many([torch.from_numpy(c[None, :4000]) * 32768
+                                          for c in clips[:3]])
+    assert got.dtype == torch.float32 and torch.equal(got_lens, want_lens)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    for m, c in zip(many, clips[:3], strict=True):
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, direct.fbank.log_mel(torch.from_numpy(c[None, :4000])
+                                                           * 32768).cpu(), atol=0, rtol=0)
+
+
 class _IdsTokenizer:
     """Stands in for FunASR's tokenizer: the 'text' FunASR returns is the token ids."""
 

@@ -102,6 +102,17 @@ class BatchFbank:
         the host) -> (B, T, D) features zero-padded past each clip's end, (B,) frame counts."""
         # From host lengths: no device sync.
         short = [i for i, n in enumerate(lengths.tolist()) if n < self.win]
+        with self._fp32():
+            return self._features(wave, lengths, short)
+
+    def _fp32(self) -> Any:
+        """Features in fp32 also where the model runs under autocast (`--dtype bf16|fp16`),
+        as FunASR's, computed on the CPU, are: a bf16 mel product and log would move them by
+        up to ~0.02 after CMVN (`tests/test_direct.py`)."""
+        return torch.autocast(self.device.type, enabled=False)
+
+    def _features(self, wave: torch.Tensor, lengths: torch.Tensor, short: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         wave = wave.to(self.device, torch.float32)
         lengths = lengths.to(self.device, torch.long)
         if wave.size(1) < self.win:
@@ -136,14 +147,15 @@ class BatchFbank:
         return self._frames_log_mel(wave.unfold(1, self.win, self.shift))  # (B, F, win)
 
     def _frames_log_mel(self, frames: torch.Tensor) -> torch.Tensor:
-        """(..., win) frames -> (..., n_mels) log-mel."""
-        frames = frames - frames.mean(dim=-1, keepdim=True)
-        prev = torch.cat((frames[..., :1], frames[..., :-1]), dim=-1)
-        frames = (frames - PREEMPHASIS * prev) * self.window
-        spec = torch.fft.rfft(frames, n=self.n_fft)
-        power = spec.real.square() + spec.imag.square()
-        energies = torch.matmul(power, self.banks.t())
-        return torch.log(torch.clamp(energies, min=torch.finfo(torch.float32).eps))
+        """(..., win) frames -> (..., n_mels) log-mel, in fp32 under any autocast."""
+        with self._fp32():
+            frames = frames - frames.mean(dim=-1, keepdim=True)
+            prev = torch.cat((frames[..., :1], frames[..., :-1]), dim=-1)
+            frames = (frames - PREEMPHASIS * prev) * self.window
+            spec = torch.fft.rfft(frames, n=self.n_fft)
+            power = spec.real.square() + spec.imag.square()
+            energies = torch.matmul(power, self.banks.t())
+            return torch.log(torch.clamp(energies, min=torch.finfo(torch.float32).eps))
 
     def _lfr(self, mel: torch.Tensor, n_frames: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
