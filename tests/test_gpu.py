@@ -61,16 +61,26 @@ def test_gpu_text_equals_cpu_text(start_service, models_dir: Path, speech: dict[
                 c.recognize_bytes(path.read_bytes()).text
 
 
-def test_bf16_keeps_the_text_on_the_test_set(start_service, models_dir: Path,  # type: ignore[no-untyped-def]
-                                             speech: dict[str, Path]) -> None:
+def test_bf16_service_keeps_the_text_on_the_test_set(start_service, models_dir: Path,  # type: ignore[no-untyped-def]
+                                                     speech: dict[str, Path]) -> None:
+    """A `--dtype bf16` service serves on the GPU with text close to fp32's: >= 95 % of the
+    characters (a floor against a broken bf16 path: features computed in bf16 gave ~88 % of
+    the tokens with CPU autocast standing in; the token-level target is the runner test's
+    below). Not equal: on these random-weight models' nearly flat logits bf16's rounding moves
+    a few argmaxes (`tests/test_direct.py::test_bf16_tokens_agree_with_fp32`)."""
+    import rapidfuzz.distance.Levenshtein as lev
+
     fp32 = start_service(models_dir / "sensevoice-tiny", devices="auto", cpu_fallback="never")
     bf16 = start_service(models_dir / "sensevoice-tiny", devices="auto", cpu_fallback="never",
                          dtype="bf16")
     cfg = pb.RecognitionConfig()
     with AsrClient(fp32.address) as a, AsrClient(bf16.address) as b:
-        for path in speech.values():
-            assert b.recognize_bytes(path.read_bytes(), cfg).text == \
-                a.recognize_bytes(path.read_bytes(), cfg).text
+        pairs = [(a.recognize_bytes(p.read_bytes(), cfg), b.recognize_bytes(p.read_bytes(), cfg))
+                 for p in speech.values()]
+    assert all(r.device.startswith("cuda:") and not r.fallback_reason for _, r in pairs)
+    total = sum(len(want.text) for want, _ in pairs)
+    errors = sum(lev.distance(want.text, got.text) for want, got in pairs)
+    assert total > 50 and 1 - errors / total >= 0.95, (errors, total)
 
 
 def _gpu_clips(speech: dict[str, Path]) -> list:  # type: ignore[type-arg]
@@ -97,7 +107,11 @@ def test_direct_text_equals_generate_on_cuda(models_dir: Path, speech: dict[str,
 
 
 def test_direct_bf16_token_agreement(models_dir: Path, speech: dict[str, Path]) -> None:
-    """bf16 (autocast) tokens agree with fp32 tokens on >= 99.5 % (edit distance)."""
+    """bf16 (autocast) tokens agree with fp32 tokens on >= 99.5 % (edit distance): the
+    issue's target. With CPU autocast standing in (same clips and model), 98.97 % (3 of 291
+    tokens; 87.6 % before the output layer's exact argmax): the random-weight model's logits
+    are nearly flat (median margin between the best two ~0.07 nats), so the encoder's bf16
+    rounding alone moves a few argmaxes; trained models' logits are far from flat."""
     import rapidfuzz.distance.Levenshtein as lev
 
     from gpu_worker.engines.base import Utterance

@@ -14,6 +14,7 @@ policy stays in charge.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,13 @@ import torch
 from gpu_worker.device import TorchDevice
 from gpu_worker.engines.base import Transcript, Utterance
 from gpu_worker.families import Family
+from gpu_worker.fast import exact_argmax
 from gpu_worker.fast.features import BatchFbank
 from gpu_worker.fast.networks import net_for
 from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
+EXACT_LOG_S = 60.0  # under bf16/fp16: how often the share of rows recomputed in fp32 is logged
 
 
 @dataclass
@@ -79,6 +82,11 @@ class DirectRunner:
         self.tokenizer = auto.kwargs["tokenizer"]
         self.frontend = auto.kwargs["frontend"]
         self.net = net_for(family.name, self.model)
+        # Under bf16/fp16 autocast, the output layer's rows in doubt are recomputed in fp32,
+        # so greedy decoding takes the argmax fp32 would (`exact_argmax`).
+        self.exact = None if device.dtype == "fp32" else exact_argmax.install(self.model,
+                                                                              family.name)
+        self._exact_logged = time.monotonic()
         self.fbank = BatchFbank(self.frontend, device.name)
         self._pin = device.name.startswith("cuda") and torch.cuda.is_available()
         self._copy_stream = torch.cuda.Stream(device.name) if self._pin else None
@@ -127,6 +135,11 @@ class DirectRunner:
         with self.device.inference(int(p.lengths.sum())):
             feats, lens = self.fbank(self._on_device(p), p.lengths)
             ids = self.net.tokens(feats, lens, first.language, first.use_itn)
+        if self.exact is not None and time.monotonic() - self._exact_logged > EXACT_LOG_S:
+            self._exact_logged = time.monotonic()
+            log.info("%s: %d of %d output-layer rows recomputed in fp32 (best two logits within "
+                     "%s rounding)", self.model_name, self.exact.recomputed, self.exact.rows,
+                     self.device.dtype)
         return Computed(p.batch, ids)
 
     def finish(self, c: Computed) -> list[Transcript]:
