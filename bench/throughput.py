@@ -55,6 +55,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -365,9 +366,13 @@ def running_service(s: Settings, workers: int, cpu_only: bool, engine: str = "ge
     metrics_port = free_port() if s.nano else 0
     if s.nano:  # the same cap as the baselines; metrics on, to count the tokens
         args += ["--max-new-tokens", str(s.max_new_tokens), "--metrics-port", str(metrics_port)]
-    with service_process(args, s.work_dir / f"service-{engine}-{dtype}-w{workers}.log",
+    with service_process(args, service_log(s, engine, dtype, workers),
                          START_TIMEOUT_S) as client:
         yield client, (lambda: nano.service_tokens(metrics_port)) if s.nano else None
+
+
+def service_log(s: Settings, engine: str, dtype: str, workers: int) -> Path:
+    return s.work_dir / f"service-{engine}-{dtype}-w{workers}.log"
 
 
 def measure_service(s: Settings, clips: list[Clip], workers: int, cpu_only: bool,
@@ -567,6 +572,12 @@ def report(s: Settings, rows: list[Measurement], info: dict[str, str], command: 
     if noisy > NOISY_SHARE:
         head.insert(0, f"WARNING: other processes used up to {noisy:.0%} of the CPU during a "
                        "measurement (column 'other CPU'); those rows are noisy")
+    exact = [f"{k.removeprefix('exact_argmax_')}: {v}" for k, v in info.items()
+             if k.startswith("exact_argmax_")]
+    if exact:
+        head.insert(-1, "bf16/fp16 direct: output-layer rows recomputed in fp32 (exact argmax; "
+                        "random weights' flat logits put nearly all in doubt): "
+                        + "; ".join(exact))
     text = "\n".join([*head, format_table(rows, reference), "", *target_lines(rows, reference)])
     data = {"meta": meta, "results": [m.to_dict(reference) for m in rows]}
     return text, data
@@ -584,7 +595,28 @@ def run_once(s: Settings, clips: list[Clip]) -> tuple[list[Measurement], dict[st
         for dtype in s.dtypes:
             for workers in s.workers:
                 rows += measure_service(s, clips, workers, cpu_only, "direct", dtype)
+                if dtype != "fp32":
+                    info[f"exact_argmax_{dtype}_w{workers}"] = exact_argmax_note(
+                        service_log(s, "direct", dtype, workers))
     return rows, info
+
+
+EXACT_ARGMAX = re.compile(r"(\d+) of (\d+) output-layer rows recomputed in fp32")
+
+
+def exact_argmax_note(log_path: Path) -> str:
+    """What share of the output layer's rows a bf16/fp16 `direct` service recomputed in fp32
+    (rows whose best two logits lay within the rounding: nearly all of them on random
+    weights, whose logits are nearly flat; few on trained ones), from a worker's last count
+    in the service log."""
+    try:
+        found = EXACT_ARGMAX.findall(log_path.read_text(errors="replace"))
+    except OSError:
+        found = []
+    if not found:
+        return "no count in the service log"
+    done, rows = (int(v) for v in found[-1])
+    return f"{done} of {rows} rows ({done / max(rows, 1):.0%})"
 
 
 def main(argv: list[str] | None = None) -> int:

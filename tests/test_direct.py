@@ -278,3 +278,32 @@ def test_audio_funasr_refuses_is_refused(runners: dict[str, tuple[Any, Any]],
                 runner.transcribe([Utterance(bad)])
     for odd in (np.zeros(16000, np.float32), np.ones(8000, np.float32)):
         assert direct.transcribe([Utterance(odd)]) == generate.transcribe([Utterance(odd)])
+
+
+def test_bf16_runner_logs_the_share_it_recomputed(models_dir: Path, clips: list[np.ndarray],
+                                                  tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Under bf16 the direct runner logs, after 1, 2, 4, ... batches, how many output-layer
+    rows it recomputed in fp32, in the words `bench/throughput.py` reads back from the
+    service's log for its report."""
+    import logging
+
+    from bench.throughput import exact_argmax_note
+    from gpu_worker.fast import exact_argmax
+    from gpu_worker.fast.runner import load_direct_runner
+
+    direct = load_direct_runner(str(models_dir / "sensevoice-tiny"))
+    direct.exact = exact_argmax.install(direct.model, direct.family.name)  # as bf16 on CUDA
+    with caplog.at_level(logging.INFO, logger="gpu_worker.fast.runner"), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(5):
+            direct.token_ids([Utterance(c) for c in clips[:3]])
+    lines = [r.getMessage() for r in caplog.records if "output-layer rows" in r.getMessage()]
+    assert [line.rsplit(", ", 1)[1] for line in lines] == ["1 batches", "2 batches",
+                                                           "4 batches"]
+    log_file = tmp_path / "service.log"
+    log_file.write_text("\n".join(lines) + "\n")
+    done, rows = direct.exact.recomputed, direct.exact.rows
+    assert 0 < done <= rows
+    assert exact_argmax_note(log_file).startswith(f"{done * 4 // 5} of {rows * 4 // 5} rows")
+    assert exact_argmax_note(tmp_path / "missing.log") == "no count in the service log"

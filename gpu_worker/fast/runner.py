@@ -14,7 +14,6 @@ policy stays in charge.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,6 @@ from gpu_worker.fast.networks import net_for
 from protos.common.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
-EXACT_LOG_S = 60.0  # under bf16/fp16: how often the share of rows recomputed in fp32 is logged
 
 
 @dataclass
@@ -86,7 +84,7 @@ class DirectRunner:
         # so greedy decoding takes the argmax fp32 would (`exact_argmax`).
         self.exact = None if device.dtype == "fp32" else exact_argmax.install(self.model,
                                                                               family.name)
-        self._exact_logged = time.monotonic()
+        self._batches = 0
         self.fbank = BatchFbank(self.frontend, device.name)
         self._pin = device.name.startswith("cuda") and torch.cuda.is_available()
         self._copy_stream = torch.cuda.Stream(device.name) if self._pin else None
@@ -135,11 +133,11 @@ class DirectRunner:
         with self.device.inference(int(p.lengths.sum())):
             feats, lens = self.fbank(self._on_device(p), p.lengths)
             ids = self.net.tokens(feats, lens, first.language, first.use_itn)
-        if self.exact is not None and time.monotonic() - self._exact_logged > EXACT_LOG_S:
-            self._exact_logged = time.monotonic()
+        self._batches += 1
+        if self.exact is not None and self._batches & (self._batches - 1) == 0:
             log.info("%s: %d of %d output-layer rows recomputed in fp32 (best two logits within "
-                     "%s rounding)", self.model_name, self.exact.recomputed, self.exact.rows,
-                     self.device.dtype)
+                     "%s rounding), %d batches", self.model_name, self.exact.recomputed,
+                     self.exact.rows, self.device.dtype, self._batches)
         return Computed(p.batch, ids)
 
     def finish(self, c: Computed) -> list[Transcript]:
