@@ -1,6 +1,6 @@
 # make setup: everything on a fresh Debian machine (as root): system packages, .venv, the
 #             project with its test extras, and the small local test models.
-# make test:  ruff, import boundaries, then the unit and integration tests (GPU tests skip
+# make test:  ruff, import boundaries, mypy, then the unit and integration tests (GPU tests skip
 #             without a GPU).
 PYTHON ?= python3
 VENV   := .venv
@@ -46,6 +46,7 @@ release-proto:
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -54,4 +55,4 @@ test-unit:
 	$(BIN)/python -m pytest -q -m "not integration"
 
 clean:
-	rm -rf $(VENV) models build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) models build *.egg-info .pytest_cache .ruff_cache .mypy_cache

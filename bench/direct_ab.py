@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    from gpu_worker.engines.generate import load_runner
-    from gpu_worker.fast.runner import load_direct_runner
+    from gpu_worker.engines.generate import GenerateRunner, load_runner
+    from gpu_worker.fast.runner import DirectRunner, load_direct_runner
 
     work = Path(tempfile.mkdtemp(prefix="direct-ab-"))
     clips = make_clips(a.clips, a.clip_seconds, work)
     utts = [Utterance(sf.read(io.BytesIO(c.wav), dtype="float32")[0]) for c in clips]
-    runners = {"generate": load_runner(a.model, a.device, a.threads),
-               "direct": load_direct_runner(a.model, a.device, a.threads)}
+    runners: dict[str, GenerateRunner | DirectRunner] = {
+        "generate": load_runner(a.model, a.device, a.threads),
+        "direct": load_direct_runner(a.model, a.device, a.threads)}
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(a.rounds + 1):  # round 0 warms up
         for shape in ("batch 1", f"batch {len(utts)}"):

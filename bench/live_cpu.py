@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -94,7 +96,7 @@ class Run:
     got: Latencies
 
 
-def measure(args: argparse.Namespace, frontends: int, audio: object) -> Run:
+def measure(args: argparse.Namespace, frontends: int, audio: np.ndarray) -> Run:
     serve = ["--model", f"live={args.model}", "--vad-model", args.vad_model, "--devices",
              args.devices, "--workers-per-device", str(args.workers_per_device),
              "--frontends", str(frontends), "--max-live-streams", str(args.streams * 2),

@@ -205,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
           "| text = funasr-1 | clips/s per round |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     base = best["funasr-1"].clips_per_s
-    for r in rows:
-        same = sum(t == w for t, w in zip(r.texts, reference, strict=True))
-        print(f"| {r.variant} | {r.clips_per_s:.2f} | {r.rtfx:.1f} | {r.tokens} | "
-              f"{r.ms_per_token:.2f} | {r.p50_latency_s:.3f} | {r.clips_per_s / base:.2f} | "
-              f"{same}/{len(clips)} | {' '.join(f'{x:.2f}' for x in rounds[r.variant])} |")
+    for row in rows:
+        same = sum(t == w for t, w in zip(row.texts, reference, strict=True))
+        print(f"| {row.variant} | {row.clips_per_s:.2f} | {row.rtfx:.1f} | {row.tokens} | "
+              f"{row.ms_per_token:.2f} | {row.p50_latency_s:.3f} | "
+              f"{row.clips_per_s / base:.2f} | {same}/{len(clips)} | "
+              f"{' '.join(f'{x:.2f}' for x in rounds[row.variant])} |")
     if a.json:
         Path(a.json).write_text(json.dumps([{k: v for k, v in asdict(r).items()
                                              if k != "texts"} for r in rows], indent=1))

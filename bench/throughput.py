@@ -63,7 +63,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -205,7 +205,7 @@ def parse_args(argv: list[str] | None) -> Settings:
 # --- (a) and (b): plain FunASR, in a spawned subprocess -------------------------------------
 
 def _timed_calls(variant: str, label: str, concurrency: int,
-                 calls: list[tuple[Callable[[], object], int]], audio_s: float,
+                 calls: Sequence[tuple[Callable[[], object], int]], audio_s: float,
                  root: int, tokens: Callable[[], int] | None = None) -> Measurement:
     """Run `calls` one after another; each carries n clips, which all wait for the call.
     `tokens`: a running count of generated tokens (LLM decoders), read before and after."""

@@ -43,8 +43,8 @@ async def _requests(config: pb.RecognitionConfig, chunks: Iterable[bytes] | Asyn
             yield pb.StreamingRecognizeRequest(audio_content=chunk)
     else:  # file reads off the event loop: a slow disk must not stall other calls
         it = iter(chunks)
-        while (chunk := await asyncio.to_thread(next, it, None)) is not None:
-            yield pb.StreamingRecognizeRequest(audio_content=chunk)
+        while (piece := await asyncio.to_thread(next, it, None)) is not None:
+            yield pb.StreamingRecognizeRequest(audio_content=piece)
 
 
 class AsyncAsrClient:

@@ -116,6 +116,7 @@ def write_tokenizer(llm_dir: Path, vocab_size: int = 512) -> tuple[int, int]:
     tok.train_from_iterator(list(_CORPUS) * 4, trainer=trainer)
     tok.save(str(llm_dir / "tokenizer.json"))
     eos, pad = tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")
+    assert eos is not None and pad is not None  # special tokens of the trainer: in the vocab
     added = {str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False,
                                        "rstrip": False, "normalized": False,
                                        "single_word": False} for t in SPECIAL_TOKENS}

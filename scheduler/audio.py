@@ -211,12 +211,13 @@ def _decode_pyav(data: bytes, demuxer: str, container: str,
     return _finish(np.concatenate(blocks), rate, channels, container)
 
 
-def canonical_wav(data: bytes) -> DecodedAudio | None:
+def canonical_wav(data: bytes | memoryview) -> DecodedAudio | None:
     """The samples of a plain 16 kHz mono 16-bit PCM WAV without copying or a library call
     (the common case, and what FunASR expects); None for anything else, which the full
     decoder handles. Equal to libsndfile's reading of the same file."""
     if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
+    fmt: bytes | memoryview
     pos, fmt = 12, b""
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
@@ -242,7 +243,7 @@ def canonical_wav(data: bytes) -> DecodedAudio | None:
     return None
 
 
-def decode_audio(data: bytes, encoding: Encoding = Encoding.CONTAINER,
+def decode_audio(data: bytes | memoryview, encoding: Encoding = Encoding.CONTAINER,
                  sample_rate: int = 0, channels: int = 1,
                  whole_limit_s: float | None = None) -> DecodedAudio:
     """Decode ``data`` to 16 kHz mono; ``sample_rate``/``channels`` describe raw LINEAR16 only.

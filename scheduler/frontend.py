@@ -40,7 +40,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -298,8 +298,10 @@ class Relay(grpc.GenericRpcHandler):
                 or len(audio) > self.cfg.max_unary_bytes):
             return None
         try:
-            decoded = canonical_wav(audio) or await asyncio.to_thread(
-                decode_audio, audio, Encoding.CONTAINER, 0, 1, WHOLE_DECODE_LIMIT_S)
+            decoded = canonical_wav(audio)
+            if decoded is None:
+                decoded = await asyncio.to_thread(
+                    decode_audio, audio, Encoding.CONTAINER, 0, 1, WHOLE_DECODE_LIMIT_S)
         except InvalidAudio as exc:
             return config, str(exc)
         except (LongerThanWholeLimit, Exception):
@@ -395,7 +397,7 @@ class Relay(grpc.GenericRpcHandler):
                     return
                 if upload is not None:
                     read.clear()
-                    config, audio = upload  # type: ignore[misc]
+                    config, audio = cast("tuple[pb.RecognitionConfig, bytes]", upload)
                     request = b""
                     decoded = await self._decode_audio(config, audio)
                     if decoded is None:
@@ -430,10 +432,10 @@ class Relay(grpc.GenericRpcHandler):
         link = self.link
         tag, answers = link.open_stream(fill)
 
-        def audio(data: bytes) -> Callable[[fpb.LinkRequest], None]:
+        def audio(data: bytes) -> Callable[[fpb.LinkRequest], object]:
             return lambda outbox: outbox.input.add(tag=tag, audio=data)
 
-        def other(data: bytes) -> Callable[[fpb.LinkRequest], None]:
+        def other(data: bytes) -> Callable[[fpb.LinkRequest], object]:
             return lambda outbox: outbox.input.add(tag=tag, message=data)
 
         async def pump() -> None:

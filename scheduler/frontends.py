@@ -22,7 +22,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -93,7 +94,7 @@ class FrontendProcess:
         self.arena: PcmArena | None = None
         self._stopping = False
         # Serves the Link of one process over our end of its socket pair (LinkServicer).
-        self.link_handler: Callable[[int, socket.socket], Awaitable[None]] | None = None
+        self.link_handler: Callable[[int, socket.socket], Coroutine[Any, Any, None]] | None = None
         self._link_task: asyncio.Task[None] | None = None
 
     @property
@@ -231,7 +232,8 @@ class FrontendPool:
                        for p in self.processes]
         return self.port
 
-    def serve_links(self, handler: Callable[[int, socket.socket], Awaitable[None]]) -> None:
+    def serve_links(self, handler: Callable[[int, socket.socket], Coroutine[Any, Any, None]]
+                    ) -> None:
         """Each process started from now on gets a Link socket pair, our end served by
         `handler(index, sock)` (`LinkServicer.serve_framed`)."""
         for process in self.processes:
@@ -340,7 +342,8 @@ class LinkServicer(fpb_grpc.RelayServicer):
             except ValueError as exc:
                 raise InvalidRequest(f"relayed request: {exc}") from None
         try:
-            return pb.RecognizeRequest.FromString(data)
+            # FromString takes any buffer (the stubs say bytes): a view, parsed without a copy
+            return pb.RecognizeRequest.FromString(cast(bytes, data))
         except DecodeError as exc:
             raise InvalidRequest(f"malformed request message: {str(exc)[:200]}") from None
         finally:
@@ -522,9 +525,9 @@ class _Link:
                     if queue is not None:
                         queue.put_nowait(item)
                 for tag in message.cancel:
-                    task = self.tasks.get(tag)
-                    if task is not None:
-                        task.cancel()
+                    running = self.tasks.get(tag)
+                    if running is not None:
+                        running.cancel()
         finally:
             self.wake.set()
 

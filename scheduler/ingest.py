@@ -159,8 +159,9 @@ class OpenStream:
         return False
 
 
-async def decoded_stream(data: bytes, encoding: Encoding, sample_rate: int, channels: int,
-                         spool_dir: str | None = None) -> AsyncIterator[np.ndarray]:
+async def decoded_stream(data: bytes | memoryview, encoding: Encoding, sample_rate: int,
+                         channels: int, spool_dir: str | None = None
+                         ) -> AsyncIterator[np.ndarray]:
     """Bytes already received, decoded incrementally (for input too long to decode whole)."""
     decoder = StreamDecoder(encoding, sample_rate, channels, spool_dir=spool_dir)
     try:

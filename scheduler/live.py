@@ -285,7 +285,7 @@ class LiveRecognizer:
             closed = s.kept.arrived(step.processed_ms * SAMPLES_PER_MS - 1)
             if s.final_model is not None:
                 samples = s.kept.slice(f.start_ms * SAMPLES_PER_MS, f.end_ms * SAMPLES_PER_MS)
-                fut = asyncio.ensure_future(self._second_pass(
+                fut: asyncio.Future[LiveEvent] = asyncio.ensure_future(self._second_pass(
                     s, f.start_ms, f.end_ms, f.text, samples, step.processed_ms, (ended, closed)))
             else:
                 fut = loop.create_future()

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import numpy as np
@@ -131,7 +131,7 @@ class Pipeline:
             return await self._recognize_blocks(req, model, audio, _ignore)
 
     async def recognize_stream(self, req: RecognitionRequest, chunks: AsyncIterator[bytes]
-                               ) -> AsyncIterator[Segment | RecognitionOutcome]:
+                               ) -> AsyncGenerator[Segment | RecognitionOutcome, None]:
         """Audio as a stream of byte chunks: each VAD segment's result as it finishes (long
         streams), then the outcome, last. Audio that needs no VAD is recognised in the
         caller's task (no task or queue per stream); close the iterator when done with it
@@ -161,7 +161,7 @@ class Pipeline:
                         yield item
 
     async def recognize_upload(self, req: RecognitionRequest
-                               ) -> AsyncIterator[Segment | RecognitionOutcome]:
+                               ) -> AsyncGenerator[Segment | RecognitionOutcome, None]:
         """A stream's audio that another process read whole (`req.audio`, or `req.decoded`
         by a front end): answered as `recognize_stream` answers a stream that ended within
         its buffer. Close the iterator when done with it."""
@@ -178,7 +178,7 @@ class Pipeline:
 
     async def _segments_as_they_finish(self, req: RecognitionRequest, model: ServedModel,
                                        blocks: AsyncIterator[np.ndarray]
-                                       ) -> AsyncIterator[Segment | RecognitionOutcome]:
+                                       ) -> AsyncGenerator[Segment | RecognitionOutcome, None]:
         """`_recognize_blocks` in a task of its own, its segments handed out as they finish."""
         out: asyncio.Queue[Segment | None] = asyncio.Queue()
 

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -204,7 +204,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     async def relayed_upload(self, request: pb.RecognizeRequest | RecognizeView,
                              timeout_s: float | None, decoded: DecodedAudio | None = None,
                              decode_error: str = ""
-                             ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+                             ) -> AsyncGenerator[pb.StreamingRecognizeResponse, None]:
         """A StreamingRecognize upload a front-end process read whole (its config and joined
         audio as a RecognizeRequest; the audio maybe decoded there): the stream's responses."""
         received = time.monotonic()
@@ -240,7 +240,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     async def live_responses(self, sc: pb.StreamingRecognitionConfig,
                              messages: AsyncIterator[Any], idle: IdleWatch,
                              timeout_s: float | None
-                             ) -> AsyncIterator[pb.StreamingRecognizeResponse]:
+                             ) -> AsyncGenerator[pb.StreamingRecognizeResponse, None]:
         """A live stream after its config message: `messages` are the client's next ones
         (`StreamingRecognizeRequest`s, or anything with their `WhichOneof` and
         `audio_content`: a front end's relayed inputs)."""

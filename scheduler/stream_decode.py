@@ -50,7 +50,7 @@ class _Spool:
         self.size = self.received = 0
         self.done = self.aborted = self.reading = False
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | memoryview) -> None:
         with self.cond:
             self.received += len(data)
             if self.fd < 0 or self.done or self.aborted or not data:
@@ -127,7 +127,7 @@ class StreamDecoder:
     def bytes_received(self) -> int:
         return self._spool.received
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._spool.append(data)
 
     def finish(self) -> None:

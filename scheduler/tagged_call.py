@@ -18,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
 
-OutboxT = TypeVar("OutboxT")
+OutboxT = TypeVar("OutboxT", bound=Message)
 
 
 def answer_code(value: int) -> grpc.StatusCode:
@@ -201,7 +202,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
             self._done(tag, answered)
 
     async def request_stream(self, add: Callable[[OutboxT, int], Any]
-                             ) -> AsyncIterator[AnswerT | str]:
+                             ) -> AsyncGenerator[AnswerT | str, None]:
         """Send one request whose answers come as several (`more` set on all but the last);
         each answer as it comes, or why the call broke (then nothing more). Whenever the
         caller stops reading before the last answer, the other side is told to stop it."""
@@ -212,7 +213,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
                 yield answer
 
     def open_stream(self, add: Callable[[OutboxT, int], Any]
-                    ) -> tuple[int, AsyncIterator[AnswerT | str]]:
+                    ) -> tuple[int, AsyncGenerator[AnswerT | str, None]]:
         """Send one request at once, as `request_stream` does: its tag (for `send_input`)
         and its answers, as `request_stream` gives them."""
         answers: asyncio.Queue[AnswerT | str] = asyncio.Queue()
@@ -220,7 +221,7 @@ class TaggedCall(Generic[OutboxT, AnswerT]):
         return tag, self._stream_answers(tag, answers)
 
     async def _stream_answers(self, tag: int, answers: asyncio.Queue[AnswerT | str]
-                              ) -> AsyncIterator[AnswerT | str]:
+                              ) -> AsyncGenerator[AnswerT | str, None]:
         """The answers of stream `tag` until its last; told to the other side to stop it
         when left before that (once started: close it, or `cancel_stream`)."""
         finished = False

@@ -205,8 +205,8 @@ class ParallelSegmenter:
     def _agree(self, trusted: _Piece, piece: _Piece, chunk: int) -> bool:
         """Whether both sessions are in the same state after `chunk` (see the module doc)."""
         mine, theirs = trusted.records.get(chunk), piece.records.get(chunk)
-        return bool(mine) and bool(theirs) and mine[-1][1] == theirs[-1][1] \
-            and mine[-1][1] >= piece.fresh_from // SAMPLES_PER_MS + WARMUP_MS
+        return bool(mine and theirs and mine[-1][1] == theirs[-1][1]
+                    and mine[-1][1] >= piece.fresh_from // SAMPLES_PER_MS + WARMUP_MS)
 
     def _join(self) -> None:
         """Once the trusted session and a later piece agree after some chunk, they compute the

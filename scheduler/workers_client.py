@@ -131,7 +131,7 @@ def set_pcm(req: wpb.TranscribeRequest | wpb.VadRequest, samples: np.ndarray,
         req.pcm_ref.offset, req.pcm_ref.num_bytes = block.offset, block.num_bytes
         req.sample_format = block.sample_format  # type: ignore[assignment]
     else:
-        req.pcm, req.sample_format = encode_pcm(samples)  # type: ignore[assignment]
+        req.pcm, req.sample_format = encode_pcm(samples)
 
 
 def unit_error(worker_id: str, code: grpc.StatusCode, details: str) -> Exception:
@@ -168,7 +168,7 @@ async def transcribe(target: wpb_grpc.WorkerStub | UnitLink | None, worker_id: s
     if target is None:
         raise WorkerLost(f"worker {worker_id} is not connected")
     if hasattr(target, "transcribe"):
-        return await target.transcribe(unit, deadline)  # type: ignore[union-attr]
+        return await target.transcribe(unit, deadline)
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
     try:
         r = await target.Transcribe(unit_request(unit), timeout=timeout)

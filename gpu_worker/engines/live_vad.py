@@ -101,6 +101,8 @@ class VadCall(VadWork):
 
 
 VadSteps = Generator[VadWork, torch.Tensor, list[list[int]]]
+# `_segments`: FunASR's list of one batch of segments (or none)
+_SegmentSteps = Generator[VadWork, torch.Tensor, list[list[list[int]]]]
 
 
 def run_vad_calls(calls: list[VadWork]) -> list[torch.Tensor]:
@@ -128,7 +130,7 @@ def run_alone(steps: VadSteps) -> list[list[int]]:
 
 
 def _segments(model: Any, feats: torch.Tensor, waveform: torch.Tensor, is_final: bool,
-              cache: dict[str, Any], is_streaming_input: bool) -> VadSteps:
+              cache: dict[str, Any], is_streaming_input: bool) -> _SegmentSteps:
     """`FsmnVADStreaming.forward`, the encoder pass yielded."""
     if feats.numel() == 0:
         return []

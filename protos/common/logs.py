@@ -19,6 +19,7 @@ class _Formatter(logging.Formatter):
 
     _second = -1
     _stamp = ""
+    default_msec_format: str  # typeshed: `str | None`; logging.Formatter sets "%s,%03d"
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt:
@@ -52,7 +53,7 @@ def setup_logging(level: str, fmt: str, process_tag: str) -> None:
         f"%(asctime)s %(levelname)s [{process_tag}] %(name)s: %(message)s"))
     # What neither format shows is not gathered per record (the logging HOWTO's
     # "Optimization"): the caller's file and line (a walk up the stack), thread and process.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

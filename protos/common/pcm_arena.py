@@ -31,7 +31,7 @@ from protos.common.wire import F32LE, S16LE, int16_to_float
 ALIGN = 64  # block alignment, bytes
 DEFAULT_ARENA_MB = 64
 RAW = -1  # `PcmBlock.sample_format` of a block of raw bytes (`put_bytes`), not samples
-_DTYPES = {S16LE: np.dtype("<i2"), F32LE: np.dtype("<f4")}
+_DTYPES: dict[int, np.dtype] = {S16LE: np.dtype("<i2"), F32LE: np.dtype("<f4")}
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,10 @@ class PcmArena:
             return None
         # A memcpy that keeps the GIL: numpy's copy lets go of it for arrays this size, and
         # taking it back from gRPC's poller thread costs more than the copy (a 10 s unit).
-        self._view[at:at + num_bytes] = memoryview(np.ascontiguousarray(data)).cast("B")
+        # ndarray exports the buffer protocol, but numpy's stubs declare `__buffer__` only for
+        # Python 3.12+, so below that mypy does not see it as a Buffer.
+        self._view[at:at + num_bytes] = memoryview(
+            np.ascontiguousarray(data)).cast("B")  # type: ignore[arg-type]
         bisect.insort(self._starts, at)
         self._ends[at] = at + need
         return PcmBlock(at, num_bytes, fmt)

@@ -30,7 +30,7 @@ WORKER_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_WORKER_MESSAGE
                           ("grpc.max_send_message_length", MAX_WORKER_MESSAGE_BYTES))
 
 
-def encode_pcm(samples: np.ndarray) -> tuple[bytes, int]:
+def encode_pcm(samples: np.ndarray) -> tuple[bytes, wpb.SampleFormat]:
     """Samples for the wire: int16 stays S16LE, anything else goes as F32LE."""
     if samples.dtype == np.int16:
         return samples.astype("<i2", copy=False).tobytes(), S16LE
