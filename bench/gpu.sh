@@ -18,6 +18,8 @@
 #      paraformer-streaming on 8 worker processes beside FunASR's websocket-style loop (1 and
 #      16 streams: one thread serving hundreds of streams falls behind real time), utterances
 #      ended by 300 ms of silence.
+# Beside them, bench/gpu_util.py samples the GPU's utilization, memory and power (NVML, every
+# 0.5 s) and report.md sums them per step: whether the GPU or the host was the limit.
 # Writes each step's Markdown/JSON and log plus report.md (with the device name) into OUT_DIR;
 # scratch files (clips, service logs) go to build/gpu-work.
 #
@@ -75,12 +77,21 @@ fi
 { echo "device: $DEVICE_NAME"; "$PY" -c 'import sys, torch; print("python", sys.version.split()[0],
 "torch", torch.__version__)'; } | tee "$OUT_DIR/device.txt"
 
+# How busy the GPU is through every step (NVML every 0.5 s; summed per step at the end).
+SAMPLER=""
+: >"$OUT_DIR/steps.tsv"
+if [ "$DRY" != 1 ]; then
+  "$PY" bench/gpu_util.py sample "$OUT_DIR/gpu_util.tsv" 2>"$OUT_DIR/gpu_util.log" &
+  SAMPLER=$!
+fi
+
 FAILED=""
 # step NAME LIMIT_S COMMAND...: stdout -> NAME.md, stderr -> NAME.log; the limit shrinks to what
 # is left of the budget, and a step with under 30 s left is skipped (reported, not run).
 # `timeout` signals the step's whole process group: its services and workers go with it.
 step() {
-  local name=$1 limit=$2 rc=0 t0=$SECONDS
+  local name=$1 limit=$2 rc=0 t0=$SECONDS began
+  began=$(date +%s.%N)
   shift 2
   local left=$(( BUDGET - (SECONDS - START) ))
   (( left < limit )) && limit=$left
@@ -90,6 +101,7 @@ step() {
     return 0
   fi
   timeout -k 10 "$limit" "$@" >"$OUT_DIR/$name.md" 2>"$OUT_DIR/$name.log" || rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$began" "$(date +%s.%N)" >>"$OUT_DIR/steps.tsv"
   echo "$name: exit $rc after $(( SECONDS - t0 )) s (limit $limit s)" | tee -a "$OUT_DIR/steps.txt"
   if (( rc != 0 )); then
     FAILED="$FAILED $name"
@@ -142,6 +154,13 @@ step streaming 150 "$PY" bench/streaming.py --model "$MODELS/$LIVE" \
     --frontends "$FRONTENDS" \
     --loop-streams "$LOOP_STREAMS" --work-dir "$WORK/streaming" --json "$OUT_DIR/streaming.json"
 
+if [ -n "$SAMPLER" ]; then
+  kill "$SAMPLER" 2>/dev/null
+  wait "$SAMPLER" 2>/dev/null
+  "$PY" bench/gpu_util.py summarize "$OUT_DIR/gpu_util.tsv" "$OUT_DIR/steps.tsv" \
+      >"$OUT_DIR/gpu_util.md" 2>>"$OUT_DIR/gpu_util.log"
+fi
+
 section() {  # title file
   echo "## $1"
   echo
@@ -159,6 +178,8 @@ section() {  # title file
   section "10 s clips, $ASR (bench/throughput.py)" "$OUT_DIR/throughput.md"
   section "One $MINUTES-minute file through VAD (bench/long_audio.py)" "$OUT_DIR/long_audio.md"
   section "Live streams, $LIVE (bench/streaming.py, ms)" "$OUT_DIR/streaming.md"
+  [ -n "$SAMPLER" ] && section "GPU utilization per step (NVML every 0.5 s, bench/gpu_util.py)" \
+      "$OUT_DIR/gpu_util.md"
 } >"$OUT_DIR/report.md"
 cat "$OUT_DIR/report.md"
 [ -z "$FAILED" ] || { echo "failed or skipped:$FAILED"; exit 1; }

@@ -93,3 +93,24 @@ def test_streaming_bench_measures_from_the_end_of_speech() -> None:
     sends = [((i + 1) / 10, i / 10) for i in range(40)]  # chunk [t, t + 0.1) sent at t
     for pos in (0.0, 0.05, 0.1, 0.15, 0.2, 1.5, 2.6, 3.99):
         assert chunk_due(pos) == pytest.approx(sent_at(sends, pos)), pos
+
+
+def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
+    """`bench/gpu_util.py summarize`: each step gets the samples taken while it ran, per GPU."""
+    samples = tmp_path / "gpu_util.tsv"
+    samples.write_text("".join(f"{100 + t / 2:.3f}\t{g}\t{u}\t{1024 * (g + 1)}\t{300 + u}\n"
+                               for t, (g, u) in enumerate([(0, 0), (1, 5), (0, 80), (1, 0),
+                                                           (0, 100), (1, 0), (0, 40),
+                                                           (1, 0)])))
+    steps = tmp_path / "steps.tsv"
+    steps.write_text("models\t90\t100.6\nthroughput\t100.9\t104.0\nlive\t200\t210\n")
+    out = subprocess.run([sys.executable, "bench/gpu_util.py", "summarize", str(samples),
+                          str(steps)], cwd=ROOT, capture_output=True, text=True, check=True)
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and
+            not line.startswith("| step")]
+    assert rows == [
+        "| models | 0 | 1 | 0 | 0 | 0 | 1.0 | 300 |",
+        "| models | 1 | 1 | 5 | 5 | 100 | 2.0 | 305 |",
+        "| throughput | 0 | 3 | 73 | 100 | 100 | 1.0 | 373 |",
+        "| throughput | 1 | 3 | 0 | 0 | 0 | 2.0 | 300 |",
+        "| live | - | 0 | | | | | |"]

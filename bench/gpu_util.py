@@ -1,0 +1,111 @@
+"""How busy the GPU was during each step of `bench/gpu.sh`: sampled with NVML, summed per step.
+
+A throughput figure alone does not say whether the GPU or something else (the host, the
+service's own processes) was the limit; the share of time a kernel was running says which.
+
+    python bench/gpu_util.py sample OUT.tsv [--interval-s 0.5]   # until killed
+    python bench/gpu_util.py summarize OUT.tsv STEPS.tsv          # a Markdown table
+
+`sample` writes one line per GPU per interval: epoch seconds, GPU index, utilization % (NVML:
+the share of the last sample period in which a kernel ran), memory used (MiB), power (W).
+`STEPS.tsv` has one line per step: name, start and end epoch seconds (`gpu.sh` writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    gpu: int
+    util: float
+    mem_mib: float
+    power_w: float
+
+
+def sample(out: Path, interval_s: float) -> int:
+    """Append NVML samples of every GPU to `out` until killed."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    with out.open("a", buffering=1) as f:
+        while True:
+            now = time.time()
+            for i, h in enumerate(handles):
+                try:
+                    util = pynvml.nvmlDeviceGetUtilizationRates(h).gpu
+                    mem = pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20
+                    power = pynvml.nvmlDeviceGetPowerUsage(h) / 1000
+                except pynvml.NVMLError as exc:
+                    print(f"nvml: {exc}", file=sys.stderr)
+                    continue
+                f.write(f"{now:.3f}\t{i}\t{util}\t{mem:.0f}\t{power:.0f}\n")
+            time.sleep(max(0.0, interval_s - (time.time() - now)))
+
+
+def read_samples(path: Path) -> list[Sample]:
+    out = []
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            at, gpu, util, mem, power = fields
+            out.append(Sample(float(at), int(gpu), float(util), float(mem), float(power)))
+    return out
+
+
+def read_steps(path: Path) -> list[tuple[str, float, float]]:
+    steps = []
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3:
+            steps.append((fields[0], float(fields[1]), float(fields[2])))
+    return steps
+
+
+def summarize(samples: list[Sample], steps: list[tuple[str, float, float]]) -> str:
+    """Per step and GPU: samples, mean and p90 utilization, the share of samples with a
+    kernel running at all, peak memory and mean power."""
+    lines = ["| step | GPU | samples | util mean % | util p90 % | busy samples % | "
+             "memory peak GiB | power mean W |", "|---|---|---|---|---|---|---|---|"]
+    for name, start, end in steps:
+        during = [s for s in samples if start <= s.at <= end]
+        for gpu in sorted({s.gpu for s in during}):
+            mine = [s for s in during if s.gpu == gpu]
+            utils = sorted(s.util for s in mine)
+            p90 = utils[min(len(utils) - 1, int(0.9 * len(utils)))]
+            busy = 100 * sum(u > 0 for u in utils) / len(utils)
+            lines.append(f"| {name} | {gpu} | {len(mine)} | {statistics.fmean(utils):.0f} | "
+                         f"{p90:.0f} | {busy:.0f} | "
+                         f"{max(s.mem_mib for s in mine) / 1024:.1f} | "
+                         f"{statistics.fmean(s.power_w for s in mine):.0f} |")
+        if not during:
+            lines.append(f"| {name} | - | 0 | | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample")
+    s.add_argument("out", type=Path)
+    s.add_argument("--interval-s", type=float, default=0.5)
+    m = sub.add_parser("summarize")
+    m.add_argument("samples", type=Path)
+    m.add_argument("steps", type=Path)
+    args = p.parse_args(argv)
+    if args.cmd == "sample":
+        return sample(args.out, args.interval_s)
+    print(summarize(read_samples(args.samples), read_steps(args.steps)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
