@@ -118,6 +118,9 @@ class Measurement:
     other_cpu: float = 0.0  # share of all CPUs other processes used meanwhile (noise)
     runs: list[float] = field(default_factory=list)  # RTFx of every round
     tokens: int = 0  # tokens an LLM decoder generated in the timed part (0: not an LLM)
+    # When the timed part ran (epoch seconds): to match other records, e.g. GPU samples
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
     @property
     def ms_per_token(self) -> float:

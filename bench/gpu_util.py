@@ -4,7 +4,7 @@ A throughput figure alone does not say whether the GPU or something else (the ho
 service's own processes) was the limit; the share of time a kernel was running says which.
 
     python bench/gpu_util.py sample OUT.tsv [--interval-s 0.5]   # until killed
-    python bench/gpu_util.py summarize OUT.tsv STEPS.tsv          # a Markdown table
+    python bench/gpu_util.py summarize OUT.tsv STEPS.tsv [--throughput-json T.json]
 
 `sample` writes one line per GPU per interval: epoch seconds, GPU index, utilization % (NVML:
 the share of the last sample period in which a kernel ran), memory used (MiB), power (W).
@@ -70,6 +70,19 @@ def read_steps(path: Path) -> list[tuple[str, float, float]]:
     return steps
 
 
+def measured_windows(throughput_json: Path) -> list[tuple[str, float, float]]:
+    """The timed parts of `bench/throughput.py --json` (label and concurrency each), as
+    steps: which variant kept the GPU busy."""
+    import json
+
+    try:
+        results = json.loads(throughput_json.read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [(f"{r['label']}, c={r['concurrency']}", float(r["started_at"]),
+             float(r["ended_at"])) for r in results if r.get("started_at")]
+
+
 def summarize(samples: list[Sample], steps: list[tuple[str, float, float]]) -> str:
     """Per step and GPU: samples, mean and p90 utilization, the share of samples with a
     kernel running at all, peak memory and mean power."""
@@ -100,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("summarize")
     m.add_argument("samples", type=Path)
     m.add_argument("steps", type=Path)
+    m.add_argument("--throughput-json", type=Path, action="append", default=[],
+                   help="bench/throughput.py --json output: its timed parts as rows too")
     args = p.parse_args(argv)
     if args.cmd == "sample":
         return sample(args.out, args.interval_s)
-    print(summarize(read_samples(args.samples), read_steps(args.steps)))
+    steps = read_steps(args.steps)
+    for path in args.throughput_json:
+        steps += measured_windows(path)
+    print(summarize(read_samples(args.samples), steps))
     return 0
 
 

@@ -212,6 +212,7 @@ def _timed_calls(variant: str, label: str, concurrency: int,
     meter = CpuMeter(root)
     tokens_before = tokens() if tokens else 0
     latencies: list[float] = []
+    started_at = time.time()
     start = time.perf_counter()
     for fn, n in tqdm(calls, desc=label, file=sys.stderr, leave=False, disable=None):
         t = time.perf_counter()
@@ -220,7 +221,8 @@ def _timed_calls(variant: str, label: str, concurrency: int,
     wall = time.perf_counter() - start
     m = Measurement(variant, label, concurrency, 0, len(latencies), audio_s, wall, latencies,
                     other_cpu=meter.foreign_share(),
-                    tokens=tokens() - tokens_before if tokens else 0)
+                    tokens=tokens() - tokens_before if tokens else 0,
+                    started_at=started_at, ended_at=time.time())
     log.info("%s: %.2f RTFx, p50 %.3f s (other processes used %.0f%% of the CPU)", label,
              m.rtfx, m.percentile(50), 100 * m.other_cpu)
     return m
@@ -329,11 +331,13 @@ def measure_level(s: Settings, variant: str, label: str, call: Callable[[Clip], 
     requests = s.requests_at(concurrency)
     tokens_before = tokens() if tokens else 0.0
     meter = CpuMeter(os.getpid())
+    started_at = time.time()
     wall, latencies = drive(call, clips, requests, concurrency, f"{label}, c={concurrency}")
     audio = sum(clips[i % len(clips)].seconds for i in range(requests))
     m = Measurement(variant, label, concurrency, workers, requests, audio, wall, latencies,
                     other_cpu=meter.foreign_share(),
-                    tokens=round(tokens() - tokens_before) if tokens else 0)
+                    tokens=round(tokens() - tokens_before) if tokens else 0,
+                    started_at=started_at, ended_at=time.time())
     log.info("%s, c=%d: %.2f RTFx, p50 %.3f s (other processes used %.0f%% of the CPU)",
              label, concurrency, m.rtfx, m.percentile(50), 100 * m.other_cpu)
     return m

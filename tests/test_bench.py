@@ -104,8 +104,13 @@ def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
                                                            (1, 0)])))
     steps = tmp_path / "steps.tsv"
     steps.write_text("models\t90\t100.6\nthroughput\t100.9\t104.0\nlive\t200\t210\n")
+    timed = tmp_path / "throughput.json"  # bench/throughput.py --json: its timed parts
+    timed.write_text(json.dumps({"results": [
+        {"label": "(e) ours direct bf16", "concurrency": 32, "started_at": 101.9,
+         "ended_at": 102.1}, {"label": "(d) funasr-server", "concurrency": 1}]}))
     out = subprocess.run([sys.executable, "bench/gpu_util.py", "summarize", str(samples),
-                          str(steps)], cwd=ROOT, capture_output=True, text=True, check=True)
+                          str(steps), "--throughput-json", str(timed)], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and
             not line.startswith("| step")]
     assert rows == [
@@ -113,4 +118,5 @@ def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
         "| models | 1 | 1 | 5 | 5 | 100 | 2.0 | 305 |",
         "| throughput | 0 | 3 | 73 | 100 | 100 | 1.0 | 373 |",
         "| throughput | 1 | 3 | 0 | 0 | 0 | 2.0 | 300 |",
-        "| live | - | 0 | | | | | |"]
+        "| live | - | 0 | | | | | |",
+        "| (e) ours direct bf16, c=32 | 0 | 1 | 100 | 100 | 100 | 1.0 | 400 |"]
