@@ -158,7 +158,7 @@ if [ -n "$SAMPLER" ]; then
   kill "$SAMPLER" 2>/dev/null
   wait "$SAMPLER" 2>/dev/null
   "$PY" bench/gpu_util.py summarize "$OUT_DIR/gpu_util.tsv" "$OUT_DIR/steps.tsv" \
-      --throughput-json "$OUT_DIR/throughput.json" \
+      --windows-json "$OUT_DIR/throughput.json" --windows-json "$OUT_DIR/streaming.json" \
       >"$OUT_DIR/gpu_util.md" 2>>"$OUT_DIR/gpu_util.log"
 fi
 

@@ -4,7 +4,7 @@ A throughput figure alone does not say whether the GPU or something else (the ho
 service's own processes) was the limit; the share of time a kernel was running says which.
 
     python bench/gpu_util.py sample OUT.tsv [--interval-s 0.5]   # until killed
-    python bench/gpu_util.py summarize OUT.tsv STEPS.tsv [--throughput-json T.json]
+    python bench/gpu_util.py summarize OUT.tsv STEPS.tsv [--windows-json BENCH.json ...]
 
 `sample` writes one line per GPU per interval: epoch seconds, GPU index, utilization % (NVML:
 the share of the last sample period in which a kernel ran), memory used (MiB), power (W).
@@ -70,17 +70,21 @@ def read_steps(path: Path) -> list[tuple[str, float, float]]:
     return steps
 
 
-def measured_windows(throughput_json: Path) -> list[tuple[str, float, float]]:
-    """The timed parts of `bench/throughput.py --json` (label and concurrency each), as
-    steps: which variant kept the GPU busy."""
+def measured_windows(path: Path) -> list[tuple[str, float, float]]:
+    """The timed parts of `bench/throughput.py --json` (each variant and concurrency) or of
+    `bench/streaming.py --json` (each variant and stream count), as steps: which one kept the
+    GPU busy."""
     import json
 
     try:
-        results = json.loads(throughput_json.read_text())["results"]
-    except (OSError, ValueError, KeyError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return []
-    return [(f"{r['label']}, c={r['concurrency']}", float(r["started_at"]),
-             float(r["ended_at"])) for r in results if r.get("started_at")]
+    if isinstance(data, dict):  # throughput.py
+        return [(f"{r['label']}, c={r['concurrency']}", float(r["started_at"]),
+                 float(r["ended_at"])) for r in data.get("results", []) if r.get("started_at")]
+    return [(f"{r['variant']}, {r['streams']} streams", float(r["started_at"]),
+             float(r["ended_at"])) for r in data if r.get("started_at")]
 
 
 def summarize(samples: list[Sample], steps: list[tuple[str, float, float]]) -> str:
@@ -113,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("summarize")
     m.add_argument("samples", type=Path)
     m.add_argument("steps", type=Path)
-    m.add_argument("--throughput-json", type=Path, action="append", default=[],
-                   help="bench/throughput.py --json output: its timed parts as rows too")
+    m.add_argument("--windows-json", type=Path, action="append", default=[],
+                   help="bench/throughput.py or bench/streaming.py --json output: its timed "
+                   "parts as rows too")
     args = p.parse_args(argv)
     if args.cmd == "sample":
         return sample(args.out, args.interval_s)
     steps = read_steps(args.steps)
-    for path in args.throughput_json:
+    for path in args.windows_json:
         steps += measured_windows(path)
     print(summarize(read_samples(args.samples), steps))
     return 0

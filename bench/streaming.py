@@ -69,6 +69,8 @@ class Row:
     endpoint_p50_ms: float = float("nan")  # final after the VAD's endpoint
     endpoint_p95_ms: float = float("nan")
     end_silence_ms: int = 0  # the requested end-of-speech silence (0: the VAD's schedule)
+    started_at: float = 0.0  # when the streams began and ended (epoch seconds)
+    ended_at: float = 0.0
 
 
 def recording(directory: Path, utterances: int) -> np.ndarray:
@@ -290,10 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",")
     silences = [int(x) for x in args.end_silence_ms.split(",") if x.strip()]
 
-    def row(variant: str, n: int, silence: int, got: Latencies) -> Row:
-        return Row(variant, n, len(got.finals), pct(got.firsts, 50), pct(got.firsts, 95),
-                   pct(got.finals, 50), pct(got.finals, 95), got.failed,
-                   pct(got.endpoints, 50), pct(got.endpoints, 95), silence)
+    print(f"service: {args.workers_per_device} worker process(es) per device ({args.devices}); "
+          "final: after the end of speech / after the VAD's endpoint")
+    print(f"{'variant':<12} {'end sil':>7} {'streams':>7} {'utts':>5} {'1st interim p50':>16} "
+          f"{'p95':>6} {'final p50':>10} {'p95':>6} {'endpoint p50':>13} {'p95':>6}  (ms)  "
+          "failed streams", flush=True)
+
+    def row(variant: str, n: int, silence: int, started_at: float, got: Latencies) -> Row:
+        """The row of one run, printed and written (`--json`) at once: a run cut short by a
+        time limit keeps every row before it."""
+        r = Row(variant, n, len(got.finals), pct(got.firsts, 50), pct(got.firsts, 95),
+                pct(got.finals, 50), pct(got.finals, 95), got.failed,
+                pct(got.endpoints, 50), pct(got.endpoints, 95), silence, started_at, time.time())
+        print(f"{r.variant:<12} {r.end_silence_ms or 'vad':>7} {r.streams:>7} "
+              f"{r.utterances:>5} {r.first_interim_p50_ms:>16.0f} {r.first_interim_p95_ms:>6.0f} "
+              f"{r.final_p50_ms:>10.0f} {r.final_p95_ms:>6.0f} {r.endpoint_p50_ms:>13.0f} "
+              f"{r.endpoint_p95_ms:>6.0f}  {r.failed_streams:>14}", flush=True)
+        rows.append(r)
+        if args.json:
+            args.json.write_text(json.dumps([asdict(x) for x in rows], indent=2))
+        return r
 
     # FunASR's loop first: its rows are few and short; the service's largest count comes last,
     # so a run cut short by a time limit there keeps every other row.
@@ -302,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     for silence in silences if "funasr-loop" in variants else []:
         for n in loop_counts:
             log.info("funasr loop, %d streams, end silence %d ms", n, silence)
-            rows.append(row("funasr-loop", n, silence, run_funasr_loop(
+            started_at = time.time()
+            log.info("%s", row("funasr-loop", n, silence, started_at, run_funasr_loop(
                 args.model, args.vad_model, audio, n, args.threads, args.devices, silence)))
-            log.info("%s", rows[-1])
     if "service" in variants:
         with service_process(serve, args.work_dir / "serve.log") as client:
             for silence in silences:
@@ -312,23 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                     procs = -(-n // max(args.streams_per_client_process, 1))
                     log.info("service, %d streams (%d client processes), end silence %d ms",
                              n, procs, silence)
+                    started_at = time.time()
                     got = (run_service(client, audio, n, silence) if procs == 1 else
                            run_service_processes(client.channel_options.server, audio, n,
                                                  silence, procs))
-                    rows.append(row("service", n, silence, got))
-                    log.info("%s", rows[-1])  # as it is measured: a cut-short run keeps it
-    print(f"service: {args.workers_per_device} worker process(es) per device ({args.devices}); "
-          "final: after the end of speech / after the VAD's endpoint")
-    print(f"{'variant':<12} {'end sil':>7} {'streams':>7} {'utts':>5} {'1st interim p50':>16} "
-          f"{'p95':>6} {'final p50':>10} {'p95':>6} {'endpoint p50':>13} {'p95':>6}  (ms)  "
-          "failed streams")
-    for r in rows:
-        print(f"{r.variant:<12} {r.end_silence_ms or 'vad':>7} {r.streams:>7} {r.utterances:>5} "
-              f"{r.first_interim_p50_ms:>16.0f} {r.first_interim_p95_ms:>6.0f} "
-              f"{r.final_p50_ms:>10.0f} {r.final_p95_ms:>6.0f} {r.endpoint_p50_ms:>13.0f} "
-              f"{r.endpoint_p95_ms:>6.0f}  {r.failed_streams:>14}")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+                    log.info("%s", row("service", n, silence, started_at, got))
     return 1 if any(r.failed_streams for r in rows) else 0
 
 

@@ -108,8 +108,12 @@ def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
     timed.write_text(json.dumps({"results": [
         {"label": "(e) ours direct bf16", "concurrency": 32, "started_at": 101.9,
          "ended_at": 102.1}, {"label": "(d) funasr-server", "concurrency": 1}]}))
+    live = tmp_path / "streaming.json"  # bench/streaming.py --json
+    live.write_text(json.dumps([{"variant": "service", "streams": 16, "started_at": 100.4,
+                                 "ended_at": 101.6}]))
     out = subprocess.run([sys.executable, "bench/gpu_util.py", "summarize", str(samples),
-                          str(steps), "--throughput-json", str(timed)], cwd=ROOT,
+                          str(steps), "--windows-json", str(timed), "--windows-json", str(live),
+                          "--windows-json", str(tmp_path / "absent.json")], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and
             not line.startswith("| step")]
@@ -119,4 +123,6 @@ def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
         "| throughput | 0 | 3 | 73 | 100 | 100 | 1.0 | 373 |",
         "| throughput | 1 | 3 | 0 | 0 | 0 | 2.0 | 300 |",
         "| live | - | 0 | | | | | |",
-        "| (e) ours direct bf16, c=32 | 0 | 1 | 100 | 100 | 100 | 1.0 | 400 |"]
+        "| (e) ours direct bf16, c=32 | 0 | 1 | 100 | 100 | 100 | 1.0 | 400 |",
+        "| service, 16 streams | 0 | 1 | 80 | 80 | 100 | 1.0 | 380 |",
+        "| service, 16 streams | 1 | 2 | 2 | 5 | 50 | 2.0 | 302 |"]
