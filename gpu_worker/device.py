@@ -92,6 +92,20 @@ class Device(Protocol):
         ...
 
 
+def full_fp32_on_cuda() -> None:
+    """fp32 work on CUDA in full fp32, for this process: PyTorch lets cuDNN convolutions use
+    TF32 (a 10-bit mantissa) by default (its matrix products not), and the models' FSMN
+    memory blocks (SenseVoice, Paraformer, FSMN-VAD) are convolutions. With TF32 their output
+    moves by ~1e-3, enough to flip argmaxes and VAD decisions that lie close, so `--dtype fp32`
+    would not give the CPU's (and FunASR's CPU) results. Lower precision only where `--dtype`
+    asks for it (autocast). The legacy flags: PyTorch refuses to read them once they are
+    mixed with its per-backend `fp32_precision` settings, and FunASR's code may read them."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class TorchDevice:
     """One torch device: CUDA memory bookkeeping, precision and threads."""
 
@@ -108,6 +122,8 @@ class TorchDevice:
         self.dtype = dtype
         self.threads = max(1, threads)
         self.has_cache = name.startswith("cuda")
+        if self.has_cache:
+            full_fp32_on_cuda()
         self._bytes_per_audio_s = 0.0  # peak allocator growth per audio second, learnt
         self.set_threads()
 

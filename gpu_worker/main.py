@@ -22,7 +22,7 @@ import sys
 
 import grpc
 
-from gpu_worker.device import on_own_thread, one_thread_here
+from gpu_worker.device import full_fp32_on_cuda, on_own_thread, one_thread_here
 from gpu_worker.engines.base import Engine, StartupError, create_engine
 from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
@@ -131,8 +131,10 @@ def load_engine(cfg: WorkerConfig) -> Engine:
     OpenMP team; this (the event loop's) thread stays single-threaded and the model loads on
     a thread of its own that ends afterwards, so no other team is left to make libgomp
     throttle the model thread's (`gpu_worker.device.one_thread_here`). On CUDA the host does
-    little torch work, and engines such as vLLM's expect to load on the main thread."""
+    little torch work, and engines such as vLLM's expect to load on the main thread. Every
+    CUDA worker (recognition, live, VAD) computes fp32 in full fp32 (`full_fp32_on_cuda`)."""
     if cfg.torch_device != "cpu":
+        full_fp32_on_cuda()
         return create_engine(cfg)
     one_thread_here()
     return on_own_thread(lambda: create_engine(cfg))

@@ -19,6 +19,18 @@ from tests.audio_fixtures import speech_files
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def full_fp32_where_cuda() -> None:
+    """Where CUDA is (the GPU tier), FunASR models the tests load themselves compute fp32 in
+    full fp32, as the service's CUDA workers do (`gpu_worker.device.full_fp32_on_cuda`)."""
+    import torch
+
+    if torch.cuda.is_available():
+        from gpu_worker.device import full_fp32_on_cuda
+
+        full_fp32_on_cuda()
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The small local models (built by `make setup`; built here if missing)."""

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,35 @@ def test_torch_device_on_cpu() -> None:
         assert torch.is_inference_mode_enabled()
     with pytest.raises(ValueError, match="dtype 'int8'"):
         TorchDevice("cpu", "int8")
+
+
+@pytest.fixture
+def tf32_flags() -> Iterator[Any]:
+    """The process's TF32 flags, put back after the test."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+    yield torch.backends
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def test_cuda_devices_and_workers_compute_fp32_in_full(tf32_flags: Any, models_dir: Path
+                                                        ) -> None:
+    """No TF32 in a CUDA worker (cuDNN convolutions would use it by default): set by a CUDA
+    `TorchDevice` and by every worker that loads on a CUDA device; a CPU device leaves the
+    flags alone. (Set, not exercised: no GPU here; the GPU tier compares texts and VAD
+    decisions on cuda:0 with the CPU's.)"""
+    from gpu_worker.main import load_engine
+
+    TorchDevice("cpu")
+    assert tf32_flags.cudnn.allow_tf32
+    TorchDevice("cuda:0", "bf16")  # no CUDA call at construction
+    assert not tf32_flags.cudnn.allow_tf32 and not tf32_flags.cuda.matmul.allow_tf32
+    tf32_flags.cudnn.allow_tf32 = True
+    engine = load_engine(WorkerConfig(model=str(models_dir / "sensevoice-tiny"),
+                                      engine="identity", torch_device="cuda:0"))
+    assert engine.name == "identity" and not tf32_flags.cudnn.allow_tf32
 
 
 class EchoLive(Engine):
