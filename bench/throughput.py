@@ -610,8 +610,8 @@ EXACT_ARGMAX = re.compile(r"(\d+) of (\d+) output-layer rows recomputed in fp32"
 
 def exact_argmax_note(log_path: Path) -> str:
     """What share of the output layer's rows a bf16/fp16 `direct` service recomputed in fp32
-    (rows whose best two logits lay within the rounding: nearly all of them on random
-    weights, whose logits are nearly flat; few on trained ones), from a worker's last count
+    (rows whose best two logits lay within the rounding's bound: nearly all of them on random
+    weights, whose logits are nearly flat; fewer on trained ones), from a worker's last count
     in the service log."""
     try:
         found = EXACT_ARGMAX.findall(log_path.read_text(errors="replace"))

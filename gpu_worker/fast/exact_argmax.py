@@ -5,8 +5,10 @@ argmax of the output layer's logits. Under autocast that layer runs in bf16: its
 weights and result are rounded to 8 significant bits, and where the best two logits lie closer
 than that rounding the argmax can change. Measured with CPU autocast standing in for CUDA's
 (`tests/test_direct.py`): on the random-weight test models, whose logits are nearly flat (median
-margin between the best two ~0.07 nats), 17 % of SenseVoice's tokens changed; trained models
-are far more confident, so few rows are in doubt there.
+margin between the best two ~0.07 nats), 17 % of SenseVoice's tokens changed. Trained models
+are more confident, so fewer rows are in doubt there; the bound is a worst case (every
+rounding error in the same direction), so on real weights it still flags more rows than
+actually flip: how many, a run with real weights will show (the worker logs the share).
 
 `ExactArgmaxLinear` wraps such a layer: it computes the logits as autocast does, bounds each
 row's rounding error, and recomputes in fp32 only the rows whose best two logits lie within
