@@ -108,6 +108,10 @@ class ServeConfig(BaseSettings):
                         "model: --model NAME=DIR?engine=E")
     dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
         "fp32", description="Inference precision on CUDA: fp32 | bf16 | fp16 (autocast)")
+    exact_argmax: Literal["on", "off"] = Field(
+        "on", description="With --dtype bf16|fp16 and the direct engine: on (output-layer "
+        "rows whose best two logits lie within the rounding are recomputed in fp32, so "
+        "decoding takes fp32's argmax there) | off (plain autocast, as FunASR's)")
     max_new_tokens: int = Field(512, ge=1, le=32768, description="Most tokens an LLM decoder "
                                 "(Fun-ASR-Nano) generates per segment; requests may ask for "
                                 "fewer")

@@ -158,6 +158,7 @@ class AsrService:
             max_batch_size=cfg.max_batch_size, max_batch_audio_s=cfg.max_batch_audio_s,
             max_queue_delay_ms=cfg.max_queue_delay_ms, cache_clear_every=cfg.cache_clear_every,
             cache_clear_margin_bytes=cfg.cache_clear_margin_mib * 1024 * 1024, dtype=cfg.dtype,
+            exact_argmax=cfg.exact_argmax == "on",
             engine=cfg.engine, max_new_tokens=cfg.max_new_tokens,
             log_level=cfg.log_level, log_format=cfg.log_format, vad_model=vad_model or "",
             vad_fbank=cfg.vad_fbank, live_fbank=cfg.live_fbank, live_tick_ms=cfg.live_tick_ms,

@@ -132,6 +132,7 @@ def test_model_is_a_list_from_every_source(tmp_path: Path) -> None:
 # Each defect of issue 9 and each rule: (setting, a refused value, words of the rule).
 BAD = [
     ("dtype", "fp8", "'fp32', 'bf16' or 'fp16'"),
+    ("exact_argmax", "maybe", "'on' or 'off'"),
     ("max_attempts", "0", "greater than or equal to 1"),
     ("max_unary_bytes", "-1", "greater than 0"),
     ("max_unary_bytes", "2000000000", "less than or equal to"),  # gRPC's int32 limit

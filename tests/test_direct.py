@@ -310,3 +310,25 @@ def test_bf16_runner_logs_the_share_it_recomputed(models_dir: Path, clips: list[
     assert 0 < done <= rows
     assert exact_argmax_note(log_file).startswith(f"{done * 4 // 5} of {rows * 4 // 5} rows")
     assert exact_argmax_note(tmp_path / "missing.log") == "no count in the service log"
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_exact_argmax_is_a_setting_of_low_precision_runners(models_dir: Path,
+                                                            setting: bool) -> None:
+    """`--exact-argmax on|off` decides whether a bf16 direct runner wraps its output layer;
+    an fp32 runner never does."""
+    from gpu_worker.device import TorchDevice
+    from gpu_worker.families import family_for
+    from gpu_worker.fast.exact_argmax import ExactArgmaxLinear
+    from gpu_worker.fast.runner import DirectRunner
+    from protos.common.worker_config import WorkerConfig
+
+    path = str(models_dir / "sensevoice-tiny")
+    cfg = WorkerConfig(model=path, exact_argmax=setting)
+    low = TorchDevice("cpu")
+    low.dtype = "bf16"  # as on CUDA: the runner's choice depends on the device's precision
+    runner = DirectRunner(path, family_for(path, "direct"), low, cfg)
+    assert (runner.exact is not None) == setting
+    assert isinstance(runner.model.ctc.ctc_lo, ExactArgmaxLinear) == setting
+    fp32 = DirectRunner(path, family_for(path, "direct"), TorchDevice("cpu"), cfg)
+    assert fp32.exact is None

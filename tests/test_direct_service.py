@@ -4,6 +4,7 @@ requests (real scheduler, real worker processes, real gRPC on loopback)."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,7 +47,11 @@ def test_direct_and_generate_side_by_side(start_service, models_dir: Path,  # ty
     sv, pf = models_dir / "sensevoice-tiny", models_dir / "paraformer-tiny"
     svc = start_service([f"sv={sv}", f"sv-gen={sv}?engine=generate", f"pf={pf}",
                          f"pf-gen={pf}?engine=generate"], max_batch_size=8,
-                        cpu_max_batch_size=8, worker_start_timeout_s=300)
+                        cpu_max_batch_size=8, worker_start_timeout_s=300, exact_argmax="off")
+    for w in svc.service.dispatcher.workers:  # `--exact-argmax off` reached the workers
+        assert w.process is not None
+        cmdline = Path(f"/proc/{w.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert json.loads(cmdline[-2])["exact_argmax"] is False
     audios = [p.read_bytes() for p in speech.values()]
     with AsrClient(svc.address) as client:
         engines = {m.name: m.engine for m in client.status().models}

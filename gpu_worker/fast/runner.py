@@ -81,9 +81,10 @@ class DirectRunner:
         self.frontend = auto.kwargs["frontend"]
         self.net = net_for(family.name, self.model)
         # Under bf16/fp16 autocast, the output layer's rows in doubt are recomputed in fp32,
-        # so greedy decoding takes the argmax fp32 would (`exact_argmax`).
-        self.exact = None if device.dtype == "fp32" else exact_argmax.install(self.model,
-                                                                              family.name)
+        # so greedy decoding takes the argmax fp32 would (`exact_argmax`; `--exact-argmax`).
+        exact = cfg is None or cfg.exact_argmax
+        self.exact = (exact_argmax.install(self.model, family.name)
+                      if exact and device.dtype != "fp32" else None)
         self._batches = 0
         self.fbank = BatchFbank(self.frontend, device.name)
         self._pin = device.name.startswith("cuda") and torch.cuda.is_available()

@@ -26,6 +26,7 @@ class WorkerConfig:
     cache_clear_every: int = 500
     cache_clear_margin_bytes: int = 2 * 1024**3
     dtype: str = "fp32"
+    exact_argmax: bool = True  # bf16/fp16, direct engine: rows in doubt recomputed in fp32
     max_new_tokens: int = 512  # LLM decoders (Fun-ASR-Nano): default cap on generated tokens
     parent_pid: int = 0
     log_level: str = "INFO"
