@@ -26,6 +26,7 @@ Variants:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import soundfile as sf
@@ -279,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
                    "single worker gets)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    report = sys.stdout  # the table; FunASR's own prints (it announces its version) to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        return _measure(args, report)
+
+
+def _measure(args: argparse.Namespace, report: TextIO) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     audio = recording(args.work_dir / "clips", args.utterances)
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
@@ -293,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     silences = [int(x) for x in args.end_silence_ms.split(",") if x.strip()]
 
     print(f"service: {args.workers_per_device} worker process(es) per device ({args.devices}); "
-          "final: after the end of speech / after the VAD's endpoint")
+          "final: after the end of speech / after the VAD's endpoint", file=report)
     print(f"{'variant':<12} {'end sil':>7} {'streams':>7} {'utts':>5} {'1st interim p50':>16} "
           f"{'p95':>6} {'final p50':>10} {'p95':>6} {'endpoint p50':>13} {'p95':>6}  (ms)  "
-          "failed streams", flush=True)
+          "failed streams", file=report, flush=True)
 
     def row(variant: str, n: int, silence: int, started_at: float, got: Latencies) -> Row:
         """The row of one run, printed and written (`--json`) at once: a run cut short by a
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.variant:<12} {r.end_silence_ms or 'vad':>7} {r.streams:>7} "
               f"{r.utterances:>5} {r.first_interim_p50_ms:>16.0f} {r.first_interim_p95_ms:>6.0f} "
               f"{r.final_p50_ms:>10.0f} {r.final_p95_ms:>6.0f} {r.endpoint_p50_ms:>13.0f} "
-              f"{r.endpoint_p95_ms:>6.0f}  {r.failed_streams:>14}", flush=True)
+              f"{r.endpoint_p95_ms:>6.0f}  {r.failed_streams:>14}", file=report, flush=True)
         rows.append(r)
         if args.json:
             args.json.write_text(json.dumps([asdict(x) for x in rows], indent=2))
