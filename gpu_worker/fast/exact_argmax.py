@@ -48,15 +48,17 @@ class ExactArgmaxLinear(torch.nn.Module):
         z = self.linear(x)
         if z.dtype == torch.float32:  # no autocast: already fp32's logits
             return z
-        logits = z.float()
         unit = torch.finfo(z.dtype).eps / 2
-        best2 = logits.topk(2, dim=-1).values
-        scale = (x.float().norm(dim=-1) * self.weight_norm + self.bias_max
-                 + logits.abs().amax(dim=-1))
+        # Reductions over the low-precision logits themselves (exact: they are what was
+        # rounded), no full-size temporaries: the best two, and max |z| from max and min.
+        best2 = z.topk(2, dim=-1).values.float()
+        largest = torch.maximum(best2[..., 0].abs(), z.amin(dim=-1).float().abs())
+        scale = x.float().norm(dim=-1) * self.weight_norm + self.bias_max + largest
         doubt = best2[..., 0] - best2[..., 1] <= 2 * SAFETY * unit * scale
         count = int(doubt.sum())  # one sync; the caller copies the ids to the host after it
         self.rows += doubt.numel()
         self.recomputed += count
+        logits = z.float()
         if count:
             with torch.autocast(x.device.type, enabled=False):
                 logits[doubt] = F.linear(x[doubt].float(), self.linear.weight.float(),
