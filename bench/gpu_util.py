@@ -7,7 +7,9 @@ service's own processes) was the limit; the share of time a kernel was running s
     python bench/gpu_util.py summarize OUT.tsv STEPS.tsv [--windows-json BENCH.json ...]
 
 `sample` writes one line per GPU per interval: epoch seconds, GPU index, utilization % (NVML:
-the share of the last sample period in which a kernel ran), memory used (MiB), power (W).
+the share of the last sample period in which a kernel ran), memory used (MiB), power (W), and
+the host's CPU busy % over all cores since the previous sample (/proc/stat): a GPU waiting
+while the host's cores are full says the host is the limit.
 `STEPS.tsv` has one line per step: name, start and end epoch seconds (`gpu.sh` writes it).
 """
 
@@ -28,6 +30,15 @@ class Sample:
     util: float
     mem_mib: float
     power_w: float
+    host_cpu: float = float("nan")  # busy share of all the host's cores since the last sample, %
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [float(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    return sum(values) - idle, sum(values)
 
 
 def sample(out: Path, interval_s: float) -> int:
@@ -36,9 +47,13 @@ def sample(out: Path, interval_s: float) -> int:
 
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    last = _cpu_times()
     with out.open("a", buffering=1) as f:
         while True:
             now = time.time()
+            cpu = _cpu_times()
+            host = 100 * (cpu[0] - last[0]) / max(cpu[1] - last[1], 1e-9)
+            last = cpu
             for i, h in enumerate(handles):
                 try:
                     util = pynvml.nvmlDeviceGetUtilizationRates(h).gpu
@@ -47,7 +62,7 @@ def sample(out: Path, interval_s: float) -> int:
                 except pynvml.NVMLError as exc:
                     print(f"nvml: {exc}", file=sys.stderr)
                     continue
-                f.write(f"{now:.3f}\t{i}\t{util}\t{mem:.0f}\t{power:.0f}\n")
+                f.write(f"{now:.3f}\t{i}\t{util}\t{mem:.0f}\t{power:.0f}\t{host:.0f}\n")
             time.sleep(max(0.0, interval_s - (time.time() - now)))
 
 
@@ -55,9 +70,9 @@ def read_samples(path: Path) -> list[Sample]:
     out = []
     for line in path.read_text().splitlines():
         fields = line.split("\t")
-        if len(fields) == 5:
-            at, gpu, util, mem, power = fields
-            out.append(Sample(float(at), int(gpu), float(util), float(mem), float(power)))
+        if len(fields) in (5, 6):
+            out.append(Sample(float(fields[0]), int(fields[1]),
+                              *(float(v) for v in fields[2:])))
     return out
 
 
@@ -91,7 +106,8 @@ def summarize(samples: list[Sample], steps: list[tuple[str, float, float]]) -> s
     """Per step and GPU: samples, mean and p90 utilization, the share of samples with a
     kernel running at all, peak memory and mean power."""
     lines = ["| step | GPU | samples | util mean % | util p90 % | busy samples % | "
-             "memory peak GiB | power mean W |", "|---|---|---|---|---|---|---|---|"]
+             "memory peak GiB | power mean W | host CPU mean % |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, start, end in steps:
         during = [s for s in samples if start <= s.at <= end]
         for gpu in sorted({s.gpu for s in during}):
@@ -102,9 +118,10 @@ def summarize(samples: list[Sample], steps: list[tuple[str, float, float]]) -> s
             lines.append(f"| {name} | {gpu} | {len(mine)} | {statistics.fmean(utils):.0f} | "
                          f"{p90:.0f} | {busy:.0f} | "
                          f"{max(s.mem_mib for s in mine) / 1024:.1f} | "
-                         f"{statistics.fmean(s.power_w for s in mine):.0f} |")
+                         f"{statistics.fmean(s.power_w for s in mine):.0f} | "
+                         f"{statistics.fmean(s.host_cpu for s in mine):.0f} |")
         if not during:
-            lines.append(f"| {name} | - | 0 | | | | | |")
+            lines.append(f"| {name} | - | 0 | | | | | | |")
     return "\n".join(lines)
 
 

@@ -98,7 +98,8 @@ def test_streaming_bench_measures_from_the_end_of_speech() -> None:
 def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
     """`bench/gpu_util.py summarize`: each step gets the samples taken while it ran, per GPU."""
     samples = tmp_path / "gpu_util.tsv"
-    samples.write_text("".join(f"{100 + t / 2:.3f}\t{g}\t{u}\t{1024 * (g + 1)}\t{300 + u}\n"
+    samples.write_text("".join(f"{100 + t / 2:.3f}\t{g}\t{u}\t{1024 * (g + 1)}\t{300 + u}\t"
+                               f"{10 * t}\n"
                                for t, (g, u) in enumerate([(0, 0), (1, 5), (0, 80), (1, 0),
                                                            (0, 100), (1, 0), (0, 40),
                                                            (1, 0)])))
@@ -118,11 +119,11 @@ def test_gpu_util_sums_samples_per_step(tmp_path: Path) -> None:
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and
             not line.startswith("| step")]
     assert rows == [
-        "| models | 0 | 1 | 0 | 0 | 0 | 1.0 | 300 |",
-        "| models | 1 | 1 | 5 | 5 | 100 | 2.0 | 305 |",
-        "| throughput | 0 | 3 | 73 | 100 | 100 | 1.0 | 373 |",
-        "| throughput | 1 | 3 | 0 | 0 | 0 | 2.0 | 300 |",
-        "| live | - | 0 | | | | | |",
-        "| (e) ours direct bf16, c=32 | 0 | 1 | 100 | 100 | 100 | 1.0 | 400 |",
-        "| service, 16 streams | 0 | 1 | 80 | 80 | 100 | 1.0 | 380 |",
-        "| service, 16 streams | 1 | 2 | 2 | 5 | 50 | 2.0 | 302 |"]
+        "| models | 0 | 1 | 0 | 0 | 0 | 1.0 | 300 | 0 |",
+        "| models | 1 | 1 | 5 | 5 | 100 | 2.0 | 305 | 10 |",
+        "| throughput | 0 | 3 | 73 | 100 | 100 | 1.0 | 373 | 40 |",
+        "| throughput | 1 | 3 | 0 | 0 | 0 | 2.0 | 300 | 50 |",
+        "| live | - | 0 | | | | | | |",
+        "| (e) ours direct bf16, c=32 | 0 | 1 | 100 | 100 | 100 | 1.0 | 400 | 40 |",
+        "| service, 16 streams | 0 | 1 | 80 | 80 | 100 | 1.0 | 380 | 20 |",
+        "| service, 16 streams | 1 | 2 | 2 | 5 | 50 | 2.0 | 302 | 20 |"]
