@@ -88,7 +88,8 @@ class Device(Protocol):
         ...
 
     def set_threads(self) -> None:
-        """Set the intra-op thread count on the calling thread (call it on the model thread)."""
+        """Set the intra-op thread count on the calling thread (call it on the model thread);
+        on CUDA also the thread's current device."""
         ...
 
 
@@ -104,6 +105,20 @@ def full_fp32_on_cuda() -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+def bind_cuda_device(name: str) -> None:
+    """Make `name` ("cuda:N") the calling thread's current CUDA device. CUDA's current device
+    is per host thread and 0 by default, so work with an implicit device on any other thread
+    (a pinned host buffer's allocation, a bare `torch.cuda` call in FunASR) would create a
+    context on GPU 0 from every worker process of a multi-GPU machine: PyTorch's DataLoader
+    binds its pin-memory thread for the same reason. Nothing on the CPU, or without CUDA."""
+    if not name.startswith("cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(name))
 
 
 class TorchDevice:
@@ -128,6 +143,9 @@ class TorchDevice:
         self.set_threads()
 
     def set_threads(self) -> None:
+        """The calling thread's torch threads, and on CUDA its current device (the model
+        thread's work then never lands on GPU 0 by default: `bind_cuda_device`)."""
+        bind_cuda_device(self.name)
         self._torch.set_num_threads(self.threads)
         # Applied to this thread now: torch would otherwise apply its global count (which
         # `one_thread_here` on another thread may have changed since) at the first op.

@@ -22,7 +22,12 @@ import sys
 
 import grpc
 
-from gpu_worker.device import full_fp32_on_cuda, on_own_thread, one_thread_here
+from gpu_worker.device import (
+    bind_cuda_device,
+    full_fp32_on_cuda,
+    on_own_thread,
+    one_thread_here,
+)
 from gpu_worker.engines.base import Engine, StartupError, create_engine
 from gpu_worker.plugins import load_plugins
 from gpu_worker.service import WorkerServicer
@@ -132,9 +137,11 @@ def load_engine(cfg: WorkerConfig) -> Engine:
     a thread of its own that ends afterwards, so no other team is left to make libgomp
     throttle the model thread's (`gpu_worker.device.one_thread_here`). On CUDA the host does
     little torch work, and engines such as vLLM's expect to load on the main thread. Every
-    CUDA worker (recognition, live, VAD) computes fp32 in full fp32 (`full_fp32_on_cuda`)."""
+    CUDA worker (recognition, live, VAD) computes fp32 in full fp32 (`full_fp32_on_cuda`), its
+    device current on every thread that works with it (`bind_cuda_device`; here the main)."""
     if cfg.torch_device != "cpu":
         full_fp32_on_cuda()
+        bind_cuda_device(cfg.torch_device)
         return create_engine(cfg)
     one_thread_here()
     return on_own_thread(lambda: create_engine(cfg))

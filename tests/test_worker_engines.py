@@ -311,6 +311,71 @@ def test_cuda_devices_and_workers_compute_fp32_in_full(tf32_flags: Any, models_d
     assert engine.name == "identity" and not tf32_flags.cudnn.allow_tf32
 
 
+@pytest.fixture
+def cuda_binds(monkeypatch: pytest.MonkeyPatch, tf32_flags: Any) -> list[tuple[str, str]]:
+    """torch.cuda as if a GPU were there: each `set_device` call, with its thread's name."""
+    import threading
+
+    import torch
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(
+        (threading.current_thread().name.split("_")[0], str(d))))
+    return calls
+
+
+class _Staged:
+    """A staged runner (prepare -> compute -> finish) that needs no model."""
+
+    in_flight = 2
+    padding_invariant = True
+
+    def prepare(self, batch: list[Utterance]) -> list[Utterance]:
+        return batch
+
+    def compute(self, batch: list[Utterance]) -> list[Utterance]:
+        return batch
+
+    def finish(self, batch: list[Utterance]) -> list[Transcript]:
+        return [Transcript(text=str(len(u.audio))) for u in batch]
+
+    def transcribe(self, batch: list[Utterance]) -> list[Transcript]:
+        return self.finish(batch)
+
+
+def test_cuda_workers_bind_their_device_on_every_thread(cuda_binds: list[tuple[str, str]],
+                                                        models_dir: Path) -> None:
+    """CUDA's current device is per thread and 0 by default: a worker on cuda:1 makes it
+    current on its main thread, its model thread and its host thread (where pinned buffers
+    are allocated), or each would open a context on GPU 0. (torch.cuda faked: no GPU here.)"""
+    from gpu_worker.engines.batcher import Batcher
+    from gpu_worker.main import load_engine
+
+    device = TorchDevice("cuda:1")
+    assert cuda_binds == [("MainThread", "cuda:1")]
+    device.has_cache = False  # no allocator to ask here
+
+    async def run() -> list[Any]:
+        batcher = Batcher(_Staged(), device, max_batch_size=2,  # type: ignore[arg-type]
+                          max_queue_delay_s=0.0)
+        batcher.start()
+        try:
+            return list(await asyncio.gather(*(batcher.submit(req(n, str(n))) for n in (3, 4, 5))))
+        finally:
+            await batcher.stop()
+
+    assert [t.text for t, _ in asyncio.run(run())] == ["3", "4", "5"]
+    assert {("model", "cuda:1"), ("host", "cuda:1")} <= set(cuda_binds)
+    cuda_binds.clear()
+    load_engine(WorkerConfig(model=str(models_dir / "sensevoice-tiny"), engine="identity",
+                             torch_device="cuda:1"))
+    assert ("MainThread", "cuda:1") in cuda_binds
+    cuda_binds.clear()
+    TorchDevice("cpu")
+    assert cuda_binds == []
+
+
 class EchoLive(Engine):
     """A live engine of the test: per chunk, how much audio the stream has had (ms); a chunk
     of 3 samples fails the stream."""

@@ -24,11 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gpu_worker.device import Device, is_oom, is_sticky_error, one_thread_here
+from gpu_worker.device import Device, bind_cuda_device, is_oom, is_sticky_error, one_thread_here
 from gpu_worker.engines.base import BatchStats, Transcript, Utterance, WorkerUnhealthy
 from gpu_worker.engines.health import DEFAULT_THRESHOLD, FailureTracker
 
 log = logging.getLogger(__name__)
+
+
+def _host_thread(device: str) -> None:
+    """The host stages' thread: one torch thread, the worker's CUDA device current."""
+    one_thread_here()
+    bind_cuda_device(device)
+
 
 Outcome = Transcript | BaseException
 
@@ -99,9 +106,11 @@ class Batcher:
         # Staged runners (prepare -> compute -> finish) keep `in_flight` batches going: the
         # host stages of one run on this thread while the model thread computes another.
         self._staged = all(hasattr(runner, m) for m in ("prepare", "compute", "finish"))
-        # (Single-threaded torch there: a second OpenMP team would throttle the model's.)
-        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host",
-                                        initializer=one_thread_here) if self._staged else None
+        # (Single-threaded torch there: a second OpenMP team would throttle the model's; on
+        # CUDA bound to the worker's device: its pinned buffers are allocated there.)
+        self._host = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="host", initializer=_host_thread,
+            initargs=(getattr(device, "name", "cpu"),)) if self._staged else None
         self._slots = asyncio.Semaphore(
             max(1, int(getattr(runner, "in_flight", 1))) if self._staged else 1)
         self._in_flight: set[asyncio.Task[None]] = set()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from gpu_worker.device import bind_cuda_device
 from gpu_worker.engines.base import Engine, EngineStats, SessionChunk, register_engine
 from gpu_worker.engines.live_vad import run_alone, use_fast_fbank, vad_step
 from gpu_worker.families import family_for
@@ -50,7 +51,9 @@ class VadSessionEngine(Engine):
         self.fast_fbank = cfg.vad_fbank == "torch"
         self._extra = family.model_kwargs(cfg)
         self._models: dict[int, Any] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad",
+                                            initializer=bind_cuda_device,
+                                            initargs=(self.device,))
         self.model(DEFAULT_MAX_SEGMENT_MS)  # load now: readiness means the model loads
 
     def model(self, max_segment_ms: int) -> Any:
