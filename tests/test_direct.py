@@ -332,3 +332,19 @@ def test_exact_argmax_is_a_setting_of_low_precision_runners(models_dir: Path,
     assert isinstance(runner.model.ctc.ctc_lo, ExactArgmaxLinear) == setting
     fp32 = DirectRunner(path, family_for(path, "direct"), TorchDevice("cpu"), cfg)
     assert fp32.exact is None
+
+
+def test_batch_padding_is_zero_whatever_the_memory_held(runners: dict[str, tuple[Any, Any]],
+                                                        clips: list[np.ndarray]) -> None:
+    """The host buffer is not cleared before the clips are written (that would double the
+    writes), so each row's padding is zeroed on its own: NaN left in reused memory must not
+    reach the features (masked by a product, NaN * 0 is NaN)."""
+    direct = runners["sensevoice-tiny"][1]
+    utts = [Utterance(c) for c in clips[:6]]
+    for _ in range(3):  # freed memory full of NaN, the size of the next batch's buffer
+        junk = torch.full((len(utts), max(len(c) for c in clips[:6])), float("nan"))
+        del junk
+        p = direct.prepare(utts)
+        for i, c in enumerate(clips[:6]):
+            assert torch.equal(p.host[i, :len(c)], torch.from_numpy(c))
+            assert not p.host[i, len(c):].any() and not p.host[i].isnan().any()

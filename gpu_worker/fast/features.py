@@ -98,8 +98,9 @@ class BatchFbank:
 
     def __call__(self, wave: torch.Tensor, lengths: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) float waveforms in [-1, 1] padded with anything, (B,) sample counts (best on
-        the host) -> (B, T, D) features zero-padded past each clip's end, (B,) frame counts."""
+        """(B, N) float waveforms in [-1, 1] padded with any finite values (padded frames
+        are masked by a product: NaN would stay), (B,) sample counts (best on the host) ->
+        (B, T, D) features zero-padded past each clip's end, (B,) frame counts."""
         # From host lengths: no device sync.
         short = [i for i, n in enumerate(lengths.tolist()) if n < self.win]
         with self._fp32():

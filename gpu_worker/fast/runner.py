@@ -101,10 +101,13 @@ class DirectRunner:
             u.check()
         audios = [u.audio for u in batch]
         longest = max(len(a) for a in audios)
-        host = torch.zeros((len(audios), max(longest, 1)), dtype=torch.float32,
+        # Written once: each clip, then only its row's padding zeroed (not the whole buffer
+        # first: a batch of 256 clips of 10 s is 164 MB, ~20 % of this stage's time).
+        host = torch.empty((len(audios), max(longest, 1)), dtype=torch.float32,
                            pin_memory=self._pin)
         for i, a in enumerate(audios):
             host[i, :len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+            host[i, len(a):] = 0.0
         lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
         prepared = Prepared(batch, host, lengths)
         if self._copy_stream is not None:
