@@ -172,6 +172,13 @@ def ratio(m: Measurement, reference: Measurement | None) -> float:
     return m.rtfx / reference.rtfx
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) ticks of all CPUs since boot (/proc/stat; busy: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
 class CpuMeter:
     """How much of the machine's CPU processes outside one process tree used meanwhile.
 
@@ -183,12 +190,6 @@ class CpuMeter:
     def __init__(self, root: int) -> None:
         self.root = root
         self._start = self._sample()
-
-    @staticmethod
-    def _busy_ticks() -> int:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v) - v[3] - v[4]  # all but idle and iowait
 
     def _tree_ticks(self) -> int:
         parent: dict[int, int] = {}
@@ -213,7 +214,7 @@ class CpuMeter:
 
     def _sample(self) -> tuple[float, int, int]:
         try:
-            return time.monotonic(), self._busy_ticks(), self._tree_ticks()
+            return time.monotonic(), cpu_ticks()[0], self._tree_ticks()
         except OSError:
             return time.monotonic(), 0, 0
 

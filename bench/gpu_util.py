@@ -22,6 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_ticks  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -33,25 +39,17 @@ class Sample:
     host_cpu: float = float("nan")  # busy share of all the host's cores since the last sample, %
 
 
-def _cpu_times() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores (/proc/stat)."""
-    with open("/proc/stat") as f:
-        values = [float(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
 def sample(out: Path, interval_s: float) -> int:
     """Append NVML samples of every GPU to `out` until killed."""
     import pynvml
 
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-    last = _cpu_times()
+    last = cpu_ticks()
     with out.open("a", buffering=1) as f:
         while True:
             now = time.time()
-            cpu = _cpu_times()
+            cpu = cpu_ticks()
             host = 100 * (cpu[0] - last[0]) / max(cpu[1] - last[1], 1e-9)
             last = cpu
             for i, h in enumerate(handles):
