@@ -21,7 +21,7 @@ import numpy as np
 
 from gpu_worker.device import is_oom
 from gpu_worker.engines.base import Engine, SessionChunk, Unsupported, Utterance, WorkerUnhealthy
-from gpu_worker.engines.live import LiveChunk
+from gpu_worker.engines.live import LiveChunk, LiveNews
 from gpu_worker.engines.live_session import LiveOptions
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
@@ -204,7 +204,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     async def live_stream(self, messages: AsyncIterator[pb.LiveRequest]
                           ) -> AsyncIterator[pb.LiveResponse]:
-        """One live stream: an answer per chunk; `Failed` with the status it ends with."""
+        """One live stream: answers to the chunks with news (`LiveNews`), the final chunk's
+        marked `last`; `Failed` with the status it ends with."""
         try:
             first = await messages.__anext__()
         except StopAsyncIteration:
@@ -224,20 +225,28 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                   decoder_look_back=cfg.decoder_chunk_look_back,
                                   offset_ms=cfg.offset_ms, end_silence_ms=cfg.end_silence_ms)
 
+        final_read = False  # the engine answers each chunk before it reads the next
+
         async def chunks() -> AsyncIterator[LiveChunk]:
+            nonlocal final_read
+            final_read = first.is_final
             yield LiveChunk(decode_pcm(first.pcm, first.sample_format), first.is_final)
             async for req in messages:
+                final_read = req.is_final
                 yield LiveChunk(decode_pcm(req.pcm, req.sample_format), req.is_final)
 
+        news = LiveNews()
         self.active += 1
         try:
             async for u in self.engine.live(options, chunks()):
+                if not news.worth_sending(u, final_read):
+                    continue
                 yield pb.LiveResponse(
                     finals=[pb.LiveUtterance(start_ms=f.start_ms, end_ms=f.end_ms, text=f.text)
                             for f in u.finals],
                     interim_text=u.interim_text, interim_start_ms=u.interim_start_ms,
                     safe_ms=u.safe_ms, processed_ms=u.processed_ms,
-                    tick_streams=u.tick_streams, step_s=u.step_s)
+                    tick_streams=u.tick_streams, step_s=u.step_s, last=final_read)
                 self.served += len(u.finals)
         except Unsupported as exc:
             raise Failed(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None

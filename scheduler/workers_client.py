@@ -247,7 +247,7 @@ class LiveUtterance:
 
 @dataclass(frozen=True)
 class LiveStep:
-    """A live worker's answer to one chunk."""
+    """A live worker's answer to a chunk (it answers only chunks with news: `LiveResponse`)."""
 
     finals: tuple[LiveUtterance, ...]
     interim_text: str
@@ -285,16 +285,14 @@ class LiveCall:
             encoder_chunk_look_back=settings.encoder_look_back,
             decoder_chunk_look_back=settings.decoder_look_back, offset_ms=offset_ms,
             request_id=request_id, end_silence_ms=settings.end_silence_ms)
-        self._sent = 0
-        self._final_index = -1
-        self._answered = 0
+        self._last_answered = False  # the worker answered the final chunk
         self._tag = 0
         self._answers: AsyncIterator[wpb.TaggedLiveResponse | str] | None = None
         self._opened = asyncio.Event()  # the first chunk went out: answers may come
 
     @property
     def finished(self) -> bool:
-        return self._final_index >= 0 and self._answered > self._final_index
+        return self._last_answered
 
     def send(self, samples: np.ndarray, is_final: bool = False) -> None:
         """Queue one chunk (16 kHz: int16 goes as S16LE, anything else as F32LE)."""
@@ -303,9 +301,6 @@ class LiveCall:
         if self._config is not None:
             req.config.CopyFrom(self._config)
             self._config = None
-        if is_final:
-            self._final_index = self._sent
-        self._sent += 1
         if self._answers is None:
             self._tag, self._answers = self._link.open_stream(
                 lambda out, tag: out.requests.add(tag=tag, request=req))
@@ -334,13 +329,12 @@ class LiveCall:
                 raise InvalidRequest(answer.details or "live mode is not supported")
             raise InferenceFailed(f"live recognition failed: {answer.details}")
         r = answer.response
-        index = self._answered
-        self._answered += 1
+        self._last_answered = r.last
         return LiveStep(
             finals=tuple(LiveUtterance(f.start_ms, f.end_ms, f.text) for f in r.finals),
             interim_text=r.interim_text, interim_start_ms=r.interim_start_ms, safe_ms=r.safe_ms,
             processed_ms=r.processed_ms, tick_streams=r.tick_streams, step_s=r.step_s,
-            is_last=index == self._final_index)
+            is_last=r.last)
 
     def close(self) -> None:
         if self._answers is not None:  # a stream that got its last answer needs no cancel

@@ -377,8 +377,8 @@ def test_cuda_workers_bind_their_device_on_every_thread(cuda_binds: list[tuple[s
 
 
 class EchoLive(Engine):
-    """A live engine of the test: per chunk, how much audio the stream has had (ms); a chunk
-    of 3 samples fails the stream."""
+    """A live engine of the test: per chunk, how much audio the stream has had (ms, also as
+    the interim text: each chunk has news); a chunk of 3 samples fails the stream."""
 
     name = "echo-live"
 
@@ -399,7 +399,8 @@ class EchoLive(Engine):
                 if len(chunk.audio) == 3:
                     raise ValueError("three samples")
                 total += len(chunk.audio)
-                yield LiveUpdate(processed_ms=total // 16 + options.offset_ms)
+                ms = total // 16 + options.offset_ms
+                yield LiveUpdate(processed_ms=ms, interim_text=str(ms))
         finally:
             self.closed += 1
 
@@ -446,6 +447,7 @@ async def test_live_link_runs_tagged_streams_apart() -> None:
         return [(a.response.processed_ms, a.more, a.code) for a in answers if a.tag == tag]
 
     assert of(1) == [(1100, True, 0), (1300, True, 0), (1300, True, 0), (0, False, 0)]
+    assert [a.response.last for a in answers if a.tag == 1 and a.more] == [False, False, True]
     assert of(2) == [(0, False, grpc.StatusCode.INVALID_ARGUMENT.value[0])]
     assert of(3) == [(100, True, 0), (0, False, grpc.StatusCode.INTERNAL.value[0])]
     assert of(4) == [(100, True, 0)]  # cancelled: no end answer
@@ -473,3 +475,74 @@ async def test_live_link_stream_cancelled_in_the_message_that_opens_it() -> None
 
 async def _collect(messages: Any) -> list[Any]:
     return [m async for m in messages]
+
+
+def test_live_news_answers_only_chunks_the_scheduler_acts_on() -> None:
+    """A chunk is answered when it finishes an utterance, changes the interim text or its
+    start, ran a model call, moves the safe point 1 s past the last answer's, or is the last;
+    not otherwise (silence, chunks between the model's steps)."""
+    from gpu_worker.engines.live import SAFE_STEP_MS, LiveNews
+    from gpu_worker.engines.live_session import LiveUpdate, Utterance
+
+    news = LiveNews()
+    quiet = LiveUpdate(safe_ms=100, processed_ms=100)
+    assert news.worth_sending(quiet, last=False)  # the first: the stream is alive
+    assert not news.worth_sending(LiveUpdate(safe_ms=200, processed_ms=200), last=False)
+    assert not news.worth_sending(LiveUpdate(safe_ms=100 + SAFE_STEP_MS - 1), last=False)
+    assert news.worth_sending(LiveUpdate(safe_ms=100 + SAFE_STEP_MS), last=False)
+    base = 100 + SAFE_STEP_MS
+    assert news.worth_sending(LiveUpdate(safe_ms=base, interim_start_ms=base), last=False)
+    assert not news.worth_sending(LiveUpdate(safe_ms=base, interim_start_ms=base), last=False)
+    assert news.worth_sending(LiveUpdate(safe_ms=base, interim_start_ms=base, tick_streams=3),
+                              last=False)  # a model call: the batch size histogram's sample
+    assert news.worth_sending(LiveUpdate(safe_ms=base, interim_start_ms=base,
+                                         interim_text="a"), last=False)
+    assert not news.worth_sending(LiveUpdate(safe_ms=base, interim_start_ms=base,
+                                             interim_text="a"), last=False)
+    assert news.worth_sending(LiveUpdate(finals=[Utterance(base, base + 900, "a")],
+                                         safe_ms=base + 900), last=False)
+    assert not news.worth_sending(LiveUpdate(safe_ms=base + 900), last=False)
+    assert news.worth_sending(LiveUpdate(safe_ms=base + 900), last=True)
+
+
+class QuietLive(EchoLive):
+    """Interim text only on every fourth chunk, the safe point never moving."""
+
+    async def live(self, options: Any, chunks: Any) -> Any:  # type: ignore[override]
+        from gpu_worker.engines.live_session import LiveUpdate
+
+        n = 0
+        async for chunk in chunks:
+            n += 1
+            yield LiveUpdate(processed_ms=100 * n, interim_text=str(n // 4))
+            if chunk.is_final:
+                break
+
+
+async def test_live_stream_leaves_chunks_without_news_unanswered() -> None:
+    """Through the servicer and the scheduler's `LiveCall` over a real `TaggedCall`: 10
+    chunks, news on the 1st, 4th and 8th; the 10th is final. The scheduler gets those four
+    answers, the last marked `is_last`, and the call counts as finished."""
+    from scheduler.workers_client import LiveCall, LiveSettings, live_link
+
+    servicer = WorkerServicer(QuietLive(), "cpu")
+    server = grpc.aio.server()
+    wpb_grpc.add_WorkerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = wpb_grpc.WorkerStub(channel)
+        link = live_link(stub.LiveLink, "w0")
+        call = LiveCall(link, "w0", LiveSettings(), 0, "r1")
+        for k in range(10):
+            call.send(np.zeros(1600, np.int16), is_final=k == 9)
+        steps = [await asyncio.wait_for(call.receive(), 10) for _ in range(4)]
+        assert [(s.processed_ms, s.interim_text, s.is_last) for s in steps] == [
+            (100, "0", False), (400, "1", False), (800, "2", False), (1000, "2", True)]
+        assert call.finished
+        call.close()
+        await link.close("test over")
+    finally:
+        await channel.close()
+        await server.stop(None)

@@ -165,6 +165,30 @@ class LiveChunk:
     is_final: bool = False
 
 
+SAFE_STEP_MS = 1000  # a chunk without other news is answered once the safe point moved this far
+
+
+@dataclass
+class LiveNews:
+    """Which of a live stream's updates its caller needs: one that finished an utterance,
+    changed the interim text or its start, ran a model call (the caller's live batch size
+    histogram counts those), moved the safe point `SAFE_STEP_MS` past the last one sent (the
+    caller keeps the audio after it, for a resume), or answers the final chunk. The rest (most
+    chunks of silence, and those between the model's 600 ms chunk steps) carry nothing the
+    caller acts on: a worker that answered them all cost the scheduler a message per chunk."""
+
+    interim: tuple[str, int] | None = None
+    safe_ms: int | None = None
+
+    def worth_sending(self, u: LiveUpdate, last: bool) -> bool:
+        interim = (u.interim_text, u.interim_start_ms)
+        send = (last or bool(u.finals) or u.tick_streams > 0 or interim != self.interim
+                or self.safe_ms is None or u.safe_ms - self.safe_ms >= SAFE_STEP_MS)
+        if send:
+            self.interim, self.safe_ms = interim, u.safe_ms
+        return send
+
+
 class LiveEngine(BatchedEngine):
     """Batched utterances plus live sessions, for a streaming model."""
 

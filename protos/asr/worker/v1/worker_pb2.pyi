@@ -280,7 +280,7 @@ class LiveUtterance(_message.Message):
     def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class LiveResponse(_message.Message):
-    __slots__ = ("finals", "interim_text", "interim_start_ms", "safe_ms", "processed_ms", "tick_streams", "step_s")
+    __slots__ = ("finals", "interim_text", "interim_start_ms", "safe_ms", "processed_ms", "tick_streams", "step_s", "last")
     FINALS_FIELD_NUMBER: _ClassVar[int]
     INTERIM_TEXT_FIELD_NUMBER: _ClassVar[int]
     INTERIM_START_MS_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +288,7 @@ class LiveResponse(_message.Message):
     PROCESSED_MS_FIELD_NUMBER: _ClassVar[int]
     TICK_STREAMS_FIELD_NUMBER: _ClassVar[int]
     STEP_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     finals: _containers.RepeatedCompositeFieldContainer[LiveUtterance]
     interim_text: str
     interim_start_ms: int
@@ -295,4 +296,5 @@ class LiveResponse(_message.Message):
     processed_ms: int
     tick_streams: int
     step_s: float
-    def __init__(self, finals: _Optional[_Iterable[_Union[LiveUtterance, _Mapping]]] = ..., interim_text: _Optional[str] = ..., interim_start_ms: _Optional[int] = ..., safe_ms: _Optional[int] = ..., processed_ms: _Optional[int] = ..., tick_streams: _Optional[int] = ..., step_s: _Optional[float] = ...) -> None: ...
+    last: bool
+    def __init__(self, finals: _Optional[_Iterable[_Union[LiveUtterance, _Mapping]]] = ..., interim_text: _Optional[str] = ..., interim_start_ms: _Optional[int] = ..., safe_ms: _Optional[int] = ..., processed_ms: _Optional[int] = ..., tick_streams: _Optional[int] = ..., step_s: _Optional[float] = ..., last: _Optional[bool] = ...) -> None: ...

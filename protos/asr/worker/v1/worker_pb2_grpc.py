@@ -118,8 +118,9 @@ class WorkerServicer:
 
     def Live(self, request_iterator, context):
         """Live recognition of one audio stream (streaming models only): online FSMN-VAD plus
-        incremental decoding with per-stream caches. One response per request, in order, holding
-        what that chunk changed (finished utterances, the current interim text).
+        incremental decoding with per-stream caches. Responses in order, each holding what its
+        chunk changed (finished utterances, the current interim text); a chunk that changed
+        nothing the caller acts on gets none (see LiveResponse), the final chunk always one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
