@@ -58,27 +58,16 @@ STABLE_S = 30.0  # a front end that ran this long restarts without waiting
 
 @dataclasses.dataclass(frozen=True)
 class FrontendLaunch:
-    """What every front-end process of one service shares."""
+    """What every front-end process of one service shares: `process` holds the settings
+    each process gets as they are (its own index, generation, port, arena and Link socket
+    are filled in at each start)."""
 
     count: int
     host: str
     port: int
-    dispatcher: str  # unix:PATH of the scheduler's private socket
-    max_receive_bytes: int
-    max_unary_bytes: int
     arena_bytes: int
     secret: str
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    log_level: str = "INFO"
-    log_format: str = "text"
-    event_loop: str = "auto"
-    stream_link_bytes: int = 0
-    max_streams: int = 1000
-    max_streams_per_client: int = 100
-    stream_idle_timeout_s: float = 60.0
-    live_input_linger_s: float = 0.0
+    process: FrontendConfig
     command: tuple[str, ...] = (sys.executable, "-m", "scheduler.frontend")
 
 
@@ -113,18 +102,11 @@ class FrontendProcess:
         arena = self.arena
         ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                         if self.link_handler is not None else (None, None))
-        cfg = FrontendConfig(
-            index=self.index, generation=self.generation, listen=f"{launch.host}:{port}",
-            dispatcher=launch.dispatcher, max_receive_bytes=launch.max_receive_bytes,
-            max_unary_bytes=launch.max_unary_bytes,
-            arena_fd=arena.fd if arena else -1, arena_bytes=arena.size if arena else 0,
-            tls_cert=launch.tls_cert, tls_key=launch.tls_key, tls_client_ca=launch.tls_client_ca,
-            parent_pid=os.getpid(), log_level=launch.log_level, log_format=launch.log_format,
-            event_loop=launch.event_loop, link_fd=theirs.fileno() if theirs else -1,
-            stream_link_bytes=launch.stream_link_bytes,
-            max_streams=launch.max_streams, max_streams_per_client=launch.max_streams_per_client,
-            stream_idle_timeout_s=launch.stream_idle_timeout_s,
-            live_input_linger_s=launch.live_input_linger_s)
+        cfg = dataclasses.replace(
+            launch.process, index=self.index, generation=self.generation,
+            listen=f"{launch.host}:{port}", arena_fd=arena.fd if arena else -1,
+            arena_bytes=arena.size if arena else 0, parent_pid=os.getpid(),
+            link_fd=theirs.fileno() if theirs else -1)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *launch.command, cfg.to_json(), stdout=asyncio.subprocess.PIPE,

@@ -31,6 +31,7 @@ from scheduler.catalog import ModelCatalog, ServedModel
 from scheduler.config import ServeConfig
 from scheduler.dispatch import NO_GPU, Dispatcher, DispatchPolicy
 from scheduler.drain import Drain, DrainInterceptor
+from scheduler.frontend import FrontendConfig
 from scheduler.frontends import (
     FrontendCollector,
     FrontendLaunch,
@@ -268,17 +269,21 @@ class AsrService:
         if cfg.frontends:
             socket = os.path.join(self._runtime_dir, "frontends.sock")
             self.frontends = FrontendPool(FrontendLaunch(
-                count=cfg.frontends, host=cfg.host, port=cfg.port, dispatcher=f"unix:{socket}",
-                max_receive_bytes=limit, max_unary_bytes=cfg.max_unary_bytes,
-                arena_bytes=cfg.pcm_arena_mib * 1024 * 1024,
-                secret=frontend_secret, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
-                tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
-                log_format=cfg.log_format, event_loop=cfg.event_loop,
-                # Uploads that the scheduler would take whole go on the Link whole.
-                stream_link_bytes=min(cfg.stream_buffer_mib * 1024 * 1024, cfg.max_unary_bytes),
-                max_streams=cfg.max_streams, max_streams_per_client=cfg.max_streams_per_client,
-                stream_idle_timeout_s=cfg.stream_idle_timeout_s,
-                live_input_linger_s=cfg.live_input_linger_ms / 1000))
+                count=cfg.frontends, host=cfg.host, port=cfg.port,
+                arena_bytes=cfg.pcm_arena_mib * 1024 * 1024, secret=frontend_secret,
+                process=FrontendConfig(
+                    index=-1, generation=0, listen="", dispatcher=f"unix:{socket}",
+                    max_receive_bytes=limit, max_unary_bytes=cfg.max_unary_bytes,
+                    tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+                    tls_client_ca=cfg.tls_client_ca, log_level=cfg.log_level,
+                    log_format=cfg.log_format, event_loop=cfg.event_loop,
+                    # Uploads that the scheduler would take whole go on the Link whole.
+                    stream_link_bytes=min(cfg.stream_buffer_mib * 1024 * 1024,
+                                          cfg.max_unary_bytes),
+                    max_streams=cfg.max_streams,
+                    max_streams_per_client=cfg.max_streams_per_client,
+                    stream_idle_timeout_s=cfg.stream_idle_timeout_s,
+                    live_input_linger_s=cfg.live_input_linger_ms / 1000)))
             links = LinkServicer(self.frontends, recognizer, self.drain, self.metrics, tokens)
             self.frontends.serve_links(links.serve_framed)
             frontend_pb2_grpc.add_RelayServicer_to_server(links, server)

@@ -175,7 +175,7 @@ def test_calls_through_several_front_ends_are_each_answered_once(
         ch.close()
 
     # The scheduler's private socket answers only its front ends.
-    socket = pool.launch.dispatcher
+    socket = pool.launch.process.dispatcher
     with grpc.insecure_channel(socket) as ch, pytest.raises(grpc.RpcError) as refused:
         pb_grpc.AdminStub(ch).GetStatus(pb.GetStatusRequest(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
