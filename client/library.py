@@ -108,11 +108,7 @@ class AsrClient:
         self.channel_options = replace(base, server=server or base.server, **channel_kw)
         self.options = options or TranscribeOptions()
         self.retry = retry or RetryPolicy()
-        creds = self.channel_options.credentials()
-        grpc_opts = self.channel_options.grpc_options()
-        target = self.channel_options.server
-        self.channel = (grpc.secure_channel(target, creds, options=grpc_opts) if creds
-                        else grpc.insecure_channel(target, options=grpc_opts))
+        self.channel: grpc.Channel = self.channel_options.open_channel()
         self.metadata = list(self.channel_options.metadata())
         self.recognizer = pb_grpc.RecognizerStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)

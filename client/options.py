@@ -8,6 +8,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -197,6 +198,14 @@ class ChannelOptions:
             Path(self.tls_ca).read_bytes() if self.tls_ca else None,
             private_key=Path(self.tls_key).read_bytes() if self.tls_key else None,
             certificate_chain=Path(self.tls_cert).read_bytes() if self.tls_cert else None)
+
+    def open_channel(self, aio: bool = False) -> Any:
+        """A channel to `server` with these options: `grpc.Channel`, or `grpc.aio.Channel`
+        with `aio`."""
+        module: Any = grpc.aio if aio else grpc
+        creds, opts = self.credentials(), self.grpc_options()
+        return (module.secure_channel(self.server, creds, options=opts) if creds
+                else module.insecure_channel(self.server, options=opts))
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata: the bearer token when there is one."""
