@@ -546,3 +546,96 @@ async def test_live_stream_leaves_chunks_without_news_unanswered() -> None:
     finally:
         await channel.close()
         await server.stop(None)
+
+
+class SilentLive(EchoLive):
+    """Silence: no news, the safe point 3 s behind the audio (as a live session's look-back),
+    or never moving (`stuck`)."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        super().__init__()
+        self.stuck = stuck
+
+    async def live(self, options: Any, chunks: Any) -> Any:  # type: ignore[override]
+        from gpu_worker.engines.live_session import LiveUpdate
+
+        samples = 0
+        async for chunk in chunks:
+            samples += len(chunk.audio)
+            ms = samples // 16
+            yield LiveUpdate(safe_ms=0 if self.stuck else max(0, ms - 3000), processed_ms=ms)
+            if chunk.is_final:
+                break
+
+
+@pytest.mark.parametrize("stuck", [False, True])
+async def test_scheduler_keeps_a_bounded_look_back_through_silence(
+        monkeypatch: pytest.MonkeyPatch, stuck: bool) -> None:
+    """A live stream's 60 s of silence through the scheduler's `LiveRecognizer` and a real
+    `LiveLink` to a worker whose answers come only with news: the audio the scheduler keeps
+    for a resume stays within the worker's 3 s look-back, the 1 s between safe-point answers
+    and what is in flight; with a safe point that never moves it would hold all 60 s."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from scheduler import live as live_mod
+    from scheduler.live_metrics import LiveMetrics
+    from scheduler.workers_client import LiveCall, live_link
+
+    kept_s: list[float] = []  # seconds kept, at each block's arrival
+    append = live_mod._Kept.append
+
+    def recording(self: Any, block: np.ndarray, at: float) -> None:
+        append(self, block, at)
+        kept_s.append((self.end - self.start) / 16000)
+
+    monkeypatch.setattr(live_mod._Kept, "append", recording)
+    answers = 0
+    receive = LiveCall.receive
+
+    async def counting(self: Any) -> Any:
+        nonlocal answers
+        answers += 1
+        return await receive(self)
+
+    monkeypatch.setattr(LiveCall, "receive", counting)
+    server = grpc.aio.server()
+    wpb_grpc.add_WorkerServicer_to_server(WorkerServicer(SilentLive(stuck), "cpu"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    link = live_link(wpb_grpc.WorkerStub(channel).LiveLink, "w0")
+    worker = SimpleNamespace(live_link=link, spec=SimpleNamespace(worker_id="w0",
+                                                                   device_name="cpu"))
+
+    class OneWorker:
+        async def place_live(self, *args: Any, **kw: Any) -> Any:
+            return worker
+
+        def release_live(self, w: Any) -> None:
+            pass
+
+    catalog = SimpleNamespace(get=lambda name: SimpleNamespace(name="live", capabilities=None))
+    recognizer = live_mod.LiveRecognizer(OneWorker(), catalog, LiveMetrics(CollectorRegistry()),
+                                         8)  # type: ignore[arg-type]
+
+    async def chunks() -> Any:
+        for _ in range(600):  # 60 s in 100 ms chunks, ~20x real time
+            yield np.zeros(1600, np.int16).tobytes()
+            await asyncio.sleep(0.005)
+
+    try:
+        events = [e async for e in recognizer.run(live_mod.LiveRequest("r1", "live"), chunks())]
+        assert [e.is_last for e in events] == [True] and events[0].end_ms == 60000
+        if stuck:
+            assert max(kept_s) > 55
+        else:
+            assert answers < 80  # answers with news only: ~1 a second, not 600
+            # 3 s look-back, 1 s between safe-point answers, up to 6 s in flight (240 ms late
+            # at this pace: a loaded machine); 4.0 s here
+            assert max(kept_s) <= 10, max(kept_s)
+    finally:
+        await link.close("test over")
+        await channel.close()
+        await server.stop(None)
