@@ -25,6 +25,7 @@ from gpu_worker.engines.live import LiveChunk, LiveNews
 from gpu_worker.engines.live_session import LiveOptions
 from protos.asr.worker.v1 import worker_pb2 as pb
 from protos.asr.worker.v1 import worker_pb2_grpc as pb_grpc
+from protos.common.answer_pump import AnswerPump
 from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.wire import END_SILENCE_RANGE_MS, decode_pcm, end_silence_ok
 
@@ -272,38 +273,27 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                            reserved_after_bytes=after)
 
 
-class _LiveLink:
+class _LiveLink(AnswerPump[pb.LiveLinkResponse]):
     """One LiveLink call: a task per tagged stream fed from its queue, answers batched back
     (a tick answers all its streams at once: one message)."""
 
     def __init__(self, servicer: WorkerServicer) -> None:
+        super().__init__(pb.LiveLinkResponse)
         self.servicer = servicer
         self.streams: dict[int, tuple[asyncio.Queue[pb.LiveRequest | None],
                                       asyncio.Task[None]]] = {}
         self.newest = 0  # the highest tag started: tags only grow, so a lower one is over
-        self.outbox = pb.LiveLinkResponse()
-        self.wake = asyncio.Event()
 
-    async def run(self, requests: AsyncIterator[pb.LiveLinkRequest]
-                  ) -> AsyncIterator[pb.LiveLinkResponse]:
-        reader = asyncio.get_running_loop().create_task(self._read(requests))
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                if self.outbox.answers:
-                    message, self.outbox = self.outbox, pb.LiveLinkResponse()
-                    yield message
-                if reader.done() and not self.streams:
-                    reader.result()  # the call broke: raise it
-                    return
-        finally:  # the scheduler ended the call or went away: its streams with it
-            tasks = [task for _, task in self.streams.values()]
-            for task in (reader, *tasks):
-                task.cancel()
-            await asyncio.gather(reader, *tasks, return_exceptions=True)
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [task for _, task in self.streams.values()]
 
-    async def _read(self, requests: AsyncIterator[pb.LiveLinkRequest]) -> None:
+    def finished(self, reader: asyncio.Task[None]) -> bool:
+        if self.streams:
+            return False
+        reader.result()  # the call broke: raise it
+        return True
+
+    async def read(self, requests: AsyncIterator[pb.LiveLinkRequest]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for message in requests:

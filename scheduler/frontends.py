@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, cast
 
 import grpc
@@ -34,6 +34,7 @@ from protos.asr.frontend.v1 import frontend_pb2 as fpb
 from protos.asr.frontend.v1 import frontend_pb2_grpc as fpb_grpc
 from protos.asr.v1 import asr_pb2 as pb
 from protos.common import framed
+from protos.common.answer_pump import AnswerPump
 from protos.common.pcm_arena import PcmArena, PcmBlock
 from protos.common.pcm_arena import supported as arena_supported
 from protos.common.worker_auth import SECRET_ENV
@@ -293,7 +294,7 @@ class LinkServicer(fpb_grpc.RelayServicer):
         frames (`protos.common.framed`), until the process ends (end-of-file)."""
         log.debug("front end %d: Link over its socket pair", index)
         await framed.serve(sock, fpb.LinkRequest.FromString,
-                           lambda calls: _Link(self, index).run(calls, gone_at_end=True),
+                           lambda calls: _Link(self, index, gone_at_end=True).run(calls),
                            f"front end {index}'s Link socket")
 
     def _arena(self, call: fpb.RelayedCall, index: int) -> PcmArena:
@@ -457,57 +458,45 @@ def _rpc_of(call: fpb.RelayedCall) -> tuple[str, str]:
             else ("Recognize", RECOGNIZE))
 
 
-class _Link:
-    """One front end's Link call: a task per relayed call, answers batched back."""
+class _Link(AnswerPump[fpb.LinkResponse]):
+    """One front end's Link call: a task per relayed call, answers batched back.
+    `gone_at_end`: the end of its requests means the front end is gone (a socket pair has no
+    half-close): its calls are cancelled then, as a gRPC Link call's are when it breaks."""
 
-    def __init__(self, owner: LinkServicer, index: int) -> None:
+    def __init__(self, owner: LinkServicer, index: int, gone_at_end: bool = False) -> None:
+        super().__init__(fpb.LinkResponse)
         self.owner = owner
         self.index = index
+        self.gone_at_end = gone_at_end
         owner.in_flight[index] = 0
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.calls: dict[int, asyncio.Task[None]] = {}
         self.inputs: dict[int, asyncio.Queue[fpb.StreamInput]] = {}  # live calls' by tag
-        self.outbox = fpb.LinkResponse()
-        self.wake = asyncio.Event()
 
-    async def run(self, requests: AsyncIterator[fpb.LinkRequest], gone_at_end: bool = False
-                  ) -> AsyncIterator[fpb.LinkResponse]:
-        """Answers as they finish. `gone_at_end`: the end of `requests` means the front end
-        is gone (a socket pair has no half-close): its calls are cancelled then, as a gRPC
-        Link call's are when it breaks."""
-        reader = asyncio.get_running_loop().create_task(self._read(requests))
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                if self.outbox.answers:
-                    message, self.outbox = self.outbox, fpb.LinkResponse()
-                    yield message
-                if reader.done() and (gone_at_end or not self.tasks):
-                    return
-        finally:  # the front end ended the call or died: its calls' clients are gone
-            for task in (reader, *self.tasks.values()):
-                task.cancel()
-            await asyncio.gather(reader, *self.tasks.values(), return_exceptions=True)
+    def tasks(self) -> Iterable[asyncio.Task[None]]:
+        return self.calls.values()
 
-    async def _read(self, requests: AsyncIterator[fpb.LinkRequest]) -> None:
+    def finished(self, reader: asyncio.Task[None]) -> bool:
+        return self.gone_at_end or not self.calls
+
+    async def read(self, requests: AsyncIterator[fpb.LinkRequest]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for message in requests:
                 for call in message.calls:
                     if call.live:
                         self.inputs[call.tag] = asyncio.Queue()
-                    task = self.tasks[call.tag] = loop.create_task(self._answer(call))
+                    task = self.calls[call.tag] = loop.create_task(self._answer(call))
                     # Not a `finally` in the task: a call cancelled in the message that
                     # brought it is cancelled before it runs, and its `finally` never would.
                     task.add_done_callback(functools.partial(self._finished, call.tag))
                     self.owner.carried[self.index, _rpc_of(call)[0]] += 1
-                self.owner.in_flight[self.index] = len(self.tasks)
+                self.owner.in_flight[self.index] = len(self.calls)
                 for item in message.input:  # a stream already over has no queue: dropped
                     queue = self.inputs.get(item.tag)
                     if queue is not None:
                         queue.put_nowait(item)
                 for tag in message.cancel:
-                    running = self.tasks.get(tag)
+                    running = self.calls.get(tag)
                     if running is not None:
                         running.cancel()
         finally:
@@ -521,8 +510,8 @@ class _Link:
         await self.owner.answer(call, self.index, self._emit, self.inputs.get(call.tag))
 
     def _finished(self, tag: int, task: asyncio.Task[None]) -> None:
-        if self.tasks.get(tag) is task:
-            del self.tasks[tag]
+        if self.calls.get(tag) is task:
+            del self.calls[tag]
             self.inputs.pop(tag, None)
-        self.owner.in_flight[self.index] = len(self.tasks)
+        self.owner.in_flight[self.index] = len(self.calls)
         self.wake.set()
