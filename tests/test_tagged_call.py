@@ -231,7 +231,7 @@ async def test_link_call_cancelled_in_the_message_that_brings_it() -> None:
     before it runs. It must still leave the Link's books, and the Link's end must not wait
     for it; another call of the same message runs and is cancelled when the Link ends."""
     owner = _Owner()
-    link = _Link(owner, 0)  # type: ignore[arg-type]
+    link = _Link(owner, 0, gone_at_end=True)  # type: ignore[arg-type]
 
     async def requests() -> AsyncIterator[fpb.LinkRequest]:
         yield fpb.LinkRequest(calls=[fpb.RelayedCall(tag=1), fpb.RelayedCall(tag=2)],
@@ -239,6 +239,6 @@ async def test_link_call_cancelled_in_the_message_that_brings_it() -> None:
         await asyncio.sleep(0.05)
 
     async with asyncio.timeout(5):
-        answers = [m async for m in link.run(requests(), gone_at_end=True)]
+        answers = [m async for m in link.run(requests())]
     assert answers == [] and owner.started == [2]
-    assert link.tasks == {} and owner.in_flight[0] == 0
+    assert link.calls == {} and owner.in_flight[0] == 0
